@@ -1,0 +1,78 @@
+"""``cellseg-train`` / ``scripts/train.py``: train a U-Net from a YAML config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cellseg.cli import quiet_tensorflow
+from cellseg.config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a nucleus-segmentation U-Net. Without --data it trains on built-in synthetic images.",
+        epilog="example: python scripts/train.py --config configs/isru.yaml --set train.epochs=5",
+    )
+    p.add_argument("--config", type=Path, help="YAML config (e.g. configs/isru.yaml); default: configs/base.yaml")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="annotated image folder(s); sets data.path")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="parent folder for run folders (default: runs)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 --set model.activation=mish (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
+    return p
+
+
+def _resume_config(run_dir: Path, overrides: list[str]):
+    from cellseg.trainer import load_run_config
+
+    bad = [o for o in overrides if not o.startswith("train.epochs=")]
+    if bad:
+        raise ConfigError(f"--resume keeps the run's own config; only train.epochs may be changed, not {bad}")
+    cfg = load_run_config(run_dir)
+    for item in overrides:
+        cfg.train.epochs = load_config(None, [item]).train.epochs
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    try:
+        if args.resume is not None:
+            if args.config or args.data:
+                raise ConfigError("--resume continues a run with its saved config; drop --config and --data")
+            cfg = _resume_config(args.resume, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)  # no --config: the defaults of configs/base.yaml
+            if args.data:
+                cfg.data.path = args.data[0] if len(args.data) == 1 else list(args.data)
+        from cellseg.data import DataError
+        from cellseg.trainer import TrainingError, train
+
+        try:
+            result = train(cfg, out=args.out, resume=args.resume, verbose=0 if args.quiet else None)
+        except (DataError, TrainingError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = result.summary
+    print(
+        f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; best val_loss {s['best_val_loss']:.4f} "
+        f"(epoch {s['best_epoch']}), val IoU {s['best_val_iou']:.3f}, val Dice {s['best_val_dice']:.3f}"
+        if s["best_val_loss"] is not None
+        else f"done: no epoch finished ({s['stopped_reason']})"
+    )
+    print(result.run_dir)
+    return 0 if s["stopped_reason"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

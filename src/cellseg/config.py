@@ -1,0 +1,301 @@
+"""Typed run configuration: YAML files layered on code defaults, validated with errors that point at the fix.
+
+A config file may name a parent with ``extends: base.yaml`` (relative to itself); its keys override the
+parent's. ``--set section.key=value`` overrides come last. Every key is checked against the dataclasses
+below, so a typo fails at load time with the file, the key and the closest valid key, instead of being
+silently ignored. This module does not import TensorFlow, so the CLIs can answer ``--help`` instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+OPTIMIZERS = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "plateau")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message says where and how to fix it."""
+
+
+def _bounded(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = True):
+    """Field metadata: the value must lie in [lo, hi) (or the given openness)."""
+
+    def ok(v: float) -> bool:
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return not (hi is not None and (v >= hi if hi_open else v > hi))
+
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    text = f"in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+    return {"check": (ok, text)}
+
+
+POSITIVE = _bounded(0, None, lo_open=True)
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in nucleus image generator used when ``data.path`` is null."""
+
+    num_images: int = field(default=48, metadata=_bounded(2))
+    image_size: int = field(default=256, metadata=_bounded(32))
+    styles: list[Literal["fluorescence", "brightfield"]] = field(
+        default_factory=lambda: ["fluorescence", "brightfield"]
+    )
+    nuclei_min: int = field(default=6, metadata=_bounded(0))
+    nuclei_max: int = field(default=40, metadata=_bounded(1))
+    radius_mean: float = field(default=9.0, metadata=POSITIVE)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how patches are cut from them."""
+
+    path: str | list[str] | None = None
+    layout: Literal["auto", "dsb2018", "paired"] = "auto"
+    patch_size: int = field(default=128, metadata=_bounded(16))
+    val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
+    channels: Literal[1, 3] = 3
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """U-Net shape; ``activation`` is a registry name or a mapping such as ``{name: isru, alpha: 1.0}``."""
+
+    activation: str | dict[str, Any] = "relu"
+    base_filters: int = field(default=16, metadata=_bounded(1))
+    depth: int = field(default=3, metadata=_bounded(1, 7))
+    batch_norm: bool = True
+    dropout: float = field(default=0.0, metadata=_bounded(0, 1))
+    decoder: Literal["transpose", "upsample"] = "transpose"
+    kernel_initializer: str | None = None
+    num_classes: Literal[1] = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation budget and settings."""
+
+    epochs: int = field(default=20, metadata=_bounded(1))
+    steps_per_epoch: int = field(default=25, metadata=_bounded(1))
+    batch_size: int = field(default=8, metadata=_bounded(1))
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    learning_rate: float = field(default=3e-3, metadata=POSITIVE)
+    momentum: float = field(default=0.9, metadata=_bounded(0, 1))
+    weight_decay: float = field(default=1e-4, metadata=_bounded(0))
+    schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
+    loss: Literal["bce_dice", "bce", "dice"] = "bce_dice"
+    deterministic: bool = True
+    tensorboard: bool = False
+
+
+@dataclass
+class Config:
+    """A complete, resolved run configuration."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (and the files it extends) on top of the defaults, then apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if path is not None:
+        _merge_file(Path(path), raw, origins, chain=())
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value, origins, source=f"--set {item}")
+    return _build(Config, raw, prefix="", origins=origins)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a plain mapping (e.g. a saved ``config.yaml``) into a :class:`Config`."""
+    origins: dict[str, str] = {}
+    raw: dict[str, Any] = {}
+    _merge(raw, data, Config, "", origins, source)
+    return _build(Config, raw, prefix="", origins=origins)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _merge_file(path: Path, raw: dict, origins: dict[str, str], chain: tuple[Path, ...]) -> None:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            names = sorted(p.name for p in path.parent.glob("*.y*ml"))
+            close = difflib.get_close_matches(path.name, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; files there: {', '.join(names) or 'none'}"
+        raise ConfigError(f"config file not found: {path}{hint}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        _merge_file(path.parent / str(parent), raw, origins, (*chain, path))
+    _merge(raw, data, Config, "", origins, str(path))
+
+
+def _merge(dst: dict, src: dict, cls: type, prefix: str, origins: dict[str, str], source: str) -> None:
+    """Deep-merge ``src`` into ``dst`` along the dataclass sections of ``cls``; leaves are replaced whole."""
+    hints = get_type_hints(cls)
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        origins[dotted] = source
+        sub = hints.get(key)
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            _merge(dst.setdefault(key, {}), value, sub, f"{dotted}.", origins, source)
+        else:
+            dst[key] = value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.key=value, got '{item}' (e.g. --set train.epochs=5)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item}: value is not valid YAML: {exc}") from exc
+    return key.strip(), value
+
+
+def _set_dotted(raw: dict, key: str, value: Any, origins: dict[str, str], source: str) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    cls: Any = Config
+    for i, part in enumerate(parts[:-1]):
+        hints = get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if dataclasses.is_dataclass(cls) and part not in hints:
+            _unknown_key(".".join(parts[: i + 1]), cls, source)
+        cls = hints.get(part)
+        child = node.get(part)
+        if isinstance(child, str) and part == "activation":
+            child = {"name": child}  # --set model.activation.alpha=0.5 on a plain name
+        if not isinstance(child, dict):
+            child = {} if child is None or dataclasses.is_dataclass(cls) else child
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+    origins[key] = source
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+def _unknown_key(dotted: str, cls: type, source: str) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    name = dotted.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    section = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+    hint = f"did you mean '{section}{close[0]}'? " if close else ""
+    raise ConfigError(f"{source}: unknown config key '{dotted}'; {hint}valid keys here: {', '.join(valid)}")
+
+
+def _build(cls: type, raw: dict, prefix: str, origins: dict[str, str]) -> Any:
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in hints:
+            _unknown_key(f"{prefix}{key}", cls, origins.get(f"{prefix}{key}", "config"))
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            sub = raw.get(f.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{origins.get(dotted, 'config')}: '{dotted}' must be a section (mapping)")
+            kwargs[f.name] = _build(hint, sub, f"{dotted}.", origins)
+            continue
+        if f.name not in raw:
+            continue
+        source = origins.get(dotted, "config")
+        try:
+            value = _coerce(raw[f.name], hint)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: '{dotted}' = {raw[f.name]!r} is invalid: {exc}") from None
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check[0](value):
+            raise ConfigError(f"{source}: '{dotted}' = {value!r} must be {check[1]}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(get_args(hint)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return "null" if hint is type(None) else f"{getattr(hint, '__name__', hint)}"
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Return ``value`` converted to ``hint`` (ints are accepted for floats) or raise TypeError."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                continue
+        raise TypeError(f"expected {_describe(hint)}")
+    if origin is Literal:
+        if value in get_args(hint) and not isinstance(value, bool):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(hint)], n=1)
+        hint_text = f" (did you mean '{close[0]}'?)" if close else ""
+        raise TypeError(f"expected {_describe(hint)}{hint_text}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"expected {_describe(hint)}")
+        return [_coerce(v, get_args(hint)[0]) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError("expected a mapping")
+        return dict(value)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError("expected null")
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise TypeError(f"expected {hint.__name__}, got a boolean")
+    if isinstance(value, hint):
+        return value
+    raise TypeError(f"expected {_describe(hint)}, got {type(value).__name__}")

@@ -1,0 +1,52 @@
+"""One annotated image, and the normalisation every source goes through before training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data set, file or sample is missing or malformed; the message names it."""
+
+
+@dataclass
+class Sample:
+    """An image (H, W, C) of any dtype and its instance labels (H, W), 0 = background."""
+
+    id: str
+    image: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def foreground(self) -> np.ndarray:
+        return (self.labels > 0).astype(np.uint8)
+
+
+def to_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
+    """Return (H, W, channels): grey is replicated, RGBA loses alpha, RGB becomes grey for 1 channel."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise DataError(f"{name}: expected a 2-D image (H, W[, C]), got an array of shape {image.shape}")
+    if image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.shape[-1] not in (1, 3):
+        raise DataError(f"{name}: expected 1, 3 or 4 channels, got {image.shape[-1]} (shape {image.shape})")
+    if channels == 1:
+        return image.mean(axis=-1, keepdims=True) if image.shape[-1] == 3 else image
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Scale an image of any bit depth to float32 so its [low, high] percentiles map to [0, 1].
+
+    Percentiles over all channels keep colour balance and make 8- and 16-bit data comparable; values
+    outside are clipped so a few hot pixels cannot squash the nuclei into a narrow range.
+    """
+    image = image.astype(np.float32)
+    lo, hi = np.percentile(image, [low, high])
+    if hi - lo < 1e-6:
+        return np.zeros_like(image)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)

@@ -1,0 +1,98 @@
+"""The U-Net (Ronneberger et al. 2015) whose hidden activation comes from the registry by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from cellseg import losses as _losses  # noqa: F401  (registers the loss and metrics for load_model)
+from cellseg.activations import check_trainable, create_activation, get_entry, parse_spec
+from cellseg.config import ModelConfig
+
+
+class _Builder:
+    """Holds what every conv block shares: activation spec, initializer, normalisation."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        check_trainable(cfg.activation)
+        entry = get_entry(cfg.activation)
+        self.cfg = cfg
+        self.factor = entry.channel_factor
+        self.initializer = cfg.kernel_initializer or entry.initializer
+
+    def conv_act(self, x: Any, filters: int, name: str) -> Any:
+        x = keras.layers.Conv2D(
+            filters * self.factor,
+            3,
+            padding="same",
+            use_bias=not self.cfg.batch_norm,
+            kernel_initializer=self.initializer,
+            name=f"{name}_conv",
+        )(x)
+        if self.cfg.batch_norm:
+            # momentum 0.9: moving statistics settle within the short epochs used to compare activations
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        return create_activation(self.cfg.activation, name=f"{name}_act")(x)
+
+    def block(self, x: Any, filters: int, name: str) -> Any:
+        x = self.conv_act(x, filters, f"{name}_1")
+        if self.cfg.dropout > 0:
+            x = keras.layers.SpatialDropout2D(self.cfg.dropout, name=f"{name}_drop")(x)
+        return self.conv_act(x, filters, f"{name}_2")
+
+    def up(self, x: Any, filters: int, name: str) -> Any:
+        if self.cfg.decoder == "transpose":
+            return keras.layers.Conv2DTranspose(
+                filters, 2, strides=2, kernel_initializer=self.initializer, name=f"{name}_up"
+            )(x)
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up")(x)
+        return self.conv_act(x, filters, f"{name}_upconv")
+
+
+def build_unet(cfg: ModelConfig, input_channels: int = 3) -> keras.Model:
+    """A U-Net of ``cfg.depth`` down-samplings; inputs of any size divisible by 2**depth are accepted."""
+    b = _Builder(cfg)
+    inputs = keras.Input((None, None, input_channels), name="image")
+    x = inputs
+    skips = []
+    for level in range(cfg.depth):
+        x = b.block(x, cfg.base_filters * 2**level, f"enc{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = b.block(x, cfg.base_filters * 2**cfg.depth, "bottleneck")
+    for level in reversed(range(cfg.depth)):
+        filters = cfg.base_filters * 2**level
+        x = b.up(x, filters, f"dec{level}")
+        x = keras.layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = b.block(x, filters, f"dec{level}")
+    outputs = keras.layers.Conv2D(
+        cfg.num_classes, 1, activation="sigmoid", dtype="float32", name="foreground"
+    )(x)
+    return keras.Model(inputs, outputs, name=f"unet_{parse_spec(cfg.activation)[0]}")
+
+
+def activation_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's hidden activation layers, in order (named ``*_act``)."""
+    return [layer for layer in model.layers if layer.name.endswith("_act")]
+
+
+def activation_parameters(model: keras.Model) -> dict[str, float]:
+    """Current value of every learnable activation parameter, keyed ``<layer>.<param>``.
+
+    Per-channel parameters (PReLU) are summarised by their mean.
+    """
+    values = {}
+    for layer in activation_layers(model):
+        for weight in layer.trainable_weights:
+            values[f"{layer.name}.{weight.name}"] = float(keras.ops.mean(weight))
+    return values
+
+
+def load_model(path: str | Path, compile: bool = True) -> keras.Model:
+    """Load a saved ``.keras`` model; importing this module registers cellseg's layers and losses."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved model at {path}")
+    return keras.saving.load_model(path, compile=compile)

@@ -1,0 +1,72 @@
+"""The run folder: where a training run keeps everything it produces, and how it is read back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.yaml"
+HISTORY = "history.csv"
+SUMMARY = "summary.json"
+SPLIT = "split.json"
+BEST_MODEL = "model.keras"
+LAST_MODEL = "checkpoint/last.keras"
+STATE = "checkpoint/state.json"
+LOSS_PLOT = "loss_curve.png"
+
+#: Columns every history.csv starts with; learnable activation parameters follow as ``<layer>.<param>``.
+HISTORY_COLUMNS = (
+    "epoch", "loss", "val_loss", "iou", "val_iou", "dice", "val_dice", "learning_rate", "seconds",
+)  # fmt: skip
+
+
+def create_run_dir(out: str | Path, label: str) -> Path:
+    """A new, empty folder ``<out>/<timestamp>_<label>``; a suffix keeps earlier runs untouched."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}_{label}"
+    for attempt in range(1000):
+        path = out / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder under {out}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically (temp file + rename), so a kill never leaves half a file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """history.csv as a list of rows with float values (epoch as int)."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no history (is {run_dir} a cellseg run folder?)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+
+
+def truncate_history(run_dir: Path, epochs: int) -> None:
+    """Drop rows past ``epochs`` (written before a kill, but never checkpointed)."""
+    path = run_dir / HISTORY
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0], *(r for r in rows[1:] if int(r[0]) <= epochs)] if rows else []
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)

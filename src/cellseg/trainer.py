@@ -1,0 +1,209 @@
+"""Train a U-Net from a :class:`Config` and leave a complete run folder behind.
+
+The run folder holds the resolved ``config.yaml``, ``split.json``, ``history.csv`` (one row per epoch),
+``model.keras`` (best by val_loss), ``checkpoint/`` (for ``--resume``), ``summary.json`` and
+``loss_curve.png``. See :mod:`cellseg.runs` for the names.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import cellseg
+from cellseg import runs
+from cellseg.activations import parse_spec
+from cellseg.callbacks import HistoryWriter, ResumeCheckpoint, StopOnNaN
+from cellseg.config import Config, TrainConfig, config_from_dict, save_config
+from cellseg.data import load_samples
+from cellseg.data.pipeline import PreparedData, prepare, split_samples, train_dataset, val_dataset
+from cellseg.losses import BinaryDice, foreground_iou, make_loss
+from cellseg.models import build_unet, load_model
+from cellseg.plots import plot_run_history
+
+
+class TrainingError(RuntimeError):
+    """Training could not start or continue; the message says why."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer named in the config, with a constant or cosine learning-rate schedule."""
+    lr: Any = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * cfg.steps_per_epoch, alpha=0.05)
+    makers = {
+        "sgd": lambda: keras.optimizers.SGD(lr),
+        "sgd_momentum": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum),
+        "nesterov": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True),
+        "adagrad": lambda: keras.optimizers.Adagrad(lr),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
+    }
+    return makers[cfg.optimizer]()
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
+    model.compile(
+        optimizer=make_optimizer(cfg), loss=make_loss(cfg.loss), metrics=[foreground_iou(), BinaryDice()]
+    )
+
+
+def activation_label(cfg: Config) -> str:
+    return parse_spec(cfg.model.activation)[0]
+
+
+def _seed_everything(cfg: Config) -> None:
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _prepare_data(cfg: Config, log: Any) -> PreparedData:
+    samples, source = load_samples(cfg)
+    log(f"data: {source}")
+    train, val = split_samples(samples, cfg.data.val_fraction, cfg.seed)
+    data = prepare(train, val, cfg.data.channels, cfg.data.patch_size, source)
+    log(f"split: {len(train)} training images, {len(val)} validation images ({len(data.val_images)} patches)")
+    return data
+
+
+def train(
+    cfg: Config, out: str | Path = "runs", resume: str | Path | None = None, verbose: int | None = None
+) -> RunResult:
+    """Train (or continue training) and return the run folder and its summary."""
+    log = print if verbose != 0 else (lambda *a, **k: None)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    start = time.perf_counter()
+    _seed_everything(cfg)
+    data = _prepare_data(cfg, log)
+
+    done, elapsed_before = 0, 0.0
+    best_val_loss = math.inf
+    if resume is not None:
+        run_dir = Path(resume)
+        state = runs.read_json(run_dir / runs.STATE)
+        done, best_val_loss = int(state["epoch"]), float(state["best_val_loss"])
+        elapsed_before = float(state.get("wall_seconds", 0.0))
+        split = runs.read_json(run_dir / runs.SPLIT)
+        if split["val"] != data.val_ids:
+            raise TrainingError(f"{run_dir}: the data no longer gives the validation split this run used")
+        runs.truncate_history(run_dir, done)
+        model = load_model(run_dir / runs.LAST_MODEL)
+        log(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
+    else:
+        run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
+        save_config(cfg, run_dir / runs.CONFIG)
+        runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
+        model = build_unet(cfg.model, cfg.data.channels)
+        compile_model(model, cfg.train)
+    log(f"model: U-Net depth {cfg.model.depth}, activation {activation_label(cfg)}, {model.count_params():,} params")
+    log(f"run folder: {run_dir}")
+
+    nan_guard = StopOnNaN()
+    best = keras.callbacks.ModelCheckpoint(
+        run_dir / runs.BEST_MODEL, monitor="val_loss", save_best_only=True, initial_value_threshold=best_val_loss
+    )
+    callbacks: list[keras.callbacks.Callback] = [
+        nan_guard,
+        HistoryWriter(run_dir, nan_guard),
+        best,
+        ResumeCheckpoint(run_dir, nan_guard, best),
+    ]
+    if cfg.train.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=3, min_lr=1e-6))
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))
+
+    batch = cfg.train.batch_size
+    train_ds = train_dataset(
+        data, cfg.data.patch_size, batch, cfg.seed, start_patch=done * cfg.train.steps_per_epoch * batch
+    )
+    if done < cfg.train.epochs:
+        model.fit(
+            train_ds,
+            validation_data=val_dataset(data, batch),
+            epochs=cfg.train.epochs,
+            initial_epoch=done,
+            steps_per_epoch=cfg.train.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the patch stream is already random; this silences Keras's warning
+        )
+    wall = elapsed_before + time.perf_counter() - start
+    if (run_dir / runs.STATE).exists():
+        state = runs.read_json(run_dir / runs.STATE)
+        runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
+    if nan_guard.where is not None:
+        log(
+            f"training stopped: the loss became NaN/inf at {nan_guard.where}. The best model so far is kept "
+            f"in {run_dir / runs.BEST_MODEL}. Try a lower train.learning_rate or model.batch_norm=true."
+        )
+    summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where)
+    return RunResult(run_dir, summary)
+
+
+def write_summary(
+    run_dir: Path, cfg: Config, data: PreparedData, model: keras.Model, wall: float, nan_at: str | None
+) -> dict[str, Any]:
+    rows = runs.read_history(run_dir) if (run_dir / runs.HISTORY).exists() else []
+    finite = [r for r in rows if math.isfinite(r["val_loss"])]
+    best = min(finite, key=lambda r: r["val_loss"]) if finite else None
+    final = rows[-1] if rows else None
+    summary = {
+        "activation": activation_label(cfg),
+        "activation_spec": cfg.model.activation,
+        "data_source": data.source,
+        "epochs_run": len(rows),
+        "epochs_planned": cfg.train.epochs,
+        "best_epoch": best["epoch"] if best else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_iou": best["val_iou"] if best else None,
+        "best_val_dice": best["val_dice"] if best else None,
+        "max_val_iou": max((r["val_iou"] for r in finite), default=None),
+        "final": {k: final[k] for k in runs.HISTORY_COLUMNS if k in final} if final else None,
+        "stopped_reason": f"non-finite loss at {nan_at}" if nan_at else "completed",
+        "params": int(model.count_params()),
+        "wall_seconds": round(wall, 2),
+        "train_images": len(data.train_ids),
+        "val_images": len(data.val_ids),
+        "val_patches": len(data.val_images),
+        "seed": cfg.seed,
+        "versions": {
+            "cellseg": cellseg.__version__,
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    runs.write_json(run_dir / runs.SUMMARY, summary)
+    if rows:
+        plot_run_history(rows, run_dir / runs.LOSS_PLOT, title=f"{summary['activation']} — {run_dir.name}")
+    return summary
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run was trained with."""
+    import yaml
+
+    path = Path(run_dir) / runs.CONFIG
+    if not path.is_file():
+        raise TrainingError(f"{run_dir} is not a cellseg run folder (no {runs.CONFIG})")
+    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
