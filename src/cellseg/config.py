@@ -294,6 +294,11 @@ def _coerce(value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number everyone means
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float) and isinstance(value, bool):
         raise TypeError(f"expected {hint.__name__}, got a boolean")
     if isinstance(value, hint):

@@ -46,7 +46,7 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nda
     outside are clipped so a few hot pixels cannot squash the nuclei into a narrow range.
     """
     image = image.astype(np.float32)
-    lo, hi = np.percentile(image, [low, high])
+    lo, hi = np.percentile(image, [low, high]).astype(np.float32)  # float64 would upcast the image
     if hi - lo < 1e-6:
         return np.zeros_like(image)
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)

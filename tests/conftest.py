@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny, fast configuration and the real DSB2018 sample data (skipped if absent)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+DSB2018 = ROOT.parent / "shared" / "data" / "dsb2018"
+
+TINY = [
+    "data.synthetic.num_images=6",
+    "data.synthetic.image_size=64",
+    "data.synthetic.nuclei_max=8",
+    "data.patch_size=32",
+    "model.depth=2",
+    "model.base_filters=4",
+    "train.epochs=2",
+    "train.steps_per_epoch=3",
+    "train.batch_size=4",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """``--set`` overrides that make a full training run take a few seconds."""
+    return list(TINY)
+
+
+@pytest.fixture
+def dsb2018() -> Path:
+    if not DSB2018.is_dir():
+        pytest.skip(f"real DSB2018 sample data not found at {DSB2018} (it lives beside the project root)")
+    return DSB2018
+
+
+def run_python(code: str, cwd: Path | None = None, timeout: int = 240) -> str:
+    """Run ``code`` in a fresh interpreter (as a new user's process would) and return its stdout."""
+    import subprocess
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+    assert proc.returncode == 0, f"fresh process failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout

@@ -1,0 +1,227 @@
+"""Every registry entry against a NumPy reference, finite differences, training and a fresh-process reload."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cellseg.activations import ACTIVATIONS, available_activations, check_trainable, create_activation
+from cellseg.config import ModelConfig
+from cellseg.models import build_unet
+from conftest import run_python
+
+erf = np.vectorize(math.erf)
+
+
+def softplus(x):
+    return np.logaddexp(0, x)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def mish(x):
+    return x * np.tanh(softplus(x))
+
+
+SELU_A, SELU_S = 1.6732632423543772, 1.0507009873554805
+ELEMENTWISE = {
+    "relu": lambda x: np.maximum(x, 0),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+    "selu": lambda x: SELU_S * np.where(x > 0, x, SELU_A * np.expm1(np.minimum(x, 0))),
+    "gelu": lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    "swish": lambda x: x * sigmoid(x),
+    "silu": lambda x: x * sigmoid(x),
+    "mish": mish,
+    "lisht": lambda x: x * np.tanh(x),
+    "isrlu": lambda x: np.where(x >= 0, x, x / np.sqrt(1 + x * x)),
+    "softplus": softplus,
+    "tanh": np.tanh,
+    "sigmoid": sigmoid,
+    "linear": lambda x: x,
+    "binary_step": lambda x: (x >= 0).astype(x.dtype),
+    "isru": lambda x: x / np.sqrt(1 + 1.0 * x * x),
+    "trainable_leaky_relu": lambda x: np.where(x >= 0, x, 0.2 * x),
+    "prelu": lambda x: np.where(x >= 0, x, 0.25 * x),
+    "swish_beta": lambda x: x * sigmoid(1.0 * x),
+}
+
+
+def reference(name, x):
+    if name == "gated_mish":
+        return x[..., :1] * mish(x[..., 1:])
+    return ELEMENTWISE[name](x)
+
+
+def grid(dtype="float64"):
+    """(1, N, 1, 2) points over [-6, 6], avoiding the kinks at 0 where derivatives are one-sided."""
+    x = np.linspace(-6, 6, 2 * 241).reshape(1, 241, 1, 2)
+    x = np.where(np.abs(x) < 1e-2, 0.37, x)
+    return x.astype(dtype)
+
+
+def make64(name):
+    return ACTIVATIONS[name].make(dtype="float64")
+
+
+def test_registry_covers_every_activation_the_project_promises():
+    assert set(ACTIVATIONS) == set(ELEMENTWISE) | {"gated_mish"}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_values_match_numpy_reference(name):
+    x = grid("float32")
+    y = np.asarray(create_activation(name)(x))
+    np.testing.assert_allclose(y, reference(name, x.astype(np.float64)), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS if n != "binary_step"])
+def test_input_gradient_matches_finite_differences(name):
+    layer = make64(name)
+    x = grid()
+    weights = np.random.default_rng(0).normal(size=np.shape(layer(x)))
+
+    def per_location(inp):  # one number per pixel, depending only on that pixel's channels
+        return np.sum(weights * np.asarray(layer(inp)), axis=-1)
+
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = tf.reduce_sum(weights * layer(xt))
+    analytic = tape.gradient(loss, xt).numpy()
+    h = 1e-6
+    for c in range(x.shape[-1]):
+        e = np.zeros_like(x)
+        e[..., c] = h
+        numeric = (per_location(x + e) - per_location(x - e)) / (2 * h)
+        np.testing.assert_allclose(analytic[..., c], numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_binary_step_has_no_gradient_and_cannot_train():
+    xt = tf.constant(grid())
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = tf.reduce_sum(make64("binary_step")(xt))
+    grad = tape.gradient(y, xt)
+    assert grad is None or not np.any(grad.numpy())
+    with pytest.raises(ValueError, match="zero gradient almost everywhere"):
+        check_trainable("binary_step")
+    with pytest.raises(ValueError, match="zero gradient almost everywhere"):
+        build_unet(ModelConfig(activation="binary_step"))
+
+
+LEARNABLE = [n for n, e in ACTIVATIONS.items() if e.learnable]
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_parameter_gradient_matches_finite_differences(name):
+    layer = make64(name)
+    x = grid()
+    layer(x)
+    (param,) = layer.trainable_weights
+    param.assign(np.full(param.shape, 0.7))
+    weights = np.random.default_rng(1).normal(size=x.shape)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(weights * layer(tf.constant(x)))
+    analytic = np.sum(tape.gradient(loss, param).numpy())
+    h = 1e-6
+
+    def total(v):
+        param.assign(np.full(param.shape, v))
+        return float(np.sum(weights * np.asarray(layer(x))))
+
+    numeric = (total(0.7 + h) - total(0.7 - h)) / (2 * h)
+    assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_learnable_parameter_changes_under_training(name):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4, 4, 2)).astype("float32")
+    y = np.abs(x[..., :1]) - 0.5 * x[..., 1:]
+    inp = keras.Input((4, 4, 2))
+    act = create_activation(name, name="act")
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1)(act(keras.layers.Conv2D(4, 1)(inp))))
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    before = [w.numpy().copy() for w in act.trainable_weights]
+    model.fit(x, y, epochs=5, batch_size=8, verbose=0)
+    after = [w.numpy() for w in act.trainable_weights]
+    assert before and any(np.any(np.abs(a - b) > 1e-3) for a, b in zip(after, before, strict=True))
+
+
+def test_fixed_isru_keeps_alpha():
+    layer = create_activation({"name": "isru", "alpha": 0.5, "trainable": False})
+    layer(grid("float32"))
+    assert not layer.trainable_weights and float(layer.alpha.numpy()) == 0.5
+
+
+def test_isru_alpha_is_kept_non_negative():
+    layer = create_activation("isru")
+    x = tf.constant(grid("float32"))
+    layer(x)
+    opt = keras.optimizers.SGD(100.0)
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(layer(x) ** 2)  # pushes alpha down, hard
+        opt.apply_gradients(zip(tape.gradient(loss, layer.trainable_weights), layer.trainable_weights))
+    assert float(layer.alpha.numpy()) == 0.0
+
+
+def test_trainable_leaky_relu_is_piecewise_for_slopes_above_one():
+    layer = create_activation({"name": "trainable_leaky_relu", "alpha": 2.0})
+    np.testing.assert_allclose(np.asarray(layer(np.array([[-1.0, 1.0]], "float32"))), [[-2.0, 1.0]])
+
+
+def test_unknown_name_lists_valid_names_and_closest_match():
+    with pytest.raises(ValueError, match=r"unknown activation 'misch'\. Did you mean 'mish'\? Valid names: isru"):
+        create_activation("misch")
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['beta'\]; valid options: alpha, trainable"):
+        create_activation({"name": "isru", "beta": 1})
+    with pytest.raises(ValueError, match="needs a 'name' key"):
+        create_activation({"alpha": 1})
+
+
+@pytest.mark.parametrize(
+    ("name", "initializer"), [("relu", "HeNormal"), ("selu", "LecunNormal"), ("tanh", "GlorotUniform")]
+)
+def test_unet_uses_the_recommended_initializer_unless_overridden(name, initializer):
+    model = build_unet(ModelConfig(activation=name, depth=1, base_filters=2))
+    assert type(model.get_layer("enc0_1_conv").kernel_initializer).__name__ == initializer
+    model = build_unet(ModelConfig(activation=name, depth=1, base_filters=2, kernel_initializer="orthogonal"))
+    assert type(model.get_layer("enc0_1_conv").kernel_initializer).__name__ == "Orthogonal"
+
+
+def test_gated_mish_unet_doubles_the_convolutions_before_the_gate():
+    model = build_unet(ModelConfig(activation="gated_mish", depth=1, base_filters=4))
+    assert model.get_layer("enc0_1_conv").filters == 8
+    assert model.get_layer("enc0_1_act").output.shape[-1] == 4
+    assert model.output.shape[-1] == 1
+
+
+def test_saved_models_reload_in_a_fresh_process_with_identical_outputs(tmp_path):
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    names = available_activations(trainable_only=True)
+    for name in names:
+        inp = keras.Input((None, None, 3))
+        act = create_activation(name, name="act")
+        model = keras.Model(inp, keras.layers.Conv2D(1, 1)(act(keras.layers.Conv2D(4, 3, padding="same")(inp))))
+        for w in act.trainable_weights:  # move learnable parameters away from their initial values
+            w.assign(w.numpy() + 0.123)
+        model.save(tmp_path / f"{name}.keras")
+        np.save(tmp_path / f"{name}.npy", model.predict(x, verbose=0))
+    out = run_python(
+        "import numpy as np, keras, cellseg.activations\n"
+        f"x = np.load(r'{tmp_path}/x.npy')\n"
+        f"for name in {names!r}:\n"
+        f"    m = keras.saving.load_model(r'{tmp_path}/' + name + '.keras')\n"
+        f"    np.testing.assert_array_equal(m.predict(x, verbose=0), np.load(r'{tmp_path}/' + name + '.npy'))\n"
+        "    print('reloaded', name)\n"
+    )
+    assert out.count("reloaded") == len(names)

@@ -1,0 +1,188 @@
+"""Synthetic generator, split, patch pipeline and file readers (with their bad-input errors)."""
+
+import numpy as np
+import pytest
+from skimage import io as skio
+from skimage import measure
+
+from cellseg.config import Config, SyntheticConfig, load_config
+from cellseg.data import DataError, Sample, load_samples
+from cellseg.data.pipeline import grid_starts, prepare, split_samples, train_dataset, val_dataset
+from cellseg.data.readers import read_samples
+from cellseg.data.sample import normalize
+from cellseg.data.synthetic import make_sample, make_samples
+
+SYN = SyntheticConfig(num_images=6, image_size=128)
+
+
+def test_generator_is_deterministic_and_seed_dependent():
+    a, b, c = make_sample(3, 0, SYN), make_sample(3, 0, SYN), make_sample(3, 1, SYN)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_generator_gives_both_styles_with_correct_contrast():
+    samples = make_samples(SYN, seed=0)
+    for s in samples:
+        assert s.image.shape == (128, 128, 3) and s.image.dtype == np.uint8
+        grey = s.image.mean(axis=-1)
+        fg, bg = grey[s.labels > 0].mean(), grey[s.labels == 0].mean()
+        if "fluorescence" in s.id:
+            assert fg > bg + 40, "fluorescence nuclei are bright on a dark background"
+            assert np.ptp(s.image.astype(int), axis=-1).max() == 0, "fluorescence is grey"
+        else:
+            assert fg < bg - 40, "brightfield nuclei are dark on a light background"
+            assert np.ptp(s.image.astype(int), axis=-1).mean() > 10, "brightfield is coloured"
+    assert {s.id.split("-")[-1] for s in samples} == {"fluorescence", "brightfield"}
+
+
+def test_generator_makes_connected_varied_and_touching_nuclei():
+    samples = make_samples(SyntheticConfig(num_images=8), seed=0)
+    touching = 0
+    areas = []
+    for s in samples:
+        for region in measure.regionprops(s.labels):
+            assert measure.label(s.labels == region.label).max() == 1, "each nucleus is one piece"
+            areas.append(region.area)
+        boundary = s.labels != np.roll(s.labels, 1, axis=0)
+        both = (s.labels > 0) & (np.roll(s.labels, 1, axis=0) > 0) & boundary
+        touching += int(both.any())
+    assert touching >= 4, "clustered nuclei touch in most images"
+    assert np.percentile(areas, 90) > 2 * np.percentile(areas, 10), "sizes vary"
+
+
+def test_split_is_by_image_seeded_and_never_empty():
+    samples = [Sample(str(i), np.zeros((4, 4)), np.zeros((4, 4), np.int32)) for i in range(10)]
+    train, val = split_samples(samples, 0.2, seed=5)
+    assert len(val) == 2 and len(train) == 8
+    assert not {s.id for s in train} & {s.id for s in val}
+    assert [s.id for s in split_samples(samples, 0.2, seed=5)[1]] == [s.id for s in val]
+    assert [s.id for s in split_samples(samples, 0.2, seed=6)[1]] != [s.id for s in val]
+    train, val = split_samples(samples[:2], 0.9, seed=0)
+    assert len(train) == 1 and len(val) == 1
+    with pytest.raises(DataError, match="at least 2 annotated images"):
+        split_samples(samples[:1], 0.2, 0)
+
+
+def test_normalize_maps_percentiles_of_any_bit_depth_to_unit_range():
+    rng = np.random.default_rng(0)
+    img16 = rng.integers(0, 4096, (32, 32)).astype(np.uint16)
+    a, b = normalize(img16), normalize((img16 // 16).astype(np.uint8))
+    assert a.dtype == np.float32 and a.min() == 0 and a.max() == 1
+    assert np.abs(a - b).mean() < 0.01
+    assert not normalize(np.full((4, 4), 7)).any()
+
+
+def test_grid_starts_cover_the_image():
+    assert grid_starts(128, 128) == [0]
+    assert grid_starts(300, 128) == [0, 128, 172]
+
+
+def prepared(patch=32):
+    train, val = split_samples(make_samples(SYN, 0), 0.34, 0)
+    return prepare(train, val, 3, patch, "test")
+
+
+def test_train_patches_are_deterministic_resumable_and_aligned():
+    data = prepared()
+    first = list(train_dataset(data, 32, 4, seed=1).take(3).as_numpy_iterator())
+    again = list(train_dataset(data, 32, 4, seed=1).take(3).as_numpy_iterator())
+    resumed = next(iter(train_dataset(data, 32, 4, seed=1, start_patch=8).as_numpy_iterator()))
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(resumed[0], first[2][0])
+    x, y = first[0]
+    assert x.shape == (4, 32, 32, 3) and y.shape == (4, 32, 32, 1)
+    assert set(np.unique(y)) <= {0.0, 1.0}
+    # augmentation moves image and mask together: nuclei pixels stay brighter/darker than background
+    # in the same places, so the mask must still select a distinct intensity population
+    for img, msk in zip(x, y, strict=True):
+        if 0 < msk.mean() < 1:
+            assert abs(img[msk[..., 0] > 0].mean() - img[msk[..., 0] == 0].mean()) > 0.15
+
+
+def test_validation_patches_are_fixed_and_cover_validation_images():
+    data = prepared()
+    assert len(data.val_images) == 2 * 16  # 2 images of 128 px in 32 px tiles
+    a = np.concatenate([x for x, _ in val_dataset(data, 5).as_numpy_iterator()])
+    np.testing.assert_array_equal(a, data.val_images)
+
+
+def test_small_images_are_padded_up_to_the_patch_size():
+    small = [Sample(f"s{i}", np.full((20, 24), 100 + i, np.uint8), np.ones((20, 24), np.int32)) for i in range(3)]
+    data = prepare(small[:2], small[2:], 1, 32, "tiny")
+    assert data.train_images.shape[1:] == (32, 32, 1) and data.val_images.shape == (1, 32, 32, 1)
+
+
+def write_dsb(root, name, size=(40, 50), mask_sizes=((40, 50),)):
+    (root / name / "images").mkdir(parents=True)
+    (root / name / "masks").mkdir()
+    skio.imsave(root / name / "images" / f"{name}.png", np.full((*size, 4), 90, np.uint8), check_contrast=False)
+    for i, ms in enumerate(mask_sizes):
+        m = np.zeros(ms, np.uint8)
+        m[5 + 10 * i : 12 + 10 * i, 5:15] = 255
+        skio.imsave(root / name / "masks" / f"m{i}.png", m, check_contrast=False)
+
+
+def test_dsb2018_layout_merges_per_nucleus_masks(tmp_path):
+    write_dsb(tmp_path, "a", mask_sizes=((40, 50), (40, 50)))
+    write_dsb(tmp_path, "b")
+    samples = read_samples(str(tmp_path))
+    assert [s.id for s in samples] == ["a", "b"]
+    assert samples[0].labels.max() == 2 and samples[0].image.shape == (40, 50, 4)
+
+
+def test_paired_layout_accepts_binary_and_instance_masks(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    binary = np.zeros((30, 30), np.uint8)
+    binary[2:8, 2:8] = binary[20:25, 20:25] = 255
+    instance = np.zeros((30, 30), np.uint16)
+    instance[2:8, 2:8], instance[8:12, 2:8] = 300, 7  # touching instances stay separate
+    for stem, mask in (("bin", binary), ("inst", instance)):
+        skio.imsave(tmp_path / "images" / f"{stem}.png", np.full((30, 30), 50, np.uint8), check_contrast=False)
+        skio.imsave(tmp_path / "masks" / f"{stem}.tif", mask, check_contrast=False)
+    samples = {s.id: s for s in read_samples(str(tmp_path))}
+    assert len(np.unique(samples["bin"].labels)) == 3
+    assert set(np.unique(samples["inst"].labels)) == {0, 7, 300}
+
+
+def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
+    with pytest.raises(DataError, match="data folder not found"):
+        read_samples(str(tmp_path / "nope"))
+    write_dsb(tmp_path / "mismatch", "x", mask_sizes=((40, 49),))
+    with pytest.raises(DataError, match=r"m0.png: mask size \(40, 49\) differs from its image \(40, 50\)"):
+        read_samples(str(tmp_path / "mismatch"))
+    write_dsb(tmp_path / "nomask", "y", mask_sizes=())
+    with pytest.raises(DataError, match="image has no masks"):
+        read_samples(str(tmp_path / "nomask"))
+    write_dsb(tmp_path / "corrupt", "z")
+    png = tmp_path / "corrupt" / "z" / "images" / "z.png"
+    png.write_bytes(png.read_bytes()[:40])
+    with pytest.raises(DataError, match=r"z.png: cannot read image"):
+        read_samples(str(tmp_path / "corrupt"))
+    write_dsb(tmp_path / "stack", "s")
+    skio.imsave(tmp_path / "stack" / "s" / "masks" / "m0.png", np.zeros((5, 40, 50), np.uint8), check_contrast=False)
+    with pytest.raises(DataError, match="expected a 2-D mask"):
+        read_samples(str(tmp_path / "stack"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot tell the data layout"):
+        read_samples(str(tmp_path / "empty"))
+
+
+def test_load_samples_reports_the_source():
+    cfg = load_config(None, ["data.synthetic.num_images=3", "data.synthetic.image_size=64"])
+    samples, source = load_samples(cfg)
+    assert len(samples) == 3 and source.startswith("synthetic: 3 generated images of 64x64")
+
+
+def test_real_dsb2018_images_load(dsb2018):
+    samples = read_samples([str(dsb2018 / "stage1_train"), str(dsb2018 / "stage1_test")])
+    assert len(samples) == 58
+    assert sum(int(s.labels.max()) for s in samples[:20]) == 953  # nuclei in stage1_train, per its README
+    assert all(s.image.shape[:2] == s.labels.shape for s in samples)
+    cfg = Config()
+    data = prepare(samples[:3], samples[3:5], cfg.data.channels, 128, "dsb")
+    assert 0.0 <= data.train_images.min() and data.train_images.max() <= 1.0
