@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_python
 
 from cellseg.activations import ACTIVATIONS, available_activations, check_trainable, create_activation
 from cellseg.config import ModelConfig
 from cellseg.models import build_unet
-from conftest import run_python
 
 erf = np.vectorize(math.erf)
 
@@ -169,7 +169,8 @@ def test_isru_alpha_is_kept_non_negative():
     for _ in range(3):
         with tf.GradientTape() as tape:
             loss = -tf.reduce_mean(layer(x) ** 2)  # pushes alpha down, hard
-        opt.apply_gradients(zip(tape.gradient(loss, layer.trainable_weights), layer.trainable_weights))
+        grads = tape.gradient(loss, layer.trainable_weights)
+        opt.apply_gradients(zip(grads, layer.trainable_weights, strict=True))
     assert float(layer.alpha.numpy()) == 0.0
 
 
@@ -179,7 +180,9 @@ def test_trainable_leaky_relu_is_piecewise_for_slopes_above_one():
 
 
 def test_unknown_name_lists_valid_names_and_closest_match():
-    with pytest.raises(ValueError, match=r"unknown activation 'misch'\. Did you mean 'mish'\? Valid names: isru"):
+    with pytest.raises(
+        ValueError, match=r"unknown activation 'misch'\. Did you mean 'mish'\? Valid names: isru"
+    ):
         create_activation("misch")
     with pytest.raises(ValueError, match=r"has no option\(s\) \['beta'\]; valid options: alpha, trainable"):
         create_activation({"name": "isru", "beta": 1})
@@ -211,7 +214,9 @@ def test_saved_models_reload_in_a_fresh_process_with_identical_outputs(tmp_path)
     for name in names:
         inp = keras.Input((None, None, 3))
         act = create_activation(name, name="act")
-        model = keras.Model(inp, keras.layers.Conv2D(1, 1)(act(keras.layers.Conv2D(4, 3, padding="same")(inp))))
+        model = keras.Model(
+            inp, keras.layers.Conv2D(1, 1)(act(keras.layers.Conv2D(4, 3, padding="same")(inp)))
+        )
         for w in act.trainable_weights:  # move learnable parameters away from their initial values
             w.assign(w.numpy() + 0.123)
         model.save(tmp_path / f"{name}.keras")
@@ -221,7 +226,8 @@ def test_saved_models_reload_in_a_fresh_process_with_identical_outputs(tmp_path)
         f"x = np.load(r'{tmp_path}/x.npy')\n"
         f"for name in {names!r}:\n"
         f"    m = keras.saving.load_model(r'{tmp_path}/' + name + '.keras')\n"
-        f"    np.testing.assert_array_equal(m.predict(x, verbose=0), np.load(r'{tmp_path}/' + name + '.npy'))\n"
+        f"    want = np.load(r'{tmp_path}/' + name + '.npy')\n"
+        "    np.testing.assert_array_equal(m.predict(x, verbose=0), want)\n"
         "    print('reloaded', name)\n"
     )
     assert out.count("reloaded") == len(names)

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from cellseg.config import Config, ConfigError, config_from_dict, load_config
-from conftest import ROOT
 
 CONFIGS = ROOT / "configs"
 
@@ -24,7 +24,9 @@ def test_activation_config_overrides_only_the_activation():
 def test_every_activation_config_loads_and_names_its_file():
     from cellseg.activations import available_activations, parse_spec
 
-    names = {parse_spec(load_config(p).model.activation)[0] for p in CONFIGS.glob("*.yaml") if p.stem != "base"}
+    names = {
+        parse_spec(load_config(p).model.activation)[0] for p in CONFIGS.glob("*.yaml") if p.stem != "base"
+    }
     assert names == set(available_activations(trainable_only=True))
 
 
@@ -83,11 +85,27 @@ def test_set_overrides_any_key_with_yaml_values():
             "train.learning_rate=1e-2",
         ],
     )
-    assert (cfg.seed, cfg.data.path, cfg.data.patch_size, cfg.data.val_fraction) == (3, "/some/where", 64, 0.3)
+    assert (cfg.seed, cfg.data.path, cfg.data.patch_size, cfg.data.val_fraction) == (
+        3,
+        "/some/where",
+        64,
+        0.3,
+    )
     assert cfg.model.activation == {"name": "isru", "alpha": 0.5}
-    assert (cfg.model.base_filters, cfg.model.depth, cfg.model.batch_norm, cfg.model.dropout) == (8, 2, False, 0.1)
+    assert (cfg.model.base_filters, cfg.model.depth, cfg.model.batch_norm, cfg.model.dropout) == (
+        8,
+        2,
+        False,
+        0.1,
+    )
     t = cfg.train
-    assert (t.epochs, t.steps_per_epoch, t.batch_size, t.optimizer, t.learning_rate) == (5, 7, 2, "nesterov", 0.01)
+    assert (t.epochs, t.steps_per_epoch, t.batch_size, t.optimizer, t.learning_rate) == (
+        5,
+        7,
+        2,
+        "nesterov",
+        0.01,
+    )
 
 
 def test_set_can_reach_into_an_activation_mapping():
@@ -98,9 +116,11 @@ def test_set_can_reach_into_an_activation_mapping():
 
 
 def test_set_with_unknown_key_names_the_override():
-    with pytest.raises(ConfigError, match=r"--set train\.epoch=3: unknown config key 'train.epoch'.*'train.epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"--set train\.epoch=3: unknown config key 'train.epoch'.*'train.epochs'"
+    ):
         load_config(None, ["train.epoch=3"])
-    with pytest.raises(ConfigError, match="expects section.key=value"):
+    with pytest.raises(ConfigError, match=r"expects section\.key=value"):
         load_config(None, ["train.epochs"])
 
 
@@ -109,7 +129,7 @@ def test_extends_chain_and_missing_file_hint(tmp_path):
     child = write(tmp_path, "extends: parent.yaml\ntrain:\n  epochs: 9\n", "child.yaml")
     cfg = load_config(child)
     assert (cfg.train.epochs, cfg.train.batch_size) == (9, 2)
-    with pytest.raises(ConfigError, match="did you mean 'child.yaml'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'child\.yaml'"):
         load_config(tmp_path / "chlid.yaml")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(write(tmp_path, "extends: loop.yaml\n", "loop.yaml"))

@@ -111,7 +111,9 @@ def test_validation_patches_are_fixed_and_cover_validation_images():
 
 
 def test_small_images_are_padded_up_to_the_patch_size():
-    small = [Sample(f"s{i}", np.full((20, 24), 100 + i, np.uint8), np.ones((20, 24), np.int32)) for i in range(3)]
+    small = [
+        Sample(f"s{i}", np.full((20, 24), 100 + i, np.uint8), np.ones((20, 24), np.int32)) for i in range(3)
+    ]
     data = prepare(small[:2], small[2:], 1, 32, "tiny")
     assert data.train_images.shape[1:] == (32, 32, 1) and data.val_images.shape == (1, 32, 32, 1)
 
@@ -119,7 +121,9 @@ def test_small_images_are_padded_up_to_the_patch_size():
 def write_dsb(root, name, size=(40, 50), mask_sizes=((40, 50),)):
     (root / name / "images").mkdir(parents=True)
     (root / name / "masks").mkdir()
-    skio.imsave(root / name / "images" / f"{name}.png", np.full((*size, 4), 90, np.uint8), check_contrast=False)
+    skio.imsave(
+        root / name / "images" / f"{name}.png", np.full((*size, 4), 90, np.uint8), check_contrast=False
+    )
     for i, ms in enumerate(mask_sizes):
         m = np.zeros(ms, np.uint8)
         m[5 + 10 * i : 12 + 10 * i, 5:15] = 255
@@ -142,7 +146,9 @@ def test_paired_layout_accepts_binary_and_instance_masks(tmp_path):
     instance = np.zeros((30, 30), np.uint16)
     instance[2:8, 2:8], instance[8:12, 2:8] = 300, 7  # touching instances stay separate
     for stem, mask in (("bin", binary), ("inst", instance)):
-        skio.imsave(tmp_path / "images" / f"{stem}.png", np.full((30, 30), 50, np.uint8), check_contrast=False)
+        skio.imsave(
+            tmp_path / "images" / f"{stem}.png", np.full((30, 30), 50, np.uint8), check_contrast=False
+        )
         skio.imsave(tmp_path / "masks" / f"{stem}.tif", mask, check_contrast=False)
     samples = {s.id: s for s in read_samples(str(tmp_path))}
     assert len(np.unique(samples["bin"].labels)) == 3
@@ -164,7 +170,9 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
     with pytest.raises(DataError, match=r"z.png: cannot read image"):
         read_samples(str(tmp_path / "corrupt"))
     write_dsb(tmp_path / "stack", "s")
-    skio.imsave(tmp_path / "stack" / "s" / "masks" / "m0.png", np.zeros((5, 40, 50), np.uint8), check_contrast=False)
+    skio.imsave(
+        tmp_path / "stack" / "s" / "masks" / "m0.png", np.zeros((5, 40, 50), np.uint8), check_contrast=False
+    )
     with pytest.raises(DataError, match="expected a 2-D mask"):
         read_samples(str(tmp_path / "stack"))
     (tmp_path / "empty").mkdir()
@@ -185,4 +193,4 @@ def test_real_dsb2018_images_load(dsb2018):
     assert all(s.image.shape[:2] == s.labels.shape for s in samples)
     cfg = Config()
     data = prepare(samples[:3], samples[3:5], cfg.data.channels, 128, "dsb")
-    assert 0.0 <= data.train_images.min() and data.train_images.max() <= 1.0
+    assert data.train_images.min() >= 0.0 and data.train_images.max() <= 1.0

@@ -82,4 +82,6 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         tmp = last.with_name("last.tmp.keras")
         self.model.save(tmp)
         os.replace(tmp, last)
-        runs.write_json(self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.best.best)})
+        runs.write_json(
+            self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.best.best)}
+        )

@@ -25,7 +25,9 @@ class ConfigError(ValueError):
     """A config file, key or value is wrong; the message says where and how to fix it."""
 
 
-def _bounded(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = True):
+def _bounded(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = True
+):
     """Field metadata: the value must lie in [lo, hi) (or the given openness)."""
 
     def ok(v: float) -> bool:
@@ -148,14 +150,18 @@ def _merge_file(path: Path, raw: dict, origins: dict[str, str], chain: tuple[Pat
         if path.parent.is_dir():
             names = sorted(p.name for p in path.parent.glob("*.y*ml"))
             close = difflib.get_close_matches(path.name, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; files there: {', '.join(names) or 'none'}"
+            hint = (
+                f"; did you mean '{close[0]}'?" if close else f"; files there: {', '.join(names) or 'none'}"
+            )
         raise ConfigError(f"config file not found: {path}{hint}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
+        )
     parent = data.pop("extends", None)
     if parent is not None:
         _merge_file(path.parent / str(parent), raw, origins, (*chain, path))

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str = "") -> None:
@@ -19,7 +19,9 @@ def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str 
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     for key, colour in (("iou", "C2"), ("dice", "C3")):
         ax_score.plot(epochs, [r[key] for r in rows], "--", color=colour, label=key)
-        ax_score.plot(epochs, [r[f"val_{key}"] for r in rows], "-", color=colour, marker=".", label=f"val_{key}")
+        ax_score.plot(
+            epochs, [r[f"val_{key}"] for r in rows], "-", color=colour, marker=".", label=f"val_{key}"
+        )
     ax_score.set(xlabel="epoch", ylabel="score", title="foreground IoU / Dice", ylim=(0, 1))
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)

@@ -11,6 +11,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     """The optimizer named in the config, with a constant or cosine learning-rate schedule."""
     lr: Any = cfg.learning_rate
     if cfg.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * cfg.steps_per_epoch, alpha=0.05)
+        lr = keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, cfg.epochs * cfg.steps_per_epoch, alpha=0.05
+        )
     makers = {
         "sgd": lambda: keras.optimizers.SGD(lr),
         "sgd_momentum": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum),
@@ -74,7 +77,7 @@ def _seed_everything(cfg: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _prepare_data(cfg: Config, log: Any) -> PreparedData:
+def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
     samples, source = load_samples(cfg)
     log(f"data: {source}")
     train, val = split_samples(samples, cfg.data.val_fraction, cfg.seed)
@@ -84,10 +87,17 @@ def _prepare_data(cfg: Config, log: Any) -> PreparedData:
 
 
 def train(
-    cfg: Config, out: str | Path = "runs", resume: str | Path | None = None, verbose: int | None = None
+    cfg: Config,
+    out: str | Path = "runs",
+    resume: str | Path | None = None,
+    verbose: int | None = None,
+    log: Callable[[str], Any] = print,
 ) -> RunResult:
-    """Train (or continue training) and return the run folder and its summary."""
-    log = print if verbose != 0 else (lambda *a, **k: None)
+    """Train (or continue training) and return the run folder and its summary.
+
+    ``verbose`` is Keras's per-epoch output (None: a progress bar on a terminal, one line per epoch
+    otherwise, 0: none); ``log`` receives the few lines saying what the run uses and where it writes.
+    """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
@@ -113,12 +123,18 @@ def train(
         runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
         model = build_unet(cfg.model, cfg.data.channels)
         compile_model(model, cfg.train)
-    log(f"model: U-Net depth {cfg.model.depth}, activation {activation_label(cfg)}, {model.count_params():,} params")
+    log(
+        f"model: U-Net depth {cfg.model.depth}, activation {activation_label(cfg)}, "
+        f"{model.count_params():,} params"
+    )
     log(f"run folder: {run_dir}")
 
     nan_guard = StopOnNaN()
     best = keras.callbacks.ModelCheckpoint(
-        run_dir / runs.BEST_MODEL, monitor="val_loss", save_best_only=True, initial_value_threshold=best_val_loss
+        run_dir / runs.BEST_MODEL,
+        monitor="val_loss",
+        save_best_only=True,
+        initial_value_threshold=best_val_loss,
     )
     callbacks: list[keras.callbacks.Callback] = [
         nan_guard,

@@ -25,7 +25,9 @@ HE, LECUN, GLOROT = "he_normal", "lecun_normal", "glorot_uniform"
 
 def _prelu(alpha: float = 0.25, **kwargs: Any) -> keras.layers.Layer:
     # One learnable slope per channel, shared over height and width of NHWC feature maps.
-    return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(alpha), shared_axes=[1, 2], **kwargs)
+    return keras.layers.PReLU(
+        alpha_initializer=keras.initializers.Constant(alpha), shared_axes=[1, 2], **kwargs
+    )
 
 
 def _fixed(function: str, **defaults: float) -> Callable[..., keras.layers.Layer]:
@@ -59,18 +61,30 @@ class ActivationEntry:
 
 ACTIVATIONS: dict[str, ActivationEntry] = {
     "isru": ActivationEntry(
-        _learnable(ISRU, 1.0), GLOROT, ("alpha",), True, summary="x/sqrt(1+a x^2), learnable a>=0",
+        _learnable(ISRU, 1.0),
+        GLOROT,
+        ("alpha",),
+        True,
+        summary="x/sqrt(1+a x^2), learnable a>=0",
         defaults={"alpha": 1.0},
     ),
     "trainable_leaky_relu": ActivationEntry(
-        _learnable(TrainableLeakyReLU, 0.2), HE, ("alpha",), True, summary="x if x>=0 else a x, learnable a",
+        _learnable(TrainableLeakyReLU, 0.2),
+        HE,
+        ("alpha",),
+        True,
+        summary="x if x>=0 else a x, learnable a",
         defaults={"alpha": 0.2},
     ),
     "prelu": ActivationEntry(
         _prelu, HE, ("alpha",), True, summary="per-channel learnable leaky slope", defaults={"alpha": 0.25}
     ),
     "swish_beta": ActivationEntry(
-        _learnable(SwishBeta, 1.0), HE, ("beta",), True, summary="x sigmoid(b x), learnable b",
+        _learnable(SwishBeta, 1.0),
+        HE,
+        ("beta",),
+        True,
+        summary="x sigmoid(b x), learnable b",
         defaults={"beta": 1.0},
     ),
     "gated_mish": ActivationEntry(

@@ -13,18 +13,28 @@ from cellseg.config import ConfigError, load_config
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
-        description="Train a nucleus-segmentation U-Net. Without --data it trains on built-in synthetic images.",
+        description="Train a nucleus U-Net (on built-in synthetic images unless --data is given).",
         epilog="example: python scripts/train.py --config configs/isru.yaml --set train.epochs=5",
     )
-    p.add_argument("--config", type=Path, help="YAML config (e.g. configs/isru.yaml); default: configs/base.yaml")
+    p.add_argument(
+        "--config", type=Path, help="YAML config (e.g. configs/isru.yaml); default: configs/base.yaml"
+    )
     p.add_argument("--data", nargs="+", metavar="PATH", help="annotated image folder(s); sets data.path")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="parent folder for run folders (default: runs)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs"), help="parent folder for run folders (default: runs)"
+    )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.epochs=5 --set model.activation=mish (repeatable)",
     )  # fmt: skip
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last epoch"
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no per-epoch progress output (the data, model and run folder are still printed)",
+    )
     return p
 
 
@@ -65,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     s = result.summary
     print(
-        f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; best val_loss {s['best_val_loss']:.4f} "
+        f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; "
+        f"best val_loss {s['best_val_loss']:.4f} "
         f"(epoch {s['best_epoch']}), val IoU {s['best_val_iou']:.3f}, val Dice {s['best_val_dice']:.3f}"
         if s["best_val_loss"] is not None
         else f"done: no epoch finished ({s['stopped_reason']})"

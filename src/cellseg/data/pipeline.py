@@ -33,7 +33,9 @@ class PreparedData:
 def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Seeded split by image; at least one image on each side."""
     if len(samples) < 2:
-        raise DataError(f"need at least 2 annotated images to split into train and validation, got {len(samples)}")
+        raise DataError(
+            f"need at least 2 annotated images to split into train and validation, got {len(samples)}"
+        )
     order = np.random.default_rng(seed).permutation(len(samples))
     n_val = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
     val = sorted(order[:n_val])

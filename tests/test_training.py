@@ -1,0 +1,164 @@
+"""End-to-end training through the CLI: run folder contract, reload, reproducibility, resume and NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_python
+
+from cellseg import runs
+from cellseg.cli.train import main
+
+SUMMARY_KEYS = {"best_val_loss", "best_val_iou", "best_val_dice", "epochs_run", "wall_seconds"}
+SUMMARY_KEYS |= {"data_source", "activation", "params"}
+
+
+def train_cli(capsys, *args: str) -> tuple[int, list[str]]:
+    code = main(list(args))
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, out
+
+
+@pytest.fixture(scope="module")
+def isru_run(tmp_path_factory):
+    """One tiny ISRU run shared by the contract tests."""
+    out = tmp_path_factory.mktemp("runs")
+    code = main(["--config", str(ROOT / "configs/isru.yaml"), "--out", str(out), "--quiet"]
+                + [f"--set={o}" for o in __import__("conftest").TINY])  # fmt: skip
+    assert code == 0
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+def test_run_folder_holds_everything(isru_run):
+    for name in (runs.CONFIG, runs.HISTORY, runs.BEST_MODEL, runs.SUMMARY, runs.SPLIT, runs.LOSS_PLOT):
+        assert (isru_run / name).is_file(), name
+    rows = runs.read_history(isru_run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    columns = list(rows[0])
+    assert tuple(columns[: len(runs.HISTORY_COLUMNS)]) == runs.HISTORY_COLUMNS
+    alphas = [c for c in columns if c.endswith("_act.alpha")]
+    assert len(alphas) == 2 * (2 * 2 + 1), (
+        "two ISRU layers per block, 2 encoder + bottleneck + 2 decoder blocks"
+    )
+    assert any(rows[1][c] != 1.0 for c in alphas), "alpha is learned"
+    summary = json.loads((isru_run / runs.SUMMARY).read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["activation"] == "isru" and summary["epochs_run"] == 2
+    assert summary["data_source"].startswith("synthetic")
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in rows)
+    split = json.loads((isru_run / runs.SPLIT).read_text())
+    assert len(split["train"]) == 5 and len(split["val"]) == 1
+
+
+def test_last_output_line_is_the_run_folder(capsys, tmp_path, tiny_overrides):
+    code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *[f"--set={o}" for o in tiny_overrides])
+    assert code == 0 and Path(out[-1]).is_dir() and Path(out[-1]).parent == tmp_path
+    assert any(line.startswith("data: synthetic") for line in out), "the data source is announced"
+    code, out2 = train_cli(capsys, "--out", str(tmp_path), "--quiet", *[f"--set={o}" for o in tiny_overrides])
+    assert out2[-1] != out[-1], "a second run never overwrites the first"
+
+
+def test_best_model_reloads_in_a_fresh_process(isru_run):
+    out = run_python(
+        "import numpy as np\n"
+        "from cellseg.models import load_model\n"
+        f"m = load_model(r'{isru_run / runs.BEST_MODEL}')\n"
+        "x = np.random.default_rng(0).random((1, 64, 48, 3), dtype=np.float32)\n"
+        "y = m.predict(x, verbose=0)\n"
+        "print(y.shape, float(y.min()) >= 0, float(y.max()) <= 1, m.loss.name)\n"
+    )
+    assert out.strip() == "(1, 64, 48, 1) True True bce_dice"
+
+
+def test_seeded_runs_are_reproducible(capsys, tmp_path, tiny_overrides):
+    sets = [f"--set={o}" for o in tiny_overrides]
+    _, a = train_cli(capsys, "--out", str(tmp_path / "a"), "--quiet", *sets)
+    _, b = train_cli(capsys, "--out", str(tmp_path / "b"), "--quiet", *sets)
+    ha, hb = runs.read_history(a[-1]), runs.read_history(b[-1])
+    for key in ("loss", "val_loss", "val_iou"):
+        assert [r[key] for r in ha] == [r[key] for r in hb]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_overrides):
+    sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("train.epochs")] + [
+        "--set=train.epochs=5"
+    ]
+    cmd = [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", *sets]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run(
+        [*cmd, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True, timeout=300
+    )
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        states = list((tmp_path / "killed").glob("*/checkpoint/state.json"))
+        if states and json.loads(states[0].read_text())["epoch"] >= 2:
+            state = states[0]
+            break
+        time.sleep(0.05)
+    assert state is not None, "the run did not reach epoch 2 in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = state.parent.parent
+    assert json.loads(state.read_text())["epoch"] < 5, "killed before it finished"
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", "--resume", str(run_dir)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == str(run_dir)
+    (full_dir,) = (tmp_path / "full").iterdir()
+    got, want = runs.read_history(run_dir), runs.read_history(full_dir)
+    assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5]
+    for key in ("loss", "val_loss", "learning_rate"):
+        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-4)
+    assert json.loads((run_dir / runs.SUMMARY).read_text())["epochs_run"] == 5
+
+
+def test_nan_loss_stops_cleanly_with_a_message(capsys, tmp_path, tiny_overrides):
+    sets = [f"--set={o}" for o in tiny_overrides] + [
+        "--set=train.learning_rate=1e30", "--set=train.optimizer=sgd", "--set=model.batch_norm=false",
+        "--set=train.schedule=constant",
+    ]  # fmt: skip
+    code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)
+    assert code == 1
+    assert any("loss became NaN/inf" in line for line in out)
+    summary = json.loads((Path(out[-1]) / runs.SUMMARY).read_text())
+    assert summary["stopped_reason"].startswith("non-finite loss at epoch")
+    if (Path(out[-1]) / runs.HISTORY).exists():
+        assert all(np.isfinite(r["loss"]) for r in runs.read_history(out[-1]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "model.activation=isur"], "unknown activation 'isur'. Did you mean 'isru'?"),
+        (["--set", "train.epohcs=3"], "did you mean 'train.epochs'"),
+        (["--config", "configs/nope.yaml"], "config file not found"),
+        (["--data", "/definitely/missing"], "data folder not found: /definitely/missing"),
+        (["--set", "model.activation=binary_step"], "zero gradient almost everywhere"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_error(capsys, tmp_path, tiny_overrides, args, message):
+    code = main(["--out", str(tmp_path), "--quiet", *[f"--set={o}" for o in tiny_overrides], *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_is_fast_and_does_not_import_tensorflow():
+    out = run_python(
+        "import sys, contextlib, io\n"
+        "from cellseg.cli.train import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as f, contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "print('--resume' in f.getvalue(), 'tensorflow' in sys.modules)\n"
+    )
+    assert out.strip() == "True False"
