@@ -77,6 +77,13 @@ def test_best_model_reloads_in_a_fresh_process(isru_run):
     assert out.strip() == "(1, 64, 48, 1) True True bce_dice"
 
 
+def test_tensorboard_logs_are_written(capsys, tmp_path, tiny_overrides):
+    sets = [f"--set={o}" for o in tiny_overrides] + ["--set=train.tensorboard=true", "--set=train.epochs=1"]
+    code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)
+    assert code == 0
+    assert list((Path(out[-1]) / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+
+
 def test_seeded_runs_are_reproducible(capsys, tmp_path, tiny_overrides):
     sets = [f"--set={o}" for o in tiny_overrides]
     _, a = train_cli(capsys, "--out", str(tmp_path / "a"), "--quiet", *sets)

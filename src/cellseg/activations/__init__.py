@@ -97,7 +97,7 @@ ACTIVATIONS: dict[str, ActivationEntry] = {
     "gelu_tanh": ActivationEntry(_fixed("gelu_tanh"), HE, summary="GELU, tanh approximation"),
     "selu": ActivationEntry(_fixed("selu"), LECUN, summary="scaled ELU, self-normalising"),
     "elu": ActivationEntry(_fixed("elu", alpha=1.0), HE, ("alpha",), summary="x if x>0 else a(e^x-1)"),
-    "leaky_relu": ActivationEntry(_fixed("leaky_relu", alpha=0.01), HE, ("alpha",), summary="max slope 0.01"),
+    "leaky_relu": ActivationEntry(_fixed("leaky_relu", alpha=0.01), HE, ("alpha",), summary="x if x>=0 else 0.01 x"),
     "relu": ActivationEntry(_fixed("relu"), HE, summary="max(0, x)"),
     "lisht": ActivationEntry(_fixed("lisht"), HE, summary="x tanh(x)"),
     "isrlu": ActivationEntry(_fixed("isrlu", alpha=1.0), HE, ("alpha",), summary="x if x>=0 else ISRU"),
