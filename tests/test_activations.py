@@ -66,7 +66,8 @@ def grid(dtype="float64"):
 
 
 def make64(name):
-    return ACTIVATIONS[name].make(dtype="float64")
+    entry = ACTIVATIONS[name]
+    return entry.make(**entry.defaults, dtype="float64")
 
 
 def test_registry_covers_every_activation_the_project_promises():

@@ -23,84 +23,69 @@ from cellseg.activations.layers import ISRU, Elementwise, GatedMish, SwishBeta, 
 HE, LECUN, GLOROT = "he_normal", "lecun_normal", "glorot_uniform"
 
 
-def _prelu(alpha: float = 0.25, **kwargs: Any) -> keras.layers.Layer:
+def _prelu(alpha: float, **kwargs: Any) -> keras.layers.Layer:
     # One learnable slope per channel, shared over height and width of NHWC feature maps.
     return keras.layers.PReLU(
         alpha_initializer=keras.initializers.Constant(alpha), shared_axes=[1, 2], **kwargs
     )
 
 
-def _fixed(function: str, **defaults: float) -> Callable[..., keras.layers.Layer]:
-    def make(**kwargs: Any) -> keras.layers.Layer:
-        return Elementwise(function, **{**defaults, **kwargs})
-
-    return make
+def _fixed(function: str) -> Callable[..., keras.layers.Layer]:
+    return lambda **kwargs: Elementwise(function, **kwargs)
 
 
-def _learnable(cls: type[keras.layers.Layer], default: float) -> Callable[..., keras.layers.Layer]:
-    def make(alpha: float | None = None, beta: float | None = None, **kwargs: Any) -> keras.layers.Layer:
-        given = alpha if alpha is not None else beta
-        return cls(default if given is None else given, **kwargs)
-
-    return make
+def _learnable(cls: type[keras.layers.Layer], param: str) -> Callable[..., keras.layers.Layer]:
+    return lambda **kwargs: cls(kwargs.pop(param), **kwargs)
 
 
 @dataclass(frozen=True)
 class ActivationEntry:
-    """What the registry knows about one activation."""
+    """What the registry knows about one activation.
+
+    ``defaults`` holds the activation's options (its learnable initial value, or its fixed constant) and
+    their default values; a spec may override them by name.
+    """
 
     make: Callable[..., keras.layers.Layer]
     initializer: str
-    params: tuple[str, ...] = ()
+    defaults: dict[str, float] = field(default_factory=dict)
     learnable: bool = False
     channel_factor: int = 1
     trainable: bool = True
     summary: str = ""
-    defaults: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(self.defaults)
 
 
 ACTIVATIONS: dict[str, ActivationEntry] = {
     "isru": ActivationEntry(
-        _learnable(ISRU, 1.0),
-        GLOROT,
-        ("alpha",),
-        True,
-        summary="x/sqrt(1+a x^2), learnable a>=0",
-        defaults={"alpha": 1.0},
+        _learnable(ISRU, "alpha"), GLOROT, {"alpha": 1.0}, True, summary="x/sqrt(1+a x^2), learnable a>=0"
     ),
     "trainable_leaky_relu": ActivationEntry(
-        _learnable(TrainableLeakyReLU, 0.2),
+        _learnable(TrainableLeakyReLU, "alpha"),
         HE,
-        ("alpha",),
+        {"alpha": 0.2},
         True,
         summary="x if x>=0 else a x, learnable a",
-        defaults={"alpha": 0.2},
     ),
-    "prelu": ActivationEntry(
-        _prelu, HE, ("alpha",), True, summary="per-channel learnable leaky slope", defaults={"alpha": 0.25}
-    ),
+    "prelu": ActivationEntry(_prelu, HE, {"alpha": 0.25}, True, summary="per-channel learnable leaky slope"),
     "swish_beta": ActivationEntry(
-        _learnable(SwishBeta, 1.0),
-        HE,
-        ("beta",),
-        True,
-        summary="x sigmoid(b x), learnable b",
-        defaults={"beta": 1.0},
+        _learnable(SwishBeta, "beta"), HE, {"beta": 1.0}, True, summary="x sigmoid(b x), learnable b"
     ),
-    "gated_mish": ActivationEntry(
-        lambda **kw: GatedMish(**kw), HE, channel_factor=2, summary="a*mish(b) over channel halves"
-    ),
+    "gated_mish": ActivationEntry(GatedMish, HE, channel_factor=2, summary="a*mish(b) over channel halves"),
     "mish": ActivationEntry(_fixed("mish"), HE, summary="x tanh(softplus(x))"),
     "swish": ActivationEntry(_fixed("swish"), HE, summary="x sigmoid(x)"),
     "silu": ActivationEntry(_fixed("silu"), HE, summary="x sigmoid(x) (alias of swish)"),
     "gelu": ActivationEntry(_fixed("gelu"), HE, summary="x Phi(x), exact"),
     "gelu_tanh": ActivationEntry(_fixed("gelu_tanh"), HE, summary="GELU, tanh approximation"),
     "selu": ActivationEntry(_fixed("selu"), LECUN, summary="scaled ELU, self-normalising"),
-    "elu": ActivationEntry(_fixed("elu", alpha=1.0), HE, ("alpha",), summary="x if x>0 else a(e^x-1)"),
-    "leaky_relu": ActivationEntry(_fixed("leaky_relu", alpha=0.01), HE, ("alpha",), summary="x if x>=0 else 0.01 x"),
+    "elu": ActivationEntry(_fixed("elu"), HE, {"alpha": 1.0}, summary="x if x>0 else a(e^x-1)"),
+    "leaky_relu": ActivationEntry(_fixed("leaky_relu"), HE, {"alpha": 0.01}, summary="x if x>=0 else 0.01 x"),
     "relu": ActivationEntry(_fixed("relu"), HE, summary="max(0, x)"),
     "lisht": ActivationEntry(_fixed("lisht"), HE, summary="x tanh(x)"),
-    "isrlu": ActivationEntry(_fixed("isrlu", alpha=1.0), HE, ("alpha",), summary="x if x>=0 else ISRU"),
+    "isrlu": ActivationEntry(_fixed("isrlu"), HE, {"alpha": 1.0}, summary="x if x>=0 else ISRU"),
     "softplus": ActivationEntry(_fixed("softplus"), HE, summary="log(1+e^x)"),
     "tanh": ActivationEntry(_fixed("tanh"), GLOROT, summary="tanh(x)"),
     "sigmoid": ActivationEntry(_fixed("sigmoid"), GLOROT, summary="1/(1+e^-x)"),
@@ -161,7 +146,7 @@ def create_activation(spec: str | Mapping[str, Any], name: str | None = None) ->
     if unknown:
         valid = ", ".join((*entry.params, "trainable")) or "trainable"
         raise ValueError(f"activation '{key}' has no option(s) {sorted(unknown)}; valid options: {valid}")
-    return entry.make(**options, name=name)
+    return entry.make(**{**entry.defaults, **options}, name=name)
 
 
 __all__ = [
