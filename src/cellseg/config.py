@@ -63,7 +63,8 @@ class DataConfig:
     """Where images come from and how patches are cut from them."""
 
     path: str | list[str] | None = None
-    layout: Literal["auto", "dsb2018", "paired"] = "auto"
+    layout: Literal["auto", "dsb2018", "paired", "rle"] = "auto"
+    rle_csv: str | None = None
     patch_size: int = field(default=128, metadata=_bounded(16))
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
     channels: Literal[1, 3] = 3

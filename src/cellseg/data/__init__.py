@@ -20,7 +20,7 @@ def load_samples(cfg: Config) -> tuple[list[Sample], str]:
         return samples, source
     from cellseg.data.readers import read_samples
 
-    samples = read_samples(cfg.data.path, cfg.data.layout)
+    samples = read_samples(cfg.data.path, cfg.data.layout, cfg.data.rle_csv)
     paths = cfg.data.path if isinstance(cfg.data.path, list) else [cfg.data.path]
     return samples, f"files: {len(samples)} annotated images from {', '.join(map(str, paths))}"
 

@@ -1,8 +1,9 @@
-"""Readers for annotated nucleus images on disk: the DSB2018 / BBBC038 layout and paired folders.
+"""Readers for annotated nucleus images on disk: DSB2018 / BBBC038, paired folders, run-length CSV.
 
 DSB2018: ``<root>/<id>/images/<id>.png`` with one binary PNG per nucleus in ``<root>/<id>/masks/``.
 Paired:  ``<root>/images/<stem>.<ext>`` and ``<root>/masks/<stem>.<ext>``; a mask is either binary
 (nuclei are then its connected components) or an instance label image, PNG or TIFF, 8 or 16 bit.
+Run-length: a Kaggle ``ImageId,EncodedPixels`` CSV (one row per nucleus) gives the masks of the images.
 """
 
 from __future__ import annotations
@@ -95,18 +96,60 @@ def read_paired(root: Path) -> list[Sample]:
     return samples
 
 
+def _find_image(root: Path, image_id: str) -> Path:
+    """The image of ``image_id``: Kaggle's ``<id>/images/<id>.png``, or ``[images/]<id>.<ext>``."""
+    candidates = [root / image_id / "images" / f"{image_id}.png"]
+    candidates += [
+        folder / f"{image_id}{ext}" for folder in (root / "images", root) for ext in IMAGE_SUFFIXES
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise DataError(
+        f"{root}: no image for ImageId '{image_id}' (looked for {candidates[0]} and images/{image_id}.*)"
+    )
+
+
+def read_rle(root: Path, csv_path: Path) -> list[Sample]:
+    """Images under ``root`` whose nuclei are given as run-length strings in a Kaggle CSV."""
+    from cellseg.data.rle import read_rle_csv, rle_decode
+
+    samples = []
+    for image_id, encoded in sorted(read_rle_csv(csv_path).items()):
+        image_path = _find_image(root, image_id)
+        image = _check_2d(read_image(image_path), image_path, "image")
+        if not encoded:
+            raise DataError(f"{csv_path}: ImageId '{image_id}' has no nuclei (empty EncodedPixels)")
+        labels = np.zeros(image.shape[:2], np.int32)
+        for i, rle in enumerate(encoded, start=1):
+            labels[rle_decode(rle, labels.shape, f"{csv_path}, ImageId {image_id}, nucleus {i}") > 0] = i
+        samples.append(Sample(image_id, image, labels))
+    return samples
+
+
 READERS = {"dsb2018": read_dsb2018, "paired": read_paired}
 
 
-def read_samples(paths: str | Iterable[str], layout: str = "auto") -> list[Sample]:
-    """Read every annotated image under one or several roots; ids are prefixed by root when several."""
+def read_samples(
+    paths: str | Iterable[str], layout: str = "auto", rle_csv: str | None = None
+) -> list[Sample]:
+    """Read every annotated image under one or several roots; ids are prefixed by root when several.
+
+    With ``rle_csv`` the masks come from that run-length CSV and the roots only supply images.
+    """
     roots = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+    if layout == "rle" and rle_csv is None:
+        raise DataError(
+            "data.layout is 'rle' but data.rle_csv is not set; give the ImageId,EncodedPixels CSV"
+        )
     samples: list[Sample] = []
     for root in roots:
-        kind = detect_layout(root) if layout == "auto" else layout
         if not root.is_dir():
             raise DataError(f"data folder not found: {root}")
-        found = READERS[kind](root)
+        if rle_csv is not None:
+            found = read_rle(root, Path(rle_csv))
+        else:
+            found = READERS[detect_layout(root) if layout == "auto" else layout](root)
         if len(roots) > 1:
             for s in found:
                 s.id = f"{root.name}/{s.id}"
