@@ -5,7 +5,7 @@ import pytest
 from skimage import io as skio
 from skimage import measure
 
-from cellseg.config import Config, SyntheticConfig, load_config
+from cellseg.config import AugmentConfig, Config, DataConfig, SyntheticConfig, load_config
 from cellseg.data import DataError, Sample, load_samples
 from cellseg.data.pipeline import grid_starts, prepare, split_samples, train_dataset, val_dataset
 from cellseg.data.readers import read_samples
@@ -86,9 +86,10 @@ def prepared(patch=32):
 
 def test_train_patches_are_deterministic_resumable_and_aligned():
     data = prepared()
-    first = list(train_dataset(data, 32, 4, seed=1).take(3).as_numpy_iterator())
-    again = list(train_dataset(data, 32, 4, seed=1).take(3).as_numpy_iterator())
-    resumed = next(iter(train_dataset(data, 32, 4, seed=1, start_patch=8).as_numpy_iterator()))
+    cfg = DataConfig(patch_size=32)
+    first = list(train_dataset(data, cfg, 4, seed=1).take(3).as_numpy_iterator())
+    again = list(train_dataset(data, cfg, 4, seed=1).take(3).as_numpy_iterator())
+    resumed = next(iter(train_dataset(data, cfg, 4, seed=1, start_patch=8).as_numpy_iterator()))
     for (x1, y1), (x2, y2) in zip(first, again, strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
@@ -101,6 +102,53 @@ def test_train_patches_are_deterministic_resumable_and_aligned():
     for img, msk in zip(x, y, strict=True):
         if 0 < msk.mean() < 1:
             assert abs(img[msk[..., 0] > 0].mean() - img[msk[..., 0] == 0].mean()) > 0.15
+
+
+ALL_AUGMENTATIONS = AugmentConfig(scale=0.3, elastic=1.0, brightness_contrast=0.0, blur=0.0, noise=0.0)
+
+
+def test_geometric_augmentation_keeps_image_and_mask_aligned():
+    # images whose every channel *is* the mask: after any geometric transform they must still agree
+    samples = make_samples(SYN, 0)
+    for s in samples:
+        s.image = np.repeat(s.foreground[..., None] * 255, 3, axis=-1).astype(np.uint8)
+    train, val = split_samples(samples, 0.34, 0)
+    data = prepare(train, val, 3, 48, "aligned")
+    cfg = DataConfig(patch_size=48, augment=ALL_AUGMENTATIONS)
+    for x, y in train_dataset(data, cfg, 8, seed=3).take(4).as_numpy_iterator():
+        agree = np.mean((x[..., 0] > 0.5) == (y[..., 0] > 0.5))
+        assert agree > 0.97, agree
+        assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_albumentations_stream_is_reproducible_and_changes_patches():
+    data = prepared()
+    plain = DataConfig(patch_size=32)
+    heavy = DataConfig(
+        patch_size=32, augment=AugmentConfig(scale=0.3, brightness_contrast=0.3, blur=1.0, noise=1.0)
+    )
+    a = [x for x, _ in train_dataset(data, heavy, 4, seed=1).take(3).as_numpy_iterator()]
+    b = [x for x, _ in train_dataset(data, heavy, 4, seed=1).take(3).as_numpy_iterator()]
+    c = [x for x, _ in train_dataset(data, plain, 4, seed=1).take(3).as_numpy_iterator()]
+    for xa, xb, xc in zip(a, b, c, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        assert not np.allclose(xa, xc)
+        assert xa.min() >= 0 and xa.max() <= 1
+
+
+def test_foreground_bias_centres_patches_on_nuclei():
+    sparse = SyntheticConfig(num_images=4, image_size=256, nuclei_min=2, nuclei_max=4)
+    train, val = split_samples(make_samples(sparse, 0), 0.25, 0)
+    data = prepare(train, val, 3, 32, "sparse")
+
+    def foreground_share(bias):
+        cfg = DataConfig(patch_size=32, foreground_bias=bias)
+        ys = [y for _, y in train_dataset(data, cfg, 16, seed=2).take(4).as_numpy_iterator()]
+        return np.mean([y.mean() for y in ys]), np.mean([y.any() for batch in ys for y in batch])
+
+    (mean0, _), (mean1, any1) = foreground_share(0.0), foreground_share(1.0)
+    assert any1 == 1.0, "every biased patch contains a nucleus"
+    assert mean1 > 1.5 * mean0
 
 
 def test_validation_patches_are_fixed_and_cover_validation_images():

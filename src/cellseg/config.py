@@ -59,6 +59,18 @@ class SyntheticConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-patch augmentation; validation patches are never augmented. 0 switches an effect off."""
+
+    dihedral: bool = True
+    scale: float = field(default=0.0, metadata=_bounded(0, 1))
+    elastic: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    brightness_contrast: float = field(default=0.0, metadata=_bounded(0, 1))
+    blur: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    noise: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+
+
+@dataclass
 class DataConfig:
     """Where images come from and how patches are cut from them."""
 
@@ -68,6 +80,8 @@ class DataConfig:
     patch_size: int = field(default=128, metadata=_bounded(16))
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
     channels: Literal[1, 3] = 3
+    foreground_bias: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

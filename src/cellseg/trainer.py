@@ -149,7 +149,7 @@ def train(
 
     batch = cfg.train.batch_size
     train_ds = train_dataset(
-        data, cfg.data.patch_size, batch, cfg.seed, start_patch=done * cfg.train.steps_per_epoch * batch
+        data, cfg.data, batch, cfg.seed, start_patch=done * cfg.train.steps_per_epoch * batch
     )
     if done < cfg.train.epochs:
         model.fit(

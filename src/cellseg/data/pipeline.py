@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
+from skimage import measure
 
+from cellseg.config import DataConfig
+from cellseg.data.augment import PatchAugmenter
 from cellseg.data.sample import DataError, Sample, normalize, to_channels
 
 
@@ -23,6 +26,8 @@ class PreparedData:
     train_images: np.ndarray  # (N, Hmax, Wmax, C) float32, zero-padded past each image's own size
     train_masks: np.ndarray  # (N, Hmax, Wmax, 1) uint8 foreground
     train_shapes: np.ndarray  # (N, 2) int32 valid (H, W) of each image
+    train_centroids: np.ndarray  # (K, 2) int32 nucleus centres (y, x) of all training images, image by image
+    train_centroid_offsets: np.ndarray  # (N + 1,) int32: image i's centres are rows offsets[i]:offsets[i+1]
     val_images: np.ndarray  # (M, P, P, C) fixed validation patches
     val_masks: np.ndarray  # (M, P, P, 1)
     source: str
@@ -76,6 +81,9 @@ def prepare(train: list[Sample], val: list[Sample], channels: int, patch: int, s
     for i, (img, msk) in enumerate(pairs):
         images[i, : img.shape[0], : img.shape[1]] = img
         masks[i, : msk.shape[0], : msk.shape[1]] = msk
+    centres = [np.round([r.centroid for r in measure.regionprops(s.labels)]).reshape(-1, 2) for s in train]
+    offsets = np.cumsum([0] + [len(c) for c in centres]).astype(np.int32)
+    centroids = np.concatenate([*centres, np.zeros((1, 2))]).astype(np.int32)  # one spare row: never empty
     vx, vy = [], []
     for s in val:
         img, msk = _arrays(s, channels, patch)
@@ -84,32 +92,69 @@ def prepare(train: list[Sample], val: list[Sample], channels: int, patch: int, s
                 vx.append(img[y : y + patch, x : x + patch])
                 vy.append(msk[y : y + patch, x : x + patch])
     return PreparedData(
-        images, masks, shapes, np.stack(vx), np.stack(vy), source, [s.id for s in train], [s.id for s in val]
+        images,
+        masks,
+        shapes,
+        centroids,
+        offsets,
+        np.stack(vx),
+        np.stack(vy),
+        source,
+        [s.id for s in train],
+        [s.id for s in val],
     )
 
 
 def train_dataset(
-    data: PreparedData, patch: int, batch_size: int, seed: int, start_patch: int = 0
+    data: PreparedData, cfg: DataConfig, batch_size: int, seed: int, start_patch: int = 0
 ) -> tf.data.Dataset:
-    """Endless stream of augmented (image, foreground) patch batches, starting at patch ``start_patch``."""
+    """Endless stream of augmented (image, foreground) patch batches, starting at patch ``start_patch``.
+
+    A share ``cfg.foreground_bias`` of the patches is centred (with jitter) on a random nucleus of the
+    chosen image; the rest are placed uniformly.
+    """
+    patch = cfg.patch_size
     images = tf.constant(data.train_images)
     masks = tf.constant(data.train_masks)
     shapes = tf.constant(data.train_shapes)
+    centroids = tf.constant(data.train_centroids)
+    offsets = tf.constant(data.train_centroid_offsets)
     n = len(data.train_images)
+    augmenter = PatchAugmenter(cfg.augment, seed)
+    channels = data.train_images.shape[-1]
+
+    def place(
+        u_uniform: tf.Tensor, length: tf.Tensor, centre: tf.Tensor, u_jitter: tf.Tensor, biased: tf.Tensor
+    ):
+        uniform = tf.cast(u_uniform * tf.cast(length - patch + 1, tf.float32), tf.int32)
+        jitter = tf.cast((u_jitter - 0.5) * patch / 2, tf.int32)
+        centred = tf.clip_by_value(centre - patch // 2 + jitter, 0, length - patch)
+        return tf.where(biased, centred, uniform)
 
     def sample(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         key = tf.stack([tf.constant(seed, tf.int64), i])
-        u = tf.random.stateless_uniform([5], seed=key)
+        u = tf.random.stateless_uniform([9], seed=key)
         k = tf.minimum(tf.cast(u[0] * n, tf.int32), n - 1)
         h, w = shapes[k][0], shapes[k][1]
-        y = tf.cast(u[1] * tf.cast(h - patch + 1, tf.float32), tf.int32)
-        x = tf.cast(u[2] * tf.cast(w - patch + 1, tf.float32), tf.int32)
+        count = offsets[k + 1] - offsets[k]
+        biased = (u[5] < cfg.foreground_bias) & (count > 0)
+        centre = centroids[
+            offsets[k] + tf.minimum(tf.cast(u[6] * tf.cast(count, tf.float32), tf.int32), count)
+        ]
+        y = place(u[1], h, centre[0], u[7], biased)
+        x = place(u[2], w, centre[1], u[8], biased)
         img = images[k, y : y + patch, x : x + patch]
         msk = masks[k, y : y + patch, x : x + patch]
-        both = tf.concat([img, tf.cast(msk, tf.float32)], axis=-1)
-        both = tf.image.rot90(both, tf.cast(u[3] * 4, tf.int32) % 4)  # the dihedral group: rot90 x flip
-        both = tf.cond(u[4] < 0.5, lambda: tf.reverse(both, [1]), lambda: both)
-        return both[..., :-1], both[..., -1:]
+        if cfg.augment.dihedral:  # rot90 x flip covers all 8 symmetries of the square
+            both = tf.concat([img, tf.cast(msk, tf.float32)], axis=-1)
+            both = tf.image.rot90(both, tf.cast(u[3] * 4, tf.int32) % 4)
+            both = tf.cond(u[4] < 0.5, lambda: tf.reverse(both, [1]), lambda: both)
+            img, msk = both[..., :-1], tf.cast(both[..., -1:], tf.uint8)
+        if augmenter.enabled:
+            img, msk = tf.numpy_function(augmenter, [img, msk, i], [tf.float32, tf.uint8], stateful=False)
+            img.set_shape((patch, patch, channels))
+            msk.set_shape((patch, patch, 1))
+        return img, tf.cast(msk, tf.float32)
 
     ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)
     ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
