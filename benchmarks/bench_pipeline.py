@@ -1,0 +1,90 @@
+"""Data pipeline throughput on the real DSB2018 images, and training through it vs in-memory arrays.
+
+    python benchmarks/bench_pipeline.py [--steps 20] [--repeats 3]
+
+1. patches/s the training pipeline delivers alone (random patches + augmentation), for the default
+   augmentation (flips / rotations) and for every albumentations effect switched on;
+2. training patches/s of the default U-Net fed by that pipeline, as a ratio to ``model.fit`` on the same
+   patches already held in memory as NumPy arrays, measured interleaved (A B A B ...), median of repeats.
+Target (issue 3): the ratio is at least 0.95, i.e. the pipeline is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import interleaved, machine, require_dsb2018, timed
+
+import numpy as np  # noqa: E402  (after common sets the TF log level)
+import tensorflow as tf  # noqa: E402
+
+from cellseg.config import AugmentConfig, Config  # noqa: E402
+from cellseg.data.pipeline import prepare, split_samples, train_dataset  # noqa: E402
+from cellseg.data.readers import read_samples  # noqa: E402
+from cellseg.models import build_unet  # noqa: E402
+from cellseg.trainer import compile_model  # noqa: E402
+
+HEAVY = AugmentConfig(scale=0.2, elastic=0.3, brightness_contrast=0.2, blur=0.3, noise=0.3)
+
+
+def pipeline_rate(ds: tf.data.Dataset, batches: int, batch: int) -> float:
+    it = iter(ds)
+    next(it)  # warm-up: tracing and the first prefetch
+    return batches * batch / timed(lambda: [next(it) for _ in range(batches)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    root = require_dsb2018() / "stage1_train"
+    cfg = Config()
+    batch = cfg.train.batch_size
+    start = time.perf_counter()
+    train, val = split_samples(read_samples(str(root)), cfg.data.val_fraction, cfg.seed)
+    data = prepare(train, val, cfg.data.channels, cfg.data.patch_size, "dsb2018 stage1_train")
+    print(f"machine: {machine()}, TensorFlow {tf.__version__}")
+    print(f"data: {len(train)} training images from {root} loaded in {time.perf_counter() - start:.1f} s")
+
+    print("\n1. pipeline alone (patches of 128x128, batch 8)")
+    for label, augment in (("flips/rotations (default)", AugmentConfig()), ("all albumentations on", HEAVY)):
+        data_cfg = Config().data
+        data_cfg.augment = augment
+        rate = pipeline_rate(train_dataset(data, data_cfg, batch, seed=0), 100, batch)
+        print(f"   {label:28s} {rate:8.0f} patches/s")
+
+    print(
+        f"\n2. training the default U-Net ({args.steps} steps of {batch}), median of {args.repeats} interleaved"
+    )
+    model = build_unet(cfg.model, cfg.data.channels)
+    compile_model(model, cfg.train)
+    for label, augment in (("default augmentation", AugmentConfig()), ("all albumentations on", HEAVY)):
+        data_cfg = Config().data
+        data_cfg.augment = augment
+        ds = train_dataset(data, data_cfg, batch, seed=0)
+        x, y = (np.concatenate(a) for a in zip(*ds.take(args.steps).as_numpy_iterator(), strict=True))
+        model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)  # compile and warm both paths
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        n = args.steps * batch
+        rates = interleaved(
+            {
+                "pipeline": lambda ds=ds: (
+                    n / timed(lambda: model.fit(ds, steps_per_epoch=args.steps, verbose=0))
+                ),
+                "in-memory": lambda x=x, y=y: (
+                    n / timed(lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False))
+                ),
+            },
+            args.repeats,
+        )
+        ratio = rates["pipeline"] / rates["in-memory"]
+        print(
+            f"   {label:24s} pipeline {rates['pipeline']:6.1f} patches/s, in-memory {rates['in-memory']:6.1f}"
+            f" patches/s, ratio {ratio:.3f} (target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})"
+        )
+
+
+if __name__ == "__main__":
+    main()
