@@ -12,18 +12,20 @@ Target (issue 3): the ratio is at least 0.95, i.e. the pipeline is not the bottl
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import numpy as np
+import tensorflow as tf
 from common import interleaved, machine, require_dsb2018, timed
 
-import numpy as np  # noqa: E402  (after common sets the TF log level)
-import tensorflow as tf  # noqa: E402
-
-from cellseg.config import AugmentConfig, Config  # noqa: E402
-from cellseg.data.pipeline import prepare, split_samples, train_dataset  # noqa: E402
-from cellseg.data.readers import read_samples  # noqa: E402
-from cellseg.models import build_unet  # noqa: E402
-from cellseg.trainer import compile_model  # noqa: E402
+from cellseg.config import AugmentConfig, Config
+from cellseg.data.pipeline import prepare, split_samples, train_dataset
+from cellseg.data.readers import read_samples
+from cellseg.models import build_unet
+from cellseg.trainer import compile_model
 
 HEAVY = AugmentConfig(scale=0.2, elastic=0.3, brightness_contrast=0.2, blur=0.3, noise=0.3)
 
@@ -56,10 +58,12 @@ def main() -> None:
         print(f"   {label:28s} {rate:8.0f} patches/s")
 
     print(
-        f"\n2. training the default U-Net ({args.steps} steps of {batch}), median of {args.repeats} interleaved"
+        f"\n2. training the default U-Net ({args.steps} steps of {batch}), "
+        f"median of {args.repeats} interleaved runs"
     )
     model = build_unet(cfg.model, cfg.data.channels)
     compile_model(model, cfg.train)
+    n = args.steps * batch
     for label, augment in (("default augmentation", AugmentConfig()), ("all albumentations on", HEAVY)):
         data_cfg = Config().data
         data_cfg.augment = augment
@@ -67,7 +71,6 @@ def main() -> None:
         x, y = (np.concatenate(a) for a in zip(*ds.take(args.steps).as_numpy_iterator(), strict=True))
         model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)  # compile and warm both paths
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        n = args.steps * batch
         rates = interleaved(
             {
                 "pipeline": lambda ds=ds: (

@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 DSB2018 = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
 
