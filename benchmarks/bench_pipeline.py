@@ -46,7 +46,7 @@ def main() -> None:
     batch = cfg.train.batch_size
     start = time.perf_counter()
     train, val = split_samples(read_samples(str(root)), cfg.data.val_fraction, cfg.seed)
-    data = prepare(train, val, cfg.data.channels, cfg.data.patch_size, "dsb2018 stage1_train")
+    data = prepare(train, val, cfg.data, "dsb2018 stage1_train")
     print(f"machine: {machine()}, TensorFlow {tf.__version__}")
     print(f"data: {len(train)} training images from {root} loaded in {time.perf_counter() - start:.1f} s")
 

@@ -6,7 +6,7 @@ from skimage import io as skio
 from skimage import measure
 
 from cellseg.config import AugmentConfig, Config, DataConfig, SyntheticConfig, load_config
-from cellseg.data import DataError, Sample, load_samples
+from cellseg.data import DataError, Sample, collect_samples
 from cellseg.data.pipeline import grid_starts, prepare, split_samples, train_dataset, val_dataset
 from cellseg.data.readers import read_samples
 from cellseg.data.sample import normalize
@@ -81,7 +81,7 @@ def test_grid_starts_cover_the_image():
 
 def prepared(patch=32):
     train, val = split_samples(make_samples(SYN, 0), 0.34, 0)
-    return prepare(train, val, 3, patch, "test")
+    return prepare(train, val, DataConfig(channels=3, patch_size=patch), "test")
 
 
 def test_train_patches_are_deterministic_resumable_and_aligned():
@@ -113,7 +113,7 @@ def test_geometric_augmentation_keeps_image_and_mask_aligned():
     for s in samples:
         s.image = np.repeat(s.foreground[..., None] * 255, 3, axis=-1).astype(np.uint8)
     train, val = split_samples(samples, 0.34, 0)
-    data = prepare(train, val, 3, 48, "aligned")
+    data = prepare(train, val, DataConfig(patch_size=48), "aligned")
     cfg = DataConfig(patch_size=48, augment=ALL_AUGMENTATIONS)
     for x, y in train_dataset(data, cfg, 8, seed=3).take(4).as_numpy_iterator():
         agree = np.mean((x[..., 0] > 0.5) == (y[..., 0] > 0.5))
@@ -139,7 +139,7 @@ def test_albumentations_stream_is_reproducible_and_changes_patches():
 def test_foreground_bias_centres_patches_on_nuclei():
     sparse = SyntheticConfig(num_images=4, image_size=256, nuclei_min=2, nuclei_max=4)
     train, val = split_samples(make_samples(sparse, 0), 0.25, 0)
-    data = prepare(train, val, 3, 32, "sparse")
+    data = prepare(train, val, DataConfig(patch_size=32), "sparse")
 
     def foreground_share(bias):
         cfg = DataConfig(patch_size=32, foreground_bias=bias)
@@ -162,7 +162,7 @@ def test_small_images_are_padded_up_to_the_patch_size():
     small = [
         Sample(f"s{i}", np.full((20, 24), 100 + i, np.uint8), np.ones((20, 24), np.int32)) for i in range(3)
     ]
-    data = prepare(small[:2], small[2:], 1, 32, "tiny")
+    data = prepare(small[:2], small[2:], DataConfig(channels=1, patch_size=32), "tiny")
     assert data.train_images.shape[1:] == (32, 32, 1) and data.val_images.shape == (1, 32, 32, 1)
 
 
@@ -228,9 +228,9 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
         read_samples(str(tmp_path / "empty"))
 
 
-def test_load_samples_reports_the_source():
+def test_collect_samples_reports_the_source():
     cfg = load_config(None, ["data.synthetic.num_images=3", "data.synthetic.image_size=64"])
-    samples, source = load_samples(cfg)
+    samples, source = collect_samples(cfg)
     assert len(samples) == 3 and source.startswith("synthetic: 3 generated images of 64x64")
 
 
@@ -240,5 +240,53 @@ def test_real_dsb2018_images_load(dsb2018):
     assert sum(int(s.labels.max()) for s in samples[:20]) == 953  # nuclei in stage1_train, per its README
     assert all(s.image.shape[:2] == s.labels.shape for s in samples)
     cfg = Config()
-    data = prepare(samples[:3], samples[3:5], cfg.data.channels, 128, "dsb")
+    data = prepare(samples[:3], samples[3:5], cfg.data, "dsb")
     assert data.train_images.min() >= 0.0 and data.train_images.max() <= 1.0
+
+
+def dsb_folder(root, count=4, size=(60, 70)):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        write_dsb(root, f"img{i}", size=size, mask_sizes=(size, size))
+        noisy = rng.integers(0, 255, (*size, 4)).astype(np.uint8)
+        skio.imsave(root / f"img{i}" / "images" / f"img{i}.png", noisy, check_contrast=False)
+    return root
+
+
+def test_streaming_reads_images_from_disk_as_training_goes(tmp_path):
+    from cellseg.data.readers import scan_samples
+
+    refs = scan_samples(str(dsb_folder(tmp_path)))
+    train, val = split_samples(refs, 0.25, 0)
+    streamed = prepare(train, val, DataConfig(patch_size=32, stream=True), "disk")
+    in_memory = prepare(train, val, DataConfig(patch_size=32, stream=False, memory_limit_mb=1), "disk")
+    auto = prepare(train, val, DataConfig(patch_size=32, memory_limit_mb=1), "disk")
+    assert streamed.streaming and streamed.train_images is None and len(streamed.train_refs) == 3
+    assert not in_memory.streaming and in_memory.train_images.shape[0] == 3
+    # 3 images of 60x70x3 float32 (150 KB) fit in 1 MB; the same with a zero budget stream
+    assert not auto.streaming
+    np.testing.assert_array_equal(streamed.val_images, in_memory.val_images)
+    cfg = DataConfig(patch_size=32, patches_per_image=4)
+    a = list(train_dataset(streamed, cfg, 4, seed=1).take(3).as_numpy_iterator())
+    b = list(train_dataset(streamed, cfg, 4, seed=1).take(3).as_numpy_iterator())
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert xa.shape == (4, 32, 32, 3) and ya.shape == (4, 32, 32, 1)
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert min(x.min() for x, _ in a) >= 0 and max(x.max() for x, _ in a) <= 1
+
+
+def test_bad_samples_stop_loading_or_are_skipped_and_recorded(tmp_path):
+    from cellseg.data.readers import scan_samples
+
+    root = dsb_folder(tmp_path, count=5)
+    png = root / "img2" / "images" / "img2.png"
+    png.write_bytes(png.read_bytes()[:50])
+    refs = scan_samples(str(root))
+    with pytest.raises(DataError, match=r"img2\.png: cannot read image.*data\.on_bad_sample: skip"):
+        prepare(refs[:4], refs[4:], DataConfig(patch_size=32), "disk")
+    with pytest.warns(UserWarning, match="skipping sample img2"):
+        data = prepare(refs[:4], refs[4:], DataConfig(patch_size=32, on_bad_sample="skip"), "disk")
+    assert data.train_ids == ["img0", "img1", "img3"]
+    assert data.skipped == [{"id": "img2", "reason": data.skipped[0]["reason"]}]
+    assert "cannot read image" in data.skipped[0]["reason"]

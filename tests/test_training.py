@@ -169,3 +169,19 @@ def test_help_is_fast_and_does_not_import_tensorflow():
         "print('--resume' in f.getvalue(), 'tensorflow' in sys.modules)\n"
     )
     assert out.strip() == "True False"
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_trains_on_real_dsb2018_images(capsys, tmp_path, tiny_overrides, dsb2018, stream):
+    sets = [f"--set={o}" for o in tiny_overrides if o.startswith(("model.", "train."))]
+    sets += ["--set=data.patch_size=64", "--set=train.epochs=1", f"--set=data.stream={stream}"]
+    code, out = train_cli(
+        capsys, "--config", str(ROOT / "configs/relu.yaml"), "--data", str(dsb2018 / "stage1_train"),
+        "--out", str(tmp_path), "--quiet", *sets,
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((Path(out[-1]) / runs.SUMMARY).read_text())
+    assert summary["data_source"].startswith("files: 20 annotated images")
+    assert summary["train_images"] == 16 and summary["val_images"] == 4
+    assert summary["streamed"] is (stream == "true") and summary["skipped_samples"] == 0
+    assert np.isfinite(summary["best_val_loss"])

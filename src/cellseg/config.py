@@ -81,6 +81,10 @@ class DataConfig:
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
     channels: Literal[1, 3] = 3
     foreground_bias: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    on_bad_sample: Literal["error", "skip"] = "error"
+    stream: bool | None = None
+    memory_limit_mb: int = field(default=2048, metadata=_bounded(1))
+    patches_per_image: int = field(default=8, metadata=_bounded(1))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

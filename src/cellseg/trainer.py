@@ -25,7 +25,7 @@ from cellseg import runs
 from cellseg.activations import parse_spec
 from cellseg.callbacks import HistoryWriter, ResumeCheckpoint, StopOnNaN
 from cellseg.config import Config, TrainConfig, config_from_dict, save_config
-from cellseg.data import load_samples
+from cellseg.data import collect_samples
 from cellseg.data.pipeline import PreparedData, prepare, split_samples, train_dataset, val_dataset
 from cellseg.losses import BinaryDice, foreground_iou, make_loss
 from cellseg.models import build_unet, load_model
@@ -78,11 +78,16 @@ def _seed_everything(cfg: Config) -> None:
 
 
 def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
-    samples, source = load_samples(cfg)
+    samples, source = collect_samples(cfg)
     log(f"data: {source}")
     train, val = split_samples(samples, cfg.data.val_fraction, cfg.seed)
-    data = prepare(train, val, cfg.data.channels, cfg.data.patch_size, source)
-    log(f"split: {len(train)} training images, {len(val)} validation images ({len(data.val_images)} patches)")
+    data = prepare(train, val, cfg.data, source)
+    log(
+        f"split: {len(data.train_ids)} training images"
+        f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "
+        f"({len(data.val_images)} patches)"
+        + (f"; {len(data.skipped)} bad samples skipped" if data.skipped else "")
+    )
     return data
 
 
@@ -200,6 +205,9 @@ def write_summary(
         "train_images": len(data.train_ids),
         "val_images": len(data.val_ids),
         "val_patches": len(data.val_images),
+        "streamed": data.streaming,
+        "skipped_samples": len(data.skipped),
+        "skipped": data.skipped,
         "seed": cfg.seed,
         "versions": {
             "cellseg": cellseg.__version__,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cellseg.config import Config
-from cellseg.data.sample import DataError, Sample
+from cellseg.data.sample import DataError, Sample, SampleRef
 
 
-def load_samples(cfg: Config) -> tuple[list[Sample], str]:
-    """All annotated samples for a run, and a one-line description of where they came from."""
+def collect_samples(cfg: Config) -> tuple[list[Sample] | list[SampleRef], str]:
+    """The run's annotated samples (generated, or references to files not yet read) and a description."""
     if cfg.data.path is None:
         from cellseg.data.synthetic import make_samples
 
@@ -18,11 +18,11 @@ def load_samples(cfg: Config) -> tuple[list[Sample], str]:
             f"({', '.join(syn.styles)}), seed {cfg.seed}"
         )
         return samples, source
-    from cellseg.data.readers import read_samples
+    from cellseg.data.readers import scan_samples
 
-    samples = read_samples(cfg.data.path, cfg.data.layout, cfg.data.rle_csv)
+    refs = scan_samples(cfg.data.path, cfg.data.layout, cfg.data.rle_csv)
     paths = cfg.data.path if isinstance(cfg.data.path, list) else [cfg.data.path]
-    return samples, f"files: {len(samples)} annotated images from {', '.join(map(str, paths))}"
+    return refs, f"files: {len(refs)} annotated images from {', '.join(map(str, paths))}"
 
 
-__all__ = ["DataError", "Sample", "load_samples"]
+__all__ = ["DataError", "Sample", "SampleRef", "collect_samples"]

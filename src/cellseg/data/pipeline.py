@@ -8,7 +8,9 @@ The split is by image, never by patch, so no validation pixel is ever seen in tr
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -16,26 +18,38 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
-from cellseg.data.sample import DataError, Sample, normalize, to_channels
+from cellseg.data.sample import DataError, Sample, SampleRef, normalize, to_channels
+
+T = TypeVar("T", Sample, SampleRef)
 
 
 @dataclass
 class PreparedData:
-    """Normalised arrays ready for the pipelines, plus what the run records about them."""
+    """What the pipelines need, plus what the run records about the data.
 
-    train_images: np.ndarray  # (N, Hmax, Wmax, C) float32, zero-padded past each image's own size
-    train_masks: np.ndarray  # (N, Hmax, Wmax, 1) uint8 foreground
-    train_shapes: np.ndarray  # (N, 2) int32 valid (H, W) of each image
-    train_centroids: np.ndarray  # (K, 2) int32 nucleus centres (y, x) of all training images, image by image
+    Training images are either held in memory (``train_images`` etc.) or, when streaming, re-read from
+    ``train_refs`` as training goes; shapes and nucleus centres are known up front in both cases.
+    """
+
+    train_shapes: np.ndarray  # (N, 2) int32 valid (H, W) of each image (after padding to the patch size)
+    train_centroids: np.ndarray  # (K + 1, 2) int32 nucleus centres (y, x), image by image, plus a spare row
     train_centroid_offsets: np.ndarray  # (N + 1,) int32: image i's centres are rows offsets[i]:offsets[i+1]
     val_images: np.ndarray  # (M, P, P, C) fixed validation patches
     val_masks: np.ndarray  # (M, P, P, 1)
     source: str
-    train_ids: list[str] = field(default_factory=list)
-    val_ids: list[str] = field(default_factory=list)
+    train_ids: list[str]
+    val_ids: list[str]
+    train_images: np.ndarray | None = None  # (N, Hmax, Wmax, C) float32, zero-padded past each image's size
+    train_masks: np.ndarray | None = None  # (N, Hmax, Wmax, 1) uint8 foreground
+    train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
+    skipped: list[dict[str, str]] = field(default_factory=list)  # bad samples skipped: id and reason
+
+    @property
+    def streaming(self) -> bool:
+        return self.train_images is None
 
 
-def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_samples(samples: list[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Seeded split by image; at least one image on each side."""
     if len(samples) < 2:
         raise DataError(
@@ -72,56 +86,99 @@ def grid_starts(length: int, patch: int) -> list[int]:
     return starts
 
 
-def prepare(train: list[Sample], val: list[Sample], channels: int, patch: int, source: str) -> PreparedData:
-    pairs = [_arrays(s, channels, patch) for s in train]
-    shapes = np.array([img.shape[:2] for img, _ in pairs], np.int32)
-    hmax, wmax = shapes.max(axis=0)
-    images = np.zeros((len(pairs), hmax, wmax, channels), np.float32)
-    masks = np.zeros((len(pairs), hmax, wmax, 1), np.uint8)
-    for i, (img, msk) in enumerate(pairs):
-        images[i, : img.shape[0], : img.shape[1]] = img
-        masks[i, : msk.shape[0], : msk.shape[1]] = msk
-    centres = [np.round([r.centroid for r in measure.regionprops(s.labels)]).reshape(-1, 2) for s in train]
-    offsets = np.cumsum([0] + [len(c) for c in centres]).astype(np.int32)
-    centroids = np.concatenate([*centres, np.zeros((1, 2))]).astype(np.int32)  # one spare row: never empty
-    vx, vy = [], []
-    for s in val:
-        img, msk = _arrays(s, channels, patch)
+class _Loader:
+    """Loads references one by one, applying the config's bad-sample policy."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+        self.skipped: list[dict[str, str]] = []
+
+    def __call__(self, ref: Sample | SampleRef) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(image, foreground, nucleus centres) ready for patching, or None for a skipped sample."""
+        try:
+            sample = ref.load()
+            image, mask = _arrays(sample, self.cfg.channels, self.cfg.patch_size)
+        except DataError as exc:
+            if self.cfg.on_bad_sample == "error":
+                raise DataError(f"{exc} (set data.on_bad_sample: skip to leave bad samples out)") from exc
+            warnings.warn(f"skipping sample {ref.id}: {exc}", stacklevel=2)
+            self.skipped.append({"id": ref.id, "reason": str(exc)})
+            return None
+        centres = np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2)
+        return image, mask, centres
+
+
+def prepare(
+    train: list[Sample] | list[SampleRef], val: list[Sample] | list[SampleRef], cfg: DataConfig, source: str
+) -> PreparedData:
+    """Read and check every sample once; keep training images in memory unless they are too big.
+
+    ``cfg.stream`` true forces streaming, false forbids it, null streams only past ``memory_limit_mb``.
+    """
+    load = _Loader(cfg)
+    patch = cfg.patch_size
+    vx, vy, val_ids = [], [], []
+    for ref in val:
+        if (loaded := load(ref)) is None:
+            continue
+        img, msk, _ = loaded
+        val_ids.append(ref.id)
         for y in grid_starts(img.shape[0], patch):
             for x in grid_starts(img.shape[1], patch):
                 vx.append(img[y : y + patch, x : x + patch])
                 vy.append(msk[y : y + patch, x : x + patch])
-    return PreparedData(
-        images,
-        masks,
-        shapes,
-        centroids,
-        offsets,
-        np.stack(vx),
-        np.stack(vy),
-        source,
-        [s.id for s in train],
-        [s.id for s in val],
+    limit = np.inf if cfg.stream is False else (0 if cfg.stream else cfg.memory_limit_mb * 2**20)
+    kept, refs, shapes, centres, held = [], [], [], [], 0
+    for ref in train:
+        if (loaded := load(ref)) is None:
+            continue
+        img, msk, c = loaded
+        refs.append(ref)
+        shapes.append(img.shape[:2])
+        centres.append(c)
+        held += img.nbytes
+        if held <= limit:
+            kept.append((img, msk))
+        else:
+            kept.clear()  # over budget: stream from disk instead
+    if not refs or not val_ids:
+        side = "training" if not refs else "validation"
+        raise DataError(f"no usable {side} images left ({len(load.skipped)} skipped as bad): {source}")
+    offsets = np.cumsum([0] + [len(c) for c in centres]).astype(np.int32)
+    data = PreparedData(
+        train_shapes=np.array(shapes, np.int32),
+        train_centroids=np.concatenate([*centres, np.zeros((1, 2))]).astype(np.int32),
+        train_centroid_offsets=offsets,
+        val_images=np.stack(vx),
+        val_masks=np.stack(vy),
+        source=source,
+        train_ids=[r.id for r in refs],
+        val_ids=val_ids,
+        skipped=load.skipped,
     )
+    if held <= limit:
+        hmax, wmax = data.train_shapes.max(axis=0)
+        data.train_images = np.zeros((len(kept), hmax, wmax, cfg.channels), np.float32)
+        data.train_masks = np.zeros((len(kept), hmax, wmax, 1), np.uint8)
+        for i, (img, msk) in enumerate(kept):
+            data.train_images[i, : img.shape[0], : img.shape[1]] = img
+            data.train_masks[i, : msk.shape[0], : msk.shape[1]] = msk
+    else:
+        data.train_refs = refs
+    return data
 
 
-def train_dataset(
-    data: PreparedData, cfg: DataConfig, batch_size: int, seed: int, start_patch: int = 0
-) -> tf.data.Dataset:
-    """Endless stream of augmented (image, foreground) patch batches, starting at patch ``start_patch``.
+def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
+    """A function cutting (and augmenting) training patch ``number`` out of image ``k``.
 
     A share ``cfg.foreground_bias`` of the patches is centred (with jitter) on a random nucleus of the
-    chosen image; the rest are placed uniformly.
+    image; the rest are placed uniformly. All randomness is keyed by (seed, patch number).
     """
     patch = cfg.patch_size
-    images = tf.constant(data.train_images)
-    masks = tf.constant(data.train_masks)
-    shapes = tf.constant(data.train_shapes)
     centroids = tf.constant(data.train_centroids)
     offsets = tf.constant(data.train_centroid_offsets)
-    n = len(data.train_images)
     augmenter = PatchAugmenter(cfg.augment, seed)
-    channels = data.train_images.shape[-1]
+    channels = data.val_images.shape[-1]
 
     def place(
         u_uniform: tf.Tensor, length: tf.Tensor, centre: tf.Tensor, u_jitter: tf.Tensor, biased: tf.Tensor
@@ -131,11 +188,8 @@ def train_dataset(
         centred = tf.clip_by_value(centre - patch // 2 + jitter, 0, length - patch)
         return tf.where(biased, centred, uniform)
 
-    def sample(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        key = tf.stack([tf.constant(seed, tf.int64), i])
-        u = tf.random.stateless_uniform([9], seed=key)
-        k = tf.minimum(tf.cast(u[0] * n, tf.int32), n - 1)
-        h, w = shapes[k][0], shapes[k][1]
+    def make(image: tf.Tensor, mask: tf.Tensor, h: tf.Tensor, w: tf.Tensor, k: tf.Tensor, number: tf.Tensor):
+        u = tf.random.stateless_uniform([9], seed=tf.stack([tf.constant(seed, tf.int64), number]))
         count = offsets[k + 1] - offsets[k]
         biased = (u[5] < cfg.foreground_bias) & (count > 0)
         centre = centroids[
@@ -143,21 +197,69 @@ def train_dataset(
         ]
         y = place(u[1], h, centre[0], u[7], biased)
         x = place(u[2], w, centre[1], u[8], biased)
-        img = images[k, y : y + patch, x : x + patch]
-        msk = masks[k, y : y + patch, x : x + patch]
+        img = image[y : y + patch, x : x + patch]
+        msk = mask[y : y + patch, x : x + patch]
         if cfg.augment.dihedral:  # rot90 x flip covers all 8 symmetries of the square
             both = tf.concat([img, tf.cast(msk, tf.float32)], axis=-1)
             both = tf.image.rot90(both, tf.cast(u[3] * 4, tf.int32) % 4)
             both = tf.cond(u[4] < 0.5, lambda: tf.reverse(both, [1]), lambda: both)
             img, msk = both[..., :-1], tf.cast(both[..., -1:], tf.uint8)
         if augmenter.enabled:
-            img, msk = tf.numpy_function(augmenter, [img, msk, i], [tf.float32, tf.uint8], stateful=False)
-            img.set_shape((patch, patch, channels))
-            msk.set_shape((patch, patch, 1))
+            img, msk = tf.numpy_function(
+                augmenter, [img, msk, number], [tf.float32, tf.uint8], stateful=False
+            )
+        img = tf.ensure_shape(img, (patch, patch, channels))
+        msk = tf.ensure_shape(msk, (patch, patch, 1))
         return img, tf.cast(msk, tf.float32)
 
-    ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)
-    ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return make
+
+
+def _pick_image(seed: int, number: tf.Tensor, n: int) -> tf.Tensor:
+    u = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed + 7919, tf.int64), number]))
+    return tf.minimum(tf.cast(u * n, tf.int32), n - 1)
+
+
+def train_dataset(
+    data: PreparedData, cfg: DataConfig, batch_size: int, seed: int, start_patch: int = 0
+) -> tf.data.Dataset:
+    """Endless stream of augmented (image, foreground) patch batches, starting at patch ``start_patch``.
+
+    In memory, every patch comes from an image drawn at random, and the stream resumes exactly. When
+    streaming, each image read gives ``cfg.patches_per_image`` patches and 8 images are interleaved; a
+    resumed stream restarts at the image where it stopped.
+    """
+    make = _patch_maker(data, cfg, seed)
+    shapes = tf.constant(data.train_shapes)
+    n = len(data.train_shapes)
+    if not data.streaming:
+        images, masks = tf.constant(data.train_images), tf.constant(data.train_masks)
+
+        def sample(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            k = _pick_image(seed, i, n)
+            return make(images[k], masks[k], shapes[k][0], shapes[k][1], k, i)
+
+        ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)
+        ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        refs, per_image, channels = data.train_refs, cfg.patches_per_image, data.val_images.shape[-1]
+
+        def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
+            ref = refs[int(k)]
+            image, mask = _arrays(ref.load(), channels, cfg.patch_size)
+            return image, mask
+
+        def patches_of(c: tf.Tensor) -> tf.data.Dataset:
+            k = _pick_image(seed, c, n)
+            image, mask = tf.numpy_function(read, [k], [tf.float32, tf.uint8], stateful=False)
+            image = tf.ensure_shape(image, (None, None, channels))
+            numbers = tf.data.Dataset.range(c * per_image, (c + 1) * per_image)
+            return numbers.map(lambda i: make(image, mask, shapes[k][0], shapes[k][1], k, i))
+
+        ds = tf.data.Dataset.range(start_patch // per_image, np.iinfo(np.int64).max // per_image)
+        ds = ds.interleave(
+            patches_of, cycle_length=min(8, n), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -9,13 +9,14 @@ Run-length: a Kaggle ``ImageId,EncodedPixels`` CSV (one row per nucleus) gives t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from skimage import io as skio
 from skimage import measure
 
-from cellseg.data.sample import DataError, Sample
+from cellseg.data.sample import DataError, Sample, SampleRef
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -57,43 +58,46 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def read_dsb2018(root: Path) -> list[Sample]:
-    """Every image of a DSB2018-layout folder, with its per-nucleus masks merged into one label map."""
-    samples = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        image_path = folder / "images" / f"{folder.name}.png"
-        image = _check_2d(read_image(image_path), image_path, "image")
-        mask_paths = sorted((folder / "masks").glob("*.png")) if (folder / "masks").is_dir() else []
-        if not mask_paths:
-            raise DataError(f"{folder}: image has no masks (expected PNGs in {folder / 'masks'})")
-        labels = np.zeros(image.shape[:2], np.int32)
-        for i, mask_path in enumerate(mask_paths, start=1):
-            mask = _check_2d(read_image(mask_path), mask_path, "mask")
-            if mask.shape != labels.shape:
-                raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {labels.shape}")
-            labels[mask > 0] = i
-        samples.append(Sample(folder.name, image, labels))
-    return samples
+def _load_dsb2018(folder: Path) -> Sample:
+    image_path = folder / "images" / f"{folder.name}.png"
+    image = _check_2d(read_image(image_path), image_path, "image")
+    mask_paths = sorted((folder / "masks").glob("*.png")) if (folder / "masks").is_dir() else []
+    if not mask_paths:
+        raise DataError(f"{folder}: image has no masks (expected PNGs in {folder / 'masks'})")
+    labels = np.zeros(image.shape[:2], np.int32)
+    for i, mask_path in enumerate(mask_paths, start=1):
+        mask = _check_2d(read_image(mask_path), mask_path, "mask")
+        if mask.shape != labels.shape:
+            raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {labels.shape}")
+        labels[mask > 0] = i
+    return Sample(folder.name, image, labels)
 
 
-def read_paired(root: Path) -> list[Sample]:
+def scan_dsb2018(root: Path) -> list[SampleRef]:
+    """One reference per ``<root>/<id>/`` folder; per-nucleus masks are merged into a label map on load."""
+    return [
+        SampleRef(f.name, partial(_load_dsb2018, f)) for f in sorted(p for p in root.iterdir() if p.is_dir())
+    ]
+
+
+def _load_paired(image_path: Path, mask_path: Path | None) -> Sample:
+    if mask_path is None:
+        raise DataError(
+            f"{image_path}: no mask named '{image_path.stem}.*' in {image_path.parent.parent / 'masks'}"
+        )
+    image = _check_2d(read_image(image_path), image_path, "image")
+    mask = _check_2d(read_image(mask_path), mask_path, "mask")
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
+    labels = measure.label(mask > 0) if len(np.unique(mask)) <= 2 else mask
+    return Sample(image_path.stem, image, labels.astype(np.int32))
+
+
+def scan_paired(root: Path) -> list[SampleRef]:
     """Images in ``root/images`` matched by file stem to masks in ``root/masks``."""
     masks = {p.stem: p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    samples = []
-    for image_path in sorted((root / "images").iterdir()):
-        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if image_path.stem not in masks:
-            raise DataError(f"{image_path}: no mask named '{image_path.stem}.*' in {root / 'masks'}")
-        image = _check_2d(read_image(image_path), image_path, "image")
-        mask_path = masks[image_path.stem]
-        mask = _check_2d(read_image(mask_path), mask_path, "mask")
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
-        values = np.unique(mask)
-        labels = measure.label(mask > 0) if len(values) <= 2 else mask.astype(np.int32)
-        samples.append(Sample(image_path.stem, image, labels.astype(np.int32)))
-    return samples
+    images = [p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [SampleRef(p.stem, partial(_load_paired, p, masks.get(p.stem))) for p in images]
 
 
 def _find_image(root: Path, image_id: str) -> Path:
@@ -110,50 +114,68 @@ def _find_image(root: Path, image_id: str) -> Path:
     )
 
 
-def read_rle(root: Path, csv_path: Path) -> list[Sample]:
+def _load_rle(root: Path, image_id: str, encoded: list[str], csv_path: Path) -> Sample:
+    from cellseg.data.rle import rle_decode
+
+    image_path = _find_image(root, image_id)
+    image = _check_2d(read_image(image_path), image_path, "image")
+    if not encoded:
+        raise DataError(f"{csv_path}: ImageId '{image_id}' has no nuclei (empty EncodedPixels)")
+    labels = np.zeros(image.shape[:2], np.int32)
+    for i, rle in enumerate(encoded, start=1):
+        labels[rle_decode(rle, labels.shape, f"{csv_path}, ImageId {image_id}, nucleus {i}") > 0] = i
+    return Sample(image_id, image, labels)
+
+
+def scan_rle(root: Path, csv_path: Path) -> list[SampleRef]:
     """Images under ``root`` whose nuclei are given as run-length strings in a Kaggle CSV."""
-    from cellseg.data.rle import read_rle_csv, rle_decode
+    from cellseg.data.rle import read_rle_csv
 
-    samples = []
-    for image_id, encoded in sorted(read_rle_csv(csv_path).items()):
-        image_path = _find_image(root, image_id)
-        image = _check_2d(read_image(image_path), image_path, "image")
-        if not encoded:
-            raise DataError(f"{csv_path}: ImageId '{image_id}' has no nuclei (empty EncodedPixels)")
-        labels = np.zeros(image.shape[:2], np.int32)
-        for i, rle in enumerate(encoded, start=1):
-            labels[rle_decode(rle, labels.shape, f"{csv_path}, ImageId {image_id}, nucleus {i}") > 0] = i
-        samples.append(Sample(image_id, image, labels))
-    return samples
+    return [
+        SampleRef(image_id, partial(_load_rle, root, image_id, encoded, csv_path))
+        for image_id, encoded in sorted(read_rle_csv(csv_path).items())
+    ]
 
 
-READERS = {"dsb2018": read_dsb2018, "paired": read_paired}
+SCANNERS = {"dsb2018": scan_dsb2018, "paired": scan_paired}
 
 
-def read_samples(
+def scan_samples(
     paths: str | Iterable[str], layout: str = "auto", rle_csv: str | None = None
-) -> list[Sample]:
-    """Read every annotated image under one or several roots; ids are prefixed by root when several.
+) -> list[SampleRef]:
+    """References to every annotated image under one or several roots, without decoding any of them.
 
-    With ``rle_csv`` the masks come from that run-length CSV and the roots only supply images.
+    Ids are prefixed by the root's name when several roots are given. With ``rle_csv`` the masks come
+    from that run-length CSV and the roots only supply images.
     """
     roots = [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
     if layout == "rle" and rle_csv is None:
         raise DataError(
             "data.layout is 'rle' but data.rle_csv is not set; give the ImageId,EncodedPixels CSV"
         )
-    samples: list[Sample] = []
+    refs: list[SampleRef] = []
     for root in roots:
         if not root.is_dir():
             raise DataError(f"data folder not found: {root}")
         if rle_csv is not None:
-            found = read_rle(root, Path(rle_csv))
+            found = scan_rle(root, Path(rle_csv))
         else:
-            found = READERS[detect_layout(root) if layout == "auto" else layout](root)
+            found = SCANNERS[detect_layout(root) if layout == "auto" else layout](root)
         if len(roots) > 1:
-            for s in found:
-                s.id = f"{root.name}/{s.id}"
-        samples.extend(found)
-    if not samples:
+            found = [SampleRef(f"{root.name}/{r.id}", r.load) for r in found]
+        refs.extend(found)
+    if not refs:
         raise DataError(f"no annotated images found under {', '.join(map(str, roots))}")
+    return refs
+
+
+def read_samples(
+    paths: str | Iterable[str], layout: str = "auto", rle_csv: str | None = None
+) -> list[Sample]:
+    """Decode every annotated image under the roots (see :func:`scan_samples`); the first problem raises."""
+    samples = []
+    for ref in scan_samples(paths, layout, rle_csv):
+        sample = ref.load()
+        sample.id = ref.id
+        samples.append(sample)
     return samples

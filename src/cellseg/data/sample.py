@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,21 @@ class Sample:
     @property
     def foreground(self) -> np.ndarray:
         return (self.labels > 0).astype(np.uint8)
+
+    def load(self) -> Sample:
+        """A sample in memory is its own reference (see :class:`SampleRef`)."""
+        return self
+
+
+@dataclass
+class SampleRef:
+    """A sample not yet read: ``load()`` decodes and checks it, raising DataError naming the file.
+
+    Scanning a data set yields references only, so a large set never has to sit in memory at once.
+    """
+
+    id: str
+    load: Callable[[], Sample]
 
 
 def to_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
