@@ -226,6 +226,8 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="cannot tell the data layout"):
         read_samples(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="no annotated images found under"):
+        read_samples(str(tmp_path / "empty"), "dsb2018")
 
 
 def test_collect_samples_reports_the_source():

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str = "") -> None:
@@ -24,6 +25,7 @@ def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str 
         )
     ax_score.set(xlabel="epoch", ylabel="score", title="foreground IoU / Dice", ylim=(0, 1))
     for ax in (ax_loss, ax_score):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     if title:
