@@ -24,13 +24,24 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(candidates: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Run each candidate once per round (A B A B ...), return the median of each one's figure."""
-    figures: dict[str, list[float]] = {name: [] for name in candidates}
+def timed_both(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process). On a shared VM wall time also counts time stolen
+    by neighbours; CPU time does not, and shows directly how much work a change adds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Run each candidate once per round (A B A B ...); median (wall, CPU) seconds of each."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():
-            figures[name].append(run())
-    return {name: statistics.median(values) for name, values in figures.items()}
+            runs[name].append(timed_both(run))
+    return {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in runs.items()
+    }
 
 
 def machine() -> str:

@@ -84,7 +84,7 @@ class DataConfig:
     on_bad_sample: Literal["error", "skip"] = "error"
     stream: bool | None = None
     memory_limit_mb: int = field(default=2048, metadata=_bounded(1))
-    patches_per_image: int = field(default=8, metadata=_bounded(1))
+    patches_per_image: int = field(default=16, metadata=_bounded(1))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -42,6 +42,7 @@ class PreparedData:
     train_images: np.ndarray | None = None  # (N, Hmax, Wmax, C) float32, zero-padded past each image's size
     train_masks: np.ndarray | None = None  # (N, Hmax, Wmax, 1) uint8 foreground
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
+    train_foregrounds: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) uint8 masks
     skipped: list[dict[str, str]] = field(default_factory=list)  # bad samples skipped: id and reason
 
     @property
@@ -128,12 +129,13 @@ def prepare(
                 vx.append(img[y : y + patch, x : x + patch])
                 vy.append(msk[y : y + patch, x : x + patch])
     limit = np.inf if cfg.stream is False else (0 if cfg.stream else cfg.memory_limit_mb * 2**20)
-    kept, refs, shapes, centres, held = [], [], [], [], 0
+    kept, refs, foregrounds, shapes, centres, held = [], [], [], [], [], 0
     for ref in train:
         if (loaded := load(ref)) is None:
             continue
         img, msk, c = loaded
         refs.append(ref)
+        foregrounds.append(msk)
         shapes.append(img.shape[:2])
         centres.append(c)
         held += img.nbytes
@@ -164,7 +166,7 @@ def prepare(
             data.train_images[i, : img.shape[0], : img.shape[1]] = img
             data.train_masks[i, : msk.shape[0], : msk.shape[1]] = msk
     else:
-        data.train_refs = refs
+        data.train_refs, data.train_foregrounds = refs, foregrounds
     return data
 
 
@@ -245,9 +247,10 @@ def train_dataset(
         refs, per_image, channels = data.train_refs, cfg.patches_per_image, data.val_images.shape[-1]
 
         def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
-            ref = refs[int(k)]
-            image, mask = _arrays(ref.load(), channels, cfg.patch_size)
-            return image, mask
+            image = _pad_to(
+                normalize(to_channels(refs[k].load_image(), channels, refs[k].id)), cfg.patch_size
+            )
+            return image, data.train_foregrounds[k]
 
         def patches_of(c: tf.Tensor) -> tf.data.Dataset:
             k = _pick_image(seed, c, n)

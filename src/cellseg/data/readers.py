@@ -9,6 +9,7 @@ Run-length: a Kaggle ``ImageId,EncodedPixels`` CSV (one row per nucleus) gives t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -58,9 +59,13 @@ def detect_layout(root: Path) -> str:
     )
 
 
+def read_image_2d(path: Path) -> np.ndarray:
+    """An image file that must hold one 2-D image (grey, RGB or RGBA)."""
+    return _check_2d(read_image(path), path, "image")
+
+
 def _load_dsb2018(folder: Path) -> Sample:
-    image_path = folder / "images" / f"{folder.name}.png"
-    image = _check_2d(read_image(image_path), image_path, "image")
+    image = read_image_2d(folder / "images" / f"{folder.name}.png")
     mask_paths = sorted((folder / "masks").glob("*.png")) if (folder / "masks").is_dir() else []
     if not mask_paths:
         raise DataError(f"{folder}: image has no masks (expected PNGs in {folder / 'masks'})")
@@ -75,8 +80,10 @@ def _load_dsb2018(folder: Path) -> Sample:
 
 def scan_dsb2018(root: Path) -> list[SampleRef]:
     """One reference per ``<root>/<id>/`` folder; per-nucleus masks are merged into a label map on load."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
     return [
-        SampleRef(f.name, partial(_load_dsb2018, f)) for f in sorted(p for p in root.iterdir() if p.is_dir())
+        SampleRef(f.name, partial(_load_dsb2018, f), partial(read_image_2d, f / "images" / f"{f.name}.png"))
+        for f in folders
     ]
 
 
@@ -85,7 +92,7 @@ def _load_paired(image_path: Path, mask_path: Path | None) -> Sample:
         raise DataError(
             f"{image_path}: no mask named '{image_path.stem}.*' in {image_path.parent.parent / 'masks'}"
         )
-    image = _check_2d(read_image(image_path), image_path, "image")
+    image = read_image_2d(image_path)
     mask = _check_2d(read_image(mask_path), mask_path, "mask")
     if mask.shape != image.shape[:2]:
         raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
@@ -97,7 +104,10 @@ def scan_paired(root: Path) -> list[SampleRef]:
     """Images in ``root/images`` matched by file stem to masks in ``root/masks``."""
     masks = {p.stem: p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     images = [p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    return [SampleRef(p.stem, partial(_load_paired, p, masks.get(p.stem))) for p in images]
+    return [
+        SampleRef(p.stem, partial(_load_paired, p, masks.get(p.stem)), partial(read_image_2d, p))
+        for p in images
+    ]
 
 
 def _find_image(root: Path, image_id: str) -> Path:
@@ -114,11 +124,14 @@ def _find_image(root: Path, image_id: str) -> Path:
     )
 
 
+def _load_rle_image(root: Path, image_id: str) -> np.ndarray:
+    return read_image_2d(_find_image(root, image_id))
+
+
 def _load_rle(root: Path, image_id: str, encoded: list[str], csv_path: Path) -> Sample:
     from cellseg.data.rle import rle_decode
 
-    image_path = _find_image(root, image_id)
-    image = _check_2d(read_image(image_path), image_path, "image")
+    image = _load_rle_image(root, image_id)
     if not encoded:
         raise DataError(f"{csv_path}: ImageId '{image_id}' has no nuclei (empty EncodedPixels)")
     labels = np.zeros(image.shape[:2], np.int32)
@@ -132,7 +145,11 @@ def scan_rle(root: Path, csv_path: Path) -> list[SampleRef]:
     from cellseg.data.rle import read_rle_csv
 
     return [
-        SampleRef(image_id, partial(_load_rle, root, image_id, encoded, csv_path))
+        SampleRef(
+            image_id,
+            partial(_load_rle, root, image_id, encoded, csv_path),
+            partial(_load_rle_image, root, image_id),
+        )
         for image_id, encoded in sorted(read_rle_csv(csv_path).items())
     ]
 
@@ -162,7 +179,7 @@ def scan_samples(
         else:
             found = SCANNERS[detect_layout(root) if layout == "auto" else layout](root)
         if len(roots) > 1:
-            found = [SampleRef(f"{root.name}/{r.id}", r.load) for r in found]
+            found = [replace(r, id=f"{root.name}/{r.id}") for r in found]
         refs.extend(found)
     if not refs:
         raise DataError(f"no annotated images found under {', '.join(map(str, roots))}")
