@@ -48,7 +48,7 @@ class HistoryWriter(keras.callbacks.Callback):
             return  # a diverged epoch is reported in summary.json, not logged as if it finished
         logs = logs or {}
         row: dict[str, Any] = {"epoch": epoch + 1}
-        for key in runs.HISTORY_COLUMNS[1:7]:
+        for key in runs.METRIC_COLUMNS:
             row[key] = float(logs[key])
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 3)

@@ -18,10 +18,10 @@ LAST_MODEL = "checkpoint/last.keras"
 STATE = "checkpoint/state.json"
 LOSS_PLOT = "loss_curve.png"
 
+#: The Keras logs copied into history.csv each epoch.
+METRIC_COLUMNS = ("loss", "val_loss", "iou", "val_iou", "dice", "val_dice")
 #: Columns every history.csv starts with; learnable activation parameters follow as ``<layer>.<param>``.
-HISTORY_COLUMNS = (
-    "epoch", "loss", "val_loss", "iou", "val_iou", "dice", "val_dice", "learning_rate", "seconds",
-)  # fmt: skip
+HISTORY_COLUMNS = ("epoch", *METRIC_COLUMNS, "learning_rate", "seconds")
 
 
 def create_run_dir(out: str | Path, label: str) -> Path:
