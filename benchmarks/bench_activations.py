@@ -1,0 +1,69 @@
+"""Training throughput of the default U-Net with every trainable activation, as a ratio to ReLU.
+
+    python benchmarks/bench_activations.py [--steps 8] [--repeats 3] [names ...]
+
+Each activation is measured interleaved with ReLU (ReLU, A, ReLU, A, ...) on the same in-memory batches,
+median of the repeats, as wall-clock and as process-CPU-time ratios (see benchmarks/README.md for why
+both). Target (issue 6): every activation at >= 0.85 of ReLU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import numpy as np
+import tensorflow as tf
+from common import interleaved, machine
+
+from cellseg.activations import available_activations
+from cellseg.config import Config
+from cellseg.models import build_unet
+from cellseg.trainer import compile_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help="activations to measure (default: every trainable one)")
+    p.add_argument("--steps", type=int, default=8, help="training steps per timed run")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    cfg = Config()
+    batch, patch = cfg.train.batch_size, cfg.data.patch_size
+    rng = np.random.default_rng(0)
+    x = rng.random((args.steps * batch, patch, patch, cfg.data.channels), dtype=np.float32)
+    y = (rng.random((args.steps * batch, patch, patch, 1)) > 0.8).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+
+    def trained(name: str):
+        model_cfg = Config().model
+        model_cfg.activation = name
+        model = build_unet(model_cfg, cfg.data.channels)
+        compile_model(model, cfg.train)
+        model.fit(ds.take(2), verbose=0)  # trace and warm up
+        return lambda: model.fit(ds, verbose=0)
+
+    print(f"machine: {machine()}, TensorFlow {tf.__version__}")
+    print(
+        f"default U-Net, {patch} px patches, batch {batch}, {args.steps} steps per run, "
+        f"median of {args.repeats}"
+    )
+    relu = trained("relu")
+    names = args.names or [n for n in available_activations(trainable_only=True) if n != "relu"]
+    rows = []
+    for name in names:
+        seconds = interleaved({"relu": relu, name: trained(name)}, args.repeats)
+        (rw, rc), (aw, ac) = seconds["relu"], seconds[name]
+        rows.append((name, rw / aw, rc / ac))
+        rate = args.steps * batch / aw
+        print(f"   {name:22s} wall ratio {rw / aw:.3f}  CPU ratio {rc / ac:.3f}  ({rate:.1f} patches/s)")
+    print("\nsorted by CPU ratio (target >= 0.85 of ReLU; judged on CPU time, see benchmarks/README.md):")
+    for name, wall, cpu in sorted(rows, key=lambda r: r[2]):
+        verdict = "ok" if cpu >= 0.85 else "BELOW 0.85"
+        print(f"   {name:22s} CPU {cpu:.3f}  wall {wall:.3f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
