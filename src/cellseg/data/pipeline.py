@@ -72,11 +72,17 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
     return np.pad(array, pad, mode="reflect" if min(array.shape[:2]) > 1 else "edge")
 
 
+def _image_array(image: np.ndarray, channels: int, patch: int, name: str) -> np.ndarray:
+    """The float32 network input for an image: its channels, normalised, padded up to a patch."""
+    return _pad_to(normalize(to_channels(image, channels, name)), patch)
+
+
 def _arrays(sample: Sample, channels: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
-    image = normalize(to_channels(sample.image, channels, sample.id))
-    if image.shape[:2] != sample.labels.shape:
-        raise DataError(f"{sample.id}: mask size {sample.labels.shape} differs from image {image.shape[:2]}")
-    return _pad_to(image, patch), _pad_to(sample.foreground[..., None], patch)
+    image = _image_array(sample.image, channels, patch, sample.id)  # rejects bad channel layouts first
+    size = sample.image.shape[:2]
+    if size != sample.labels.shape:
+        raise DataError(f"{sample.id}: mask size {sample.labels.shape} differs from image {size}")
+    return image, _pad_to(sample.foreground[..., None], patch)
 
 
 def grid_starts(length: int, patch: int) -> list[int]:
@@ -94,8 +100,8 @@ class _Loader:
         self.cfg = cfg
         self.skipped: list[dict[str, str]] = []
 
-    def __call__(self, ref: Sample | SampleRef) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(image, foreground, nucleus centres) ready for patching, or None for a skipped sample."""
+    def __call__(self, ref: Sample | SampleRef) -> tuple[Sample, np.ndarray, np.ndarray] | None:
+        """(sample, image, foreground) ready for patching, or None for a skipped sample."""
         try:
             sample = ref.load()
             image, mask = _arrays(sample, self.cfg.channels, self.cfg.patch_size)
@@ -105,8 +111,7 @@ class _Loader:
             warnings.warn(f"skipping sample {ref.id}: {exc}", stacklevel=2)
             self.skipped.append({"id": ref.id, "reason": str(exc)})
             return None
-        centres = np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2)
-        return image, mask, centres
+        return sample, image, mask
 
 
 def prepare(
@@ -122,7 +127,7 @@ def prepare(
     for ref in val:
         if (loaded := load(ref)) is None:
             continue
-        img, msk, _ = loaded
+        _, img, msk = loaded
         val_ids.append(ref.id)
         for y in grid_starts(img.shape[0], patch):
             for x in grid_starts(img.shape[1], patch):
@@ -133,11 +138,11 @@ def prepare(
     for ref in train:
         if (loaded := load(ref)) is None:
             continue
-        img, msk, c = loaded
+        sample, img, msk = loaded
         refs.append(ref)
         foregrounds.append(msk)
         shapes.append(img.shape[:2])
-        centres.append(c)
+        centres.append(np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2))
         held += img.nbytes
         if held <= limit:
             kept.append((img, msk))
@@ -247,9 +252,7 @@ def train_dataset(
         refs, per_image, channels = data.train_refs, cfg.patches_per_image, data.val_images.shape[-1]
 
         def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
-            image = _pad_to(
-                normalize(to_channels(refs[k].load_image(), channels, refs[k].id)), cfg.patch_size
-            )
+            image = _image_array(refs[k].load_image(), channels, cfg.patch_size, refs[k].id)
             return image, data.train_foregrounds[k]
 
         def patches_of(c: tf.Tensor) -> tf.data.Dataset:

@@ -64,6 +64,11 @@ def read_image_2d(path: Path) -> np.ndarray:
     return _check_2d(read_image(path), path, "image")
 
 
+def read_mask_2d(path: Path) -> np.ndarray:
+    """A mask file that must hold one 2-D mask (RGB(A) masks keep their first channel)."""
+    return _check_2d(read_image(path), path, "mask")
+
+
 def _load_dsb2018(folder: Path) -> Sample:
     image = read_image_2d(folder / "images" / f"{folder.name}.png")
     mask_paths = sorted((folder / "masks").glob("*.png")) if (folder / "masks").is_dir() else []
@@ -71,7 +76,7 @@ def _load_dsb2018(folder: Path) -> Sample:
         raise DataError(f"{folder}: image has no masks (expected PNGs in {folder / 'masks'})")
     labels = np.zeros(image.shape[:2], np.int32)
     for i, mask_path in enumerate(mask_paths, start=1):
-        mask = _check_2d(read_image(mask_path), mask_path, "mask")
+        mask = read_mask_2d(mask_path)
         if mask.shape != labels.shape:
             raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {labels.shape}")
         labels[mask > 0] = i
@@ -93,7 +98,7 @@ def _load_paired(image_path: Path, mask_path: Path | None) -> Sample:
             f"{image_path}: no mask named '{image_path.stem}.*' in {image_path.parent.parent / 'masks'}"
         )
     image = read_image_2d(image_path)
-    mask = _check_2d(read_image(mask_path), mask_path, "mask")
+    mask = read_mask_2d(mask_path)
     if mask.shape != image.shape[:2]:
         raise DataError(f"{mask_path}: mask size {mask.shape} differs from its image {image.shape[:2]}")
     labels = measure.label(mask > 0) if len(np.unique(mask)) <= 2 else mask
