@@ -100,7 +100,7 @@ class ModelConfig:
     dropout: float = field(default=0.0, metadata=_bounded(0, 1))
     decoder: Literal["transpose", "upsample"] = "transpose"
     kernel_initializer: str | None = None
-    num_classes: Literal[1] = 1
+    num_classes: Literal[1, 3] = 1  # 1: foreground (sigmoid); 3: background/interior/boundary (softmax)
 
 
 @dataclass

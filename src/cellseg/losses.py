@@ -12,10 +12,13 @@ register = keras.saving.register_keras_serializable(package="cellseg")
 
 @register
 class BCEDiceLoss(keras.losses.Loss):
-    """Binary cross-entropy plus soft Dice loss, the usual pairing for nucleus masks.
+    """Cross-entropy plus soft Dice loss, the usual pairing for nucleus masks.
 
-    BCE gives well-behaved per-pixel gradients; the Dice term counters the foreground/background
-    imbalance of sparse nuclei. ``bce_weight`` / ``dice_weight`` select either alone.
+    Cross-entropy gives well-behaved per-pixel gradients; the Dice term counters the imbalance of sparse
+    nuclei. ``bce_weight`` / ``dice_weight`` select either alone. A one-channel (sigmoid) output gets
+    binary cross-entropy and the foreground Dice; a softmax output (background / interior / boundary)
+    gets categorical cross-entropy and the mean Dice of its non-background classes, so the thin
+    boundary class is not drowned by the background.
     """
 
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, name: str = "bce_dice", **kw: Any):
@@ -25,15 +28,22 @@ class BCEDiceLoss(keras.losses.Loss):
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_true = tf.cast(y_true, y_pred.dtype)
+        binary = y_pred.shape[-1] == 1
         loss = tf.zeros(tf.shape(y_pred)[:1], y_pred.dtype)
         if self.bce_weight:
-            bce = keras.losses.binary_crossentropy(y_true, y_pred)  # mean over channels -> (B, H, W)
-            loss += self.bce_weight * tf.reduce_mean(bce, axis=[1, 2])
+            ce = (
+                keras.losses.binary_crossentropy(y_true, y_pred)  # mean over channels -> (B, H, W)
+                if binary
+                else keras.losses.categorical_crossentropy(y_true, y_pred)
+            )
+            loss += self.bce_weight * tf.reduce_mean(ce, axis=[1, 2])
         if self.dice_weight:
-            axes = [1, 2, 3]
-            inter = tf.reduce_sum(y_true * y_pred, axes)
-            total = tf.reduce_sum(y_true + y_pred, axes)
-            loss += self.dice_weight * (1.0 - (2.0 * inter + 1.0) / (total + 1.0))
+            if not binary:  # drop the background channel
+                y_true, y_pred = y_true[..., 1:], y_pred[..., 1:]
+            inter = tf.reduce_sum(y_true * y_pred, [1, 2])
+            total = tf.reduce_sum(y_true + y_pred, [1, 2])
+            dice = (2.0 * inter + 1.0) / (total + 1.0)  # (B, classes)
+            loss += self.dice_weight * (1.0 - tf.reduce_mean(dice, axis=-1))
         return loss
 
     def get_config(self) -> dict[str, Any]:
@@ -48,18 +58,32 @@ def make_loss(name: str) -> BCEDiceLoss:
     return BCEDiceLoss(bce, dice, name=name)
 
 
-def foreground_iou(threshold: float = 0.5) -> keras.metrics.Metric:
-    """Pixel IoU of the foreground, accumulated over all pixels of the epoch (not averaged per batch)."""
-    return keras.metrics.BinaryIoU(target_class_ids=[1], threshold=threshold, name="iou")
+def foreground(y: tf.Tensor) -> tf.Tensor:
+    """Foreground probability (..., 1) of a model output or target: itself, or 1 - background."""
+    return y if y.shape[-1] == 1 else 1.0 - y[..., :1]
 
 
 @register
-class BinaryDice(keras.metrics.BinaryIoU):
-    """Foreground Dice = 2 TP / (2 TP + FP + FN), from the same confusion counts as :func:`foreground_iou`."""
+class ForegroundIoU(keras.metrics.BinaryIoU):
+    """Pixel IoU of the foreground, accumulated over all pixels of the epoch (not averaged per batch).
 
-    def __init__(self, threshold: float = 0.5, name: str = "dice", dtype: Any = None, **kw: Any) -> None:
+    Works for both heads: a softmax output's foreground is everything but the background class.
+    """
+
+    def __init__(self, threshold: float = 0.5, name: str = "iou", dtype: Any = None, **kw: Any) -> None:
         kw.pop("target_class_ids", None)
         super().__init__(target_class_ids=[1], threshold=threshold, name=name, dtype=dtype, **kw)
+
+    def update_state(self, y_true: tf.Tensor, y_pred: tf.Tensor, sample_weight: Any = None) -> Any:
+        return super().update_state(foreground(y_true), foreground(y_pred), sample_weight)
+
+
+@register
+class BinaryDice(ForegroundIoU):
+    """Foreground Dice = 2 TP / (2 TP + FP + FN), from the same confusion counts as :class:`ForegroundIoU`."""
+
+    def __init__(self, threshold: float = 0.5, name: str = "dice", dtype: Any = None, **kw: Any) -> None:
+        super().__init__(threshold=threshold, name=name, dtype=dtype, **kw)
 
     def result(self) -> tf.Tensor:
         iou = super().result()

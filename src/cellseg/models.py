@@ -52,7 +52,11 @@ class _Builder:
 
 
 def build_unet(cfg: ModelConfig, input_channels: int = 3) -> keras.Model:
-    """A U-Net of ``cfg.depth`` down-samplings; inputs of any size divisible by 2**depth are accepted."""
+    """A U-Net of ``cfg.depth`` down-samplings; inputs of any size divisible by 2**depth are accepted.
+
+    The output is the foreground probability (one sigmoid channel) or, with ``num_classes`` 3, softmax
+    probabilities of background, nucleus interior and nucleus boundary.
+    """
     b = _Builder(cfg)
     inputs = keras.Input((None, None, input_channels), name="image")
     x = inputs
@@ -67,9 +71,8 @@ def build_unet(cfg: ModelConfig, input_channels: int = 3) -> keras.Model:
         x = b.up(x, filters, f"dec{level}")
         x = keras.layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = b.block(x, filters, f"dec{level}")
-    outputs = keras.layers.Conv2D(
-        cfg.num_classes, 1, activation="sigmoid", dtype="float32", name="foreground"
-    )(x)
+    head = ("sigmoid", "foreground") if cfg.num_classes == 1 else ("softmax", "classes")
+    outputs = keras.layers.Conv2D(cfg.num_classes, 1, activation=head[0], dtype="float32", name=head[1])(x)
     return keras.Model(inputs, outputs, name=f"unet_{parse_spec(cfg.activation)[0]}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ BEST_MODEL = "model.keras"
 LAST_MODEL = "checkpoint/last.keras"
 STATE = "checkpoint/state.json"
 LOSS_PLOT = "loss_curve.png"
+POSTPROCESS = "postprocess.json"  # post-processing chosen on the validation images (evaluate.py)
 
 #: The Keras logs copied into history.csv each epoch.
 METRIC_COLUMNS = ("loss", "val_loss", "iou", "val_iou", "dice", "val_dice")
@@ -39,10 +41,21 @@ def create_run_dir(out: str | Path, label: str) -> Path:
     raise RuntimeError(f"could not create a new run folder under {out}")
 
 
+def _json_safe(data: Any) -> Any:
+    """NaN / inf (e.g. a mean over no matched nuclei) become null: JSON has no NaN."""
+    if isinstance(data, dict):
+        return {k: _json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_json_safe(v) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write atomically (temp file + rename), so a kill never leaves half a file behind."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, default=float) + "\n")
     os.replace(tmp, path)
 
 

@@ -27,7 +27,7 @@ from cellseg.callbacks import HistoryWriter, ResumeCheckpoint, StopOnNaN
 from cellseg.config import Config, TrainConfig, config_from_dict, save_config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import PreparedData, prepare, split_samples, train_dataset, val_dataset
-from cellseg.losses import BinaryDice, foreground_iou, make_loss
+from cellseg.losses import BinaryDice, ForegroundIoU, make_loss
 from cellseg.models import build_unet, load_model
 from cellseg.plots import plot_run_history
 
@@ -63,7 +63,7 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
     model.compile(
-        optimizer=make_optimizer(cfg), loss=make_loss(cfg.loss), metrics=[foreground_iou(), BinaryDice()]
+        optimizer=make_optimizer(cfg), loss=make_loss(cfg.loss), metrics=[ForegroundIoU(), BinaryDice()]
     )
 
 
@@ -81,7 +81,7 @@ def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
     samples, source = collect_samples(cfg)
     log(f"data: {source}")
     train, val = split_samples(samples, cfg.data.val_fraction, cfg.seed)
-    data = prepare(train, val, cfg.data, source)
+    data = prepare(train, val, cfg.data, source, cfg.model.num_classes)
     log(
         f"split: {len(data.train_ids)} training images"
         f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "
@@ -114,7 +114,8 @@ def train(
     if resume is not None:
         run_dir = Path(resume)
         state = runs.read_json(run_dir / runs.STATE)
-        done, best_val_loss = int(state["epoch"]), float(state["best_val_loss"])
+        done = int(state["epoch"])
+        best_val_loss = math.inf if state["best_val_loss"] is None else float(state["best_val_loss"])
         elapsed_before = float(state.get("wall_seconds", 0.0))
         split = runs.read_json(run_dir / runs.SPLIT)
         if split["val"] != data.val_ids:

@@ -18,7 +18,7 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
-from cellseg.data.sample import DataError, Sample, SampleRef, normalize, to_channels
+from cellseg.data.sample import DataError, Sample, SampleRef, normalize, target_map, to_channels
 
 T = TypeVar("T", Sample, SampleRef)
 
@@ -35,15 +35,16 @@ class PreparedData:
     train_centroids: np.ndarray  # (K + 1, 2) int32 nucleus centres (y, x), image by image, plus a spare row
     train_centroid_offsets: np.ndarray  # (N + 1,) int32: image i's centres are rows offsets[i]:offsets[i+1]
     val_images: np.ndarray  # (M, P, P, C) fixed validation patches
-    val_masks: np.ndarray  # (M, P, P, 1)
+    val_masks: np.ndarray  # (M, P, P, 1) uint8 target maps (see target_map)
     source: str
     train_ids: list[str]
     val_ids: list[str]
     train_images: np.ndarray | None = None  # (N, Hmax, Wmax, C) float32, zero-padded past each image's size
-    train_masks: np.ndarray | None = None  # (N, Hmax, Wmax, 1) uint8 foreground
+    train_masks: np.ndarray | None = None  # (N, Hmax, Wmax, 1) uint8 target maps
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
-    train_foregrounds: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) uint8 masks
+    train_foregrounds: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) target maps
     skipped: list[dict[str, str]] = field(default_factory=list)  # bad samples skipped: id and reason
+    num_classes: int = 1  # 1: masks are foreground 0/1; 3: background / interior / boundary
 
     @property
     def streaming(self) -> bool:
@@ -63,9 +64,13 @@ def split_samples(samples: list[T], val_fraction: float, seed: int) -> tuple[lis
     return [samples[i] for i in train], [samples[i] for i in val]
 
 
-def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad the first two axes up to ``size`` where smaller (tiny images still give full patches)."""
-    ph, pw = max(0, size - array.shape[0]), max(0, size - array.shape[1])
+def pad_to(array: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """Reflect-pad the first two axes (at the end) up to ``height`` x ``width`` where smaller.
+
+    Tiny images still give full patches; reflection keeps the padding looking like the image.
+    """
+    width = height if width is None else width
+    ph, pw = max(0, height - array.shape[0]), max(0, width - array.shape[1])
     if not ph and not pw:
         return array
     pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
@@ -74,20 +79,27 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
 
 def _image_array(image: np.ndarray, channels: int, patch: int, name: str) -> np.ndarray:
     """The float32 network input for an image: its channels, normalised, padded up to a patch."""
-    return _pad_to(normalize(to_channels(image, channels, name)), patch)
+    return pad_to(normalize(to_channels(image, channels, name)), patch)
 
 
-def _arrays(sample: Sample, channels: int, patch: int) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(sample: Sample, channels: int, patch: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     image = _image_array(sample.image, channels, patch, sample.id)  # rejects bad channel layouts first
     size = sample.image.shape[:2]
     if size != sample.labels.shape:
         raise DataError(f"{sample.id}: mask size {sample.labels.shape} differs from image {size}")
-    return image, _pad_to(sample.foreground[..., None], patch)
+    return image, pad_to(target_map(sample.labels, num_classes)[..., None], patch)
 
 
-def grid_starts(length: int, patch: int) -> list[int]:
-    """Patch offsets covering [0, length) with the last patch flush with the end."""
-    starts = list(range(0, max(1, length - patch + 1), patch))
+def one_hot_targets(masks: tf.Tensor | np.ndarray, num_classes: int) -> tf.Tensor:
+    """uint8 target maps (..., 1) as the model's float32 output: foreground, or one-hot classes."""
+    if num_classes == 1:
+        return tf.cast(masks, tf.float32)
+    return tf.one_hot(tf.cast(masks[..., 0], tf.int32), num_classes, dtype=tf.float32)
+
+
+def grid_starts(length: int, patch: int, stride: int | None = None) -> list[int]:
+    """Offsets every ``stride`` (default ``patch``) covering [0, length), the last one flush with the end."""
+    starts = list(range(0, max(1, length - patch + 1), stride or patch))
     if starts[-1] + patch < length:
         starts.append(length - patch)
     return starts
@@ -96,15 +108,16 @@ def grid_starts(length: int, patch: int) -> list[int]:
 class _Loader:
     """Loads references one by one, applying the config's bad-sample policy."""
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(self, cfg: DataConfig, num_classes: int) -> None:
         self.cfg = cfg
+        self.num_classes = num_classes
         self.skipped: list[dict[str, str]] = []
 
     def __call__(self, ref: Sample | SampleRef) -> tuple[Sample, np.ndarray, np.ndarray] | None:
         """(sample, image, foreground) ready for patching, or None for a skipped sample."""
         try:
             sample = ref.load()
-            image, mask = _arrays(sample, self.cfg.channels, self.cfg.patch_size)
+            image, mask = _arrays(sample, self.cfg.channels, self.cfg.patch_size, self.num_classes)
         except DataError as exc:
             if self.cfg.on_bad_sample == "error":
                 raise DataError(f"{exc} (set data.on_bad_sample: skip to leave bad samples out)") from exc
@@ -115,13 +128,17 @@ class _Loader:
 
 
 def prepare(
-    train: list[Sample] | list[SampleRef], val: list[Sample] | list[SampleRef], cfg: DataConfig, source: str
+    train: list[Sample] | list[SampleRef],
+    val: list[Sample] | list[SampleRef],
+    cfg: DataConfig,
+    source: str,
+    num_classes: int = 1,
 ) -> PreparedData:
     """Read and check every sample once; keep training images in memory unless they are too big.
 
     ``cfg.stream`` true forces streaming, false forbids it, null streams only past ``memory_limit_mb``.
     """
-    load = _Loader(cfg)
+    load = _Loader(cfg, num_classes)
     patch = cfg.patch_size
     vx, vy, val_ids = [], [], []
     for ref in val:
@@ -162,6 +179,7 @@ def prepare(
         train_ids=[r.id for r in refs],
         val_ids=val_ids,
         skipped=load.skipped,
+        num_classes=num_classes,
     )
     if held <= limit:
         hmax, wmax = data.train_shapes.max(axis=0)
@@ -217,7 +235,7 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
             )
         img = tf.ensure_shape(img, (patch, patch, channels))
         msk = tf.ensure_shape(msk, (patch, patch, 1))
-        return img, tf.cast(msk, tf.float32)
+        return img, one_hot_targets(msk, data.num_classes)
 
     return make
 
@@ -270,5 +288,5 @@ def train_dataset(
 
 
 def val_dataset(data: PreparedData, batch_size: int) -> tf.data.Dataset:
-    masks = data.val_masks.astype(np.float32)
+    masks = one_hot_targets(data.val_masks, data.num_classes)
     return tf.data.Dataset.from_tensor_slices((data.val_images, masks)).batch(batch_size).cache()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from skimage.segmentation import find_boundaries
 
 
 class DataError(ValueError):
@@ -44,6 +45,21 @@ class SampleRef:
     id: str
     load: Callable[[], Sample]
     load_image: Callable[[], np.ndarray]
+
+
+def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The per-pixel training target (H, W) uint8 for a model with ``num_classes`` outputs.
+
+    1: foreground (0/1). 3: 0 background, 1 nucleus interior, 2 nucleus boundary: each nucleus's own
+    outermost pixels, so two touching nuclei are always parted by boundary pixels, which is what lets
+    post-processing split them.
+    """
+    target = (labels > 0).astype(np.uint8)
+    if num_classes == 3:
+        target[find_boundaries(labels, mode="inner")] = 2
+    elif num_classes != 1:
+        raise ValueError(f"num_classes must be 1 or 3, got {num_classes}")
+    return target
 
 
 def to_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:

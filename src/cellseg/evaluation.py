@@ -1,0 +1,201 @@
+"""Score a trained run on held-out annotated images: predict, post-process, match, write the results.
+
+Post-processing knobs (probability threshold, watershed seeds, minimum size) are chosen on the run's
+own validation images, never on the images being scored, and recorded in ``<run>/postprocess.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.segmentation import mark_boundaries
+from tqdm import tqdm
+
+from cellseg import runs
+from cellseg.config import Config
+from cellseg.data import DataError, Sample, SampleRef, collect_samples
+from cellseg.data.readers import scan_samples
+from cellseg.data.sample import normalize, to_channels
+from cellseg.inference import TiledPredictor
+from cellseg.metrics import ImageScore, instance_counts, score_image, summarize
+from cellseg.models import load_model
+from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
+from cellseg.trainer import activation_label, load_run_config
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How whole images are predicted (see :class:`~cellseg.inference.TiledPredictor`)."""
+
+    tile: int = 256
+    overlap: int = 32
+    batch_size: int = 8
+    flips: bool = False
+
+
+def load_predictor(run_dir: Path, options: InferenceOptions) -> tuple[TiledPredictor, Config]:
+    """The run's best model, wrapped for whole-image prediction, and the config it was trained with."""
+    cfg = load_run_config(run_dir)
+    model = load_model(run_dir / runs.BEST_MODEL, compile=False)
+    predictor = TiledPredictor(
+        model,
+        cfg.data.channels,
+        2**cfg.model.depth,
+        tile=options.tile,
+        overlap=options.overlap,
+        batch_size=options.batch_size,
+        flips=options.flips,
+    )
+    return predictor, cfg
+
+
+def validation_samples(run_dir: Path, cfg: Config) -> list[Sample] | list[SampleRef]:
+    """The run's validation images (by the ids in ``split.json``), re-read from the run's data source."""
+    samples, source = collect_samples(cfg)
+    val_ids = runs.read_json(run_dir / runs.SPLIT)["val"]
+    by_id = {s.id: s for s in samples}
+    missing = [i for i in val_ids if i not in by_id]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of the run's validation images (e.g. {missing[0]}) are not in {source}; "
+            "run evaluate.py from the folder training ran in, so data.path resolves as it did then"
+        )
+    return [by_id[i] for i in val_ids]
+
+
+def calibrate(
+    predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], three_class: bool
+) -> tuple[PostprocessParams, list[dict[str, Any]]]:
+    """The post-processing setting with the best mean DSB score on ``samples``, and the whole grid."""
+    predicted: list[tuple[np.ndarray, Probabilities]] = []
+    for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
+        sample = ref.load()
+        predicted.append((sample.labels, predictor(sample.image, ref.id)))
+    table = []
+    for params in grid(three_class):
+        score = np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted])
+        table.append({**params.to_dict(), "val_dsb_score": float(score)})
+    best = max(table, key=lambda row: row["val_dsb_score"])  # first of equals: grid order
+    fields = {f.name for f in dataclasses.fields(PostprocessParams)}
+    return PostprocessParams(**{k: v for k, v in best.items() if k in fields}), table
+
+
+def postprocess_params(
+    run_dir: Path,
+    predictor: TiledPredictor,
+    cfg: Config,
+    options: InferenceOptions,
+    recalibrate: bool = False,
+    log: Callable[[str], Any] = print,
+) -> PostprocessParams:
+    """The run's recorded post-processing, calibrated on its validation images first if needed."""
+    path = run_dir / runs.POSTPROCESS
+    if path.is_file() and not recalibrate:
+        saved = runs.read_json(path)
+        if saved["inference"] == dataclasses.asdict(options):
+            return PostprocessParams(**saved["params"])
+        log("inference options differ from the recorded calibration: calibrating again")
+    samples = validation_samples(run_dir, cfg)
+    params, table = calibrate(predictor, samples, cfg.model.num_classes == 3)
+    best = max(row["val_dsb_score"] for row in table)
+    runs.write_json(
+        path,
+        {
+            "params": params.to_dict(),
+            "val_dsb_score": best,
+            "val_images": [s.id for s in samples],
+            "inference": dataclasses.asdict(options),
+            "grid": table,
+        },
+    )
+    knobs = ", ".join(f"{k} {v}" for k, v in params.to_dict().items())
+    log(f"post-processing chosen on {len(samples)} validation images (DSB score {best:.3f}): {knobs}")
+    return params
+
+
+def save_labels(path: Path, labels: np.ndarray) -> None:
+    """A 16-bit PNG instance label image that any other tool can read and score."""
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{path.name}: {labels.max()} instances do not fit a 16-bit PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), labels.astype(np.uint16)):
+        raise OSError(f"could not write {path}")
+
+
+def save_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
+    """The image with true outlines in green (inside) and predicted outlines in magenta (outside)."""
+    rgb = normalize(to_channels(image, 3, path.stem)).astype(np.float64)
+    rgb = mark_boundaries(rgb, truth, color=(0, 1, 0), mode="inner")
+    rgb = mark_boundaries(rgb, pred, color=(1, 0, 1), mode="outer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.round(rgb[..., ::-1] * 255).astype(np.uint8))
+
+
+def write_per_image(path: Path, scores: list[ImageScore]) -> None:
+    rows = [s.row() for s in scores]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Sequence[str],
+    out: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    options: InferenceOptions = InferenceOptions(),
+    layout: str = "auto",
+    recalibrate: bool = False,
+    log: Callable[[str], Any] = print,
+) -> tuple[Path, dict[str, Any]]:
+    """Score ``run_dir``'s best model on the annotated images under ``data``.
+
+    Writes ``metrics.json``, ``per_image.csv`` and ``overlays/<id>.png`` into ``out`` (default
+    ``<run>/evaluation``), and with ``labels_dir`` each predicted label image as ``<id>.png``.
+    Returns the output folder and the metrics.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.BEST_MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
+    refs = scan_samples(data, layout)  # fail on a bad data path before loading anything
+    predictor, cfg = load_predictor(run_dir, options)
+    params = postprocess_params(run_dir, predictor, cfg, options, recalibrate, log)
+    out = Path(out) if out is not None else run_dir / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    scores, pixels = [], 0
+    for ref in tqdm(refs, desc="evaluate", unit="img", disable=None):
+        sample = ref.load()
+        if sample.labels.shape != sample.image.shape[:2]:
+            raise DataError(
+                f"{ref.id}: mask size {sample.labels.shape} differs from image {sample.image.shape}"
+            )
+        pred = instances(predictor(sample.image, ref.id), params)
+        scores.append(score_image(ref.id, sample.labels, pred))
+        pixels += pred.size
+        save_overlay(out / "overlays" / f"{ref.id}.png", sample.image, sample.labels, pred)
+        if labels_dir is not None:
+            save_labels(Path(labels_dir) / f"{ref.id}.png", pred)
+    seconds = time.perf_counter() - start
+    metrics = {
+        **summarize(scores),
+        "run": str(run_dir),
+        "activation": activation_label(cfg),
+        "data": [str(d) for d in ([data] if isinstance(data, str | Path) else data)],
+        "postprocess": params.to_dict(),
+        "inference": dataclasses.asdict(options),
+        "seconds": round(seconds, 2),
+        "megapixels_per_second": round(pixels / 1e6 / seconds, 3),
+    }
+    runs.write_json(out / "metrics.json", metrics)
+    write_per_image(out / "per_image.csv", scores)
+    return out, metrics

@@ -1,0 +1,96 @@
+"""Whole-image prediction at native resolution: overlapping tiles, batched, blended, optionally flipped.
+
+Nothing is resized: an image is reflect-padded up to at least one tile, cut into tiles that overlap by
+``overlap`` pixels, and the tile predictions are averaged with weights that fall off towards each tile's
+border, where a U-Net with zero padding sees least context. Every tile has the same shape, so the
+prediction function is traced once, whatever the image sizes.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cellseg.data.pipeline import grid_starts, pad_to
+from cellseg.data.sample import normalize, to_channels
+from cellseg.postprocess import Probabilities
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile, 1) weights: 1 in the middle, ramping linearly down over the ``overlap`` border."""
+    ramp = np.minimum(1.0, (np.arange(tile) + 0.5) / max(overlap, 1))
+    ramp = np.minimum(ramp, ramp[::-1])
+    return np.outer(ramp, ramp)[..., None].astype(np.float32)
+
+
+def probabilities(output: np.ndarray) -> Probabilities:
+    """The model's (H, W, K) output as foreground (and, for the three-class head, interior) maps."""
+    if output.shape[-1] == 1:
+        return Probabilities(output[..., 0])
+    return Probabilities(1.0 - output[..., 0], output[..., 1])
+
+
+class TiledPredictor:
+    """Predict images of any size with a fully convolutional model.
+
+    ``multiple`` is 2**depth of the U-Net: the tile size must be divisible by it. ``flips`` averages the
+    predictions of the four horizontal / vertical flips (test-time augmentation, 4x the work).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        channels: int,
+        multiple: int,
+        tile: int = 256,
+        overlap: int = 32,
+        batch_size: int = 8,
+        flips: bool = False,
+    ) -> None:
+        if tile % multiple:
+            raise ValueError(f"tile size {tile} must be a multiple of {multiple} (2**model.depth)")
+        if not 0 <= overlap < tile // 2:
+            raise ValueError(f"overlap {overlap} must be in [0, {tile // 2}) for tile size {tile}")
+        self.channels, self.tile, self.overlap = channels, tile, overlap
+        self.batch_size, self.flips = batch_size, flips
+        self.window = blend_window(tile, overlap)
+        spec = tf.TensorSpec([None, tile, tile, channels], tf.float32)
+        self._predict = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def _batch(self, tiles: np.ndarray) -> np.ndarray:
+        if not self.flips:
+            return self._predict(tiles).numpy()
+        total = 0.0
+        for axes in ((), (1,), (2,), (1, 2)):
+            flipped = np.flip(tiles, axes) if axes else tiles
+            out = self._predict(np.ascontiguousarray(flipped)).numpy()
+            total = total + (np.flip(out, axes) if axes else out)
+        return total / 4
+
+    def predict_normalized(self, image: np.ndarray) -> np.ndarray:
+        """Model output (H, W, K) for a normalised (H, W, C) float32 image."""
+        h, w = image.shape[:2]
+        padded = pad_to(image, max(h, self.tile), max(w, self.tile))
+        stride = self.tile - self.overlap
+        corners = [
+            (y, x)
+            for y in grid_starts(padded.shape[0], self.tile, stride)
+            for x in grid_starts(padded.shape[1], self.tile, stride)
+        ]
+        total = weight = None
+        for i in range(0, len(corners), self.batch_size):
+            chunk = corners[i : i + self.batch_size]
+            tiles = np.stack([padded[y : y + self.tile, x : x + self.tile] for y, x in chunk])
+            out = self._batch(tiles)
+            if total is None:
+                total = np.zeros((*padded.shape[:2], out.shape[-1]), np.float32)
+                weight = np.zeros((*padded.shape[:2], 1), np.float32)
+            for (y, x), pred in zip(chunk, out, strict=True):
+                total[y : y + self.tile, x : x + self.tile] += pred * self.window
+                weight[y : y + self.tile, x : x + self.tile] += self.window
+        return (total / weight)[:h, :w]
+
+    def __call__(self, image: np.ndarray, name: str = "image") -> Probabilities:
+        """Probability maps for a raw image (any dtype), normalised exactly as in training."""
+        return probabilities(self.predict_normalized(normalize(to_channels(image, self.channels, name))))

@@ -1,0 +1,214 @@
+"""Three-class targets, instance post-processing, tiled inference and the evaluate.py contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from conftest import TINY
+from skimage.draw import disk
+from skimage.measure import label
+
+from cellseg import runs
+from cellseg.cli.evaluate import main as evaluate_main
+from cellseg.config import SyntheticConfig, load_config
+from cellseg.data.pipeline import one_hot_targets, prepare, val_dataset
+from cellseg.data.sample import target_map
+from cellseg.data.synthetic import make_samples
+from cellseg.inference import TiledPredictor, blend_window
+from cellseg.metrics import score_image
+from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
+from cellseg.trainer import load_run_config, train
+
+
+def touching_pair() -> np.ndarray:
+    labels = np.zeros((40, 60), np.int32)
+    labels[disk((20, 20), 10)] = 1
+    labels[disk((20, 38), 10)] = 2  # centres 18 px apart: the discs touch
+    return labels
+
+
+# ------------------------------------------------------------------------------------- targets
+
+
+def test_three_class_target_parts_touching_nuclei_with_boundary():
+    labels = touching_pair()
+    target = target_map(labels, 3)
+    assert set(np.unique(target)) == {0, 1, 2}
+    assert label(labels > 0).max() == 1, "the two nuclei touch"
+    assert label(target == 1).max() == 2, "their interiors are separate"
+    np.testing.assert_array_equal(target_map(labels, 1), labels > 0)
+
+
+def test_three_class_pipeline_gives_one_hot_targets():
+    samples = make_samples(SyntheticConfig(num_images=3, image_size=64, nuclei_max=8), seed=0)
+    cfg = load_config(None, ["data.patch_size=32"]).data
+    data = prepare(samples[:2], samples[2:], cfg, "test", num_classes=3)
+    _, masks = next(iter(val_dataset(data, 4)))
+    assert masks.shape[-1] == 3
+    np.testing.assert_allclose(masks.numpy().sum(-1), 1.0)
+    assert masks.numpy()[..., 2].sum() > 0, "boundary pixels present"
+    assert one_hot_targets(data.val_masks, 1).shape[-1] == 1
+
+
+# ------------------------------------------------------------------------------ post-processing
+
+
+def test_distance_watershed_splits_touching_nuclei_and_connected_components_do_not():
+    probs = Probabilities((touching_pair() > 0).astype(np.float32))
+    assert instances(probs, PostprocessParams(split="none")).max() == 1
+    split = instances(probs, PostprocessParams(split="distance", min_distance=5))
+    assert split.max() == 2
+    assert score_image("pair", touching_pair(), split).row()["ap_75"] == 1
+
+
+def test_interior_seeds_split_nuclei_and_unseeded_blobs_are_kept():
+    labels = touching_pair()
+    labels[disk((10, 55), 3)] = 3  # a small nucleus without interior probability: kept whole
+    interior = (target_map(labels, 3) == 1).astype(np.float32)
+    interior[labels == 3] = 0
+    pred = instances(
+        Probabilities((labels > 0).astype(np.float32), interior), PostprocessParams(split="interior")
+    )
+    assert pred.max() == 3
+    assert score_image("x", labels, pred).row()["ap_50"] == 1
+    with pytest.raises(ValueError, match="three-class head"):
+        instances(Probabilities(interior), PostprocessParams(split="interior"))
+
+
+def test_small_objects_are_removed_and_labels_are_sequential():
+    fg = np.zeros((30, 30), np.float32)
+    fg[2:4, 2:4] = 1  # 4 px
+    fg[10:20, 10:20] = 1
+    pred = instances(Probabilities(fg), PostprocessParams(split="none", min_size=5))
+    assert pred.max() == 1 and pred[15, 15] == 1 and pred[3, 3] == 0
+
+
+def test_calibration_grid_fits_each_head():
+    assert {p.split for p in grid(three_class=False)} == {"distance", "none"}
+    assert {p.split for p in grid(three_class=True)} == {"interior", "none"}
+
+
+# ------------------------------------------------------------------------------------ inference
+
+
+def channel_zero_model() -> keras.Model:
+    """A 'model' whose output is its input's first channel: tiled prediction must give the image back."""
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))
+
+
+@pytest.mark.parametrize("shape", [(161, 519), (40, 30), (256, 256), (300, 700)])
+@pytest.mark.parametrize("flips", [False, True])
+def test_tiled_prediction_reassembles_images_of_any_size_at_native_resolution(shape, flips):
+    rng = np.random.default_rng(1)
+    image = rng.random((*shape, 3)).astype(np.float32)
+    predictor = TiledPredictor(channel_zero_model(), 3, 8, tile=64, overlap=16, batch_size=3, flips=flips)
+    out = predictor.predict_normalized(image)
+    assert out.shape == (*shape, 1)
+    np.testing.assert_allclose(out[..., 0], image[..., 0], atol=1e-5)
+
+
+def test_blend_window_favours_tile_centres_and_tile_size_is_checked():
+    w = blend_window(64, 16)[..., 0]
+    assert w[32, 32] == 1 and 0 < w[0, 0] < w[8, 8] < 1
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TiledPredictor(channel_zero_model(), 3, 8, tile=60)
+
+
+# ------------------------------------------------------------------------------- evaluate.py
+
+
+def write_paired(root: Path, seed: int, count: int, size: int) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for s in make_samples(SyntheticConfig(num_images=count, image_size=size, nuclei_max=8), seed):
+        cv2.imwrite(
+            str(root / "images" / f"{s.id}.png"), s.image[..., ::-1] if s.image.ndim == 3 else s.image
+        )
+        cv2.imwrite(str(root / "masks" / f"{s.id}.png"), s.labels.astype(np.uint16))
+    return root
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["foreground", "three_class"])
+def tiny_run(request, tmp_path_factory) -> Path:
+    cfg = load_config(None, [*TINY, f"model.num_classes={request.param}", "train.epochs=3"])
+    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0, log=lambda _: None).run_dir
+
+
+def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_run, tmp_path, capsys):
+    data = write_paired(tmp_path / "test", seed=99, count=3, size=72)  # 72 px: not a tile multiple
+    out, labels = tmp_path / "eval", tmp_path / "labels"
+    code = evaluate_main(["--run", str(tiny_run), "--data", str(data), "--out", str(out),
+                          "--save-labels", str(labels), "--tile", "32", "--overlap", "8"])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == str(out) and "DSB score" in lines[-2]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 3
+    assert [r["iou_threshold"] for r in metrics["per_threshold"]][::9] == [0.5, 0.95]
+    assert set(metrics["instance"]) == {"dsb_score", "ap_50", "ap_75", "pq", "mean_matched_iou"}
+    assert set(metrics["pixel"]) >= {"iou", "dice", "precision", "recall"}
+    with (out / "per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and {"id", "dsb_score", "ap_50", "pq", "pixel_iou", "tp_50"} <= set(rows[0])
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+    # the saved labels are the scored prediction: re-scoring them gives the same numbers
+    for row in rows:
+        saved = cv2.imread(str(labels / f"{row['id']}.png"), cv2.IMREAD_UNCHANGED)
+        assert saved.dtype == np.uint16 and saved.shape == (72, 72)
+        truth = cv2.imread(str(data / "masks" / f"{row['id']}.png"), cv2.IMREAD_UNCHANGED)
+        assert score_image(row["id"], truth, saved).row()["dsb_score"] == pytest.approx(
+            float(row["dsb_score"])
+        )
+    # post-processing was chosen on the run's validation images, not on the test images, and recorded
+    chosen = json.loads((tiny_run / runs.POSTPROCESS).read_text())
+    assert chosen["val_images"] == json.loads((tiny_run / runs.SPLIT).read_text())["val"]
+    assert metrics["postprocess"] == chosen["params"]
+    three_class = load_run_config(tiny_run).model.num_classes == 3
+    assert len(chosen["grid"]) == len(grid(three_class))
+    assert chosen["params"]["split"] in ({"interior", "none"} if three_class else {"distance", "none"})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run", "nowhere", "--data", "."], "no model.keras"),
+        (["--data", "missing-folder"], "data folder not found"),
+    ],
+)
+def test_evaluate_bad_input_exits_with_a_clear_error(tiny_run, capsys, args, message):
+    if "--run" not in args:
+        args = ["--run", str(tiny_run), *args]
+    assert evaluate_main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_scores_real_dsb2018_test_images_at_native_size(tiny_run, dsb2018, tmp_path):
+    """Narrow 519 x 161 and wide 520 x 696 microscopy images are scored without resizing."""
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    sizes: dict[str, tuple[int, int]] = {}
+    for folder in sorted((dsb2018 / "stage1_test").iterdir()):
+        shape = cv2.imread(str(next((folder / "images").glob("*.png")))).shape[:2]
+        if shape not in sizes.values() and len(sizes) < 3:
+            sizes[folder.name] = shape
+            (picked / folder.name).symlink_to(folder)
+    from cellseg.evaluation import InferenceOptions, evaluate_run
+
+    _, metrics = evaluate_run(
+        tiny_run,
+        str(picked),
+        tmp_path / "eval",
+        tmp_path / "labels",
+        InferenceOptions(tile=64, overlap=16),
+        log=lambda _: None,
+    )
+    assert metrics["images"] == 3 and metrics["n_true"] > 0
+    for image_id, shape in sizes.items():
+        assert cv2.imread(str(tmp_path / "labels" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED).shape == shape
