@@ -212,3 +212,12 @@ def test_evaluate_scores_real_dsb2018_test_images_at_native_size(tiny_run, dsb20
     assert metrics["images"] == 3 and metrics["n_true"] > 0
     for image_id, shape in sizes.items():
         assert cv2.imread(str(tmp_path / "labels" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED).shape == shape
+
+
+def test_evaluate_names_an_image_whose_mask_size_differs(tiny_run, tmp_path, capsys):
+    data = write_paired(tmp_path / "test", seed=5, count=2, size=64)
+    mask = next((data / "masks").glob("*.png"))
+    cv2.imwrite(str(mask), np.zeros((60, 64), np.uint16))
+    assert evaluate_main(["--run", str(tiny_run), "--data", str(data), "--tile", "32", "--overlap", "8"]) == 2
+    err = capsys.readouterr().err
+    assert mask.stem in err and "mask size (60, 64) differs from" in err

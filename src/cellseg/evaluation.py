@@ -147,6 +147,13 @@ def write_per_image(path: Path, scores: list[ImageScore]) -> None:
         writer.writerows(rows)
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (model, images and TensorFlow's buffers included)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: str | Sequence[str],
@@ -171,21 +178,34 @@ def evaluate_run(
     params = postprocess_params(run_dir, predictor, cfg, options, recalibrate, log)
     out = Path(out) if out is not None else run_dir / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    timer = {"read": 0.0, "predict": 0.0, "postprocess": 0.0, "score": 0.0, "write": 0.0}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timer[stage] += now - clock
+        clock = now
+
     scores, pixels = [], 0
     for ref in tqdm(refs, desc="evaluate", unit="img", disable=None):
         sample = ref.load()
-        if sample.labels.shape != sample.image.shape[:2]:
-            raise DataError(
-                f"{ref.id}: mask size {sample.labels.shape} differs from image {sample.image.shape}"
-            )
-        pred = instances(predictor(sample.image, ref.id), params)
+        size = sample.image.shape[:2]
+        if sample.labels.shape != size:
+            raise DataError(f"{ref.id}: mask size {sample.labels.shape} differs from image size {size}")
+        lap("read")
+        probs = predictor(sample.image, ref.id)
+        lap("predict")
+        pred = instances(probs, params)
+        lap("postprocess")
         scores.append(score_image(ref.id, sample.labels, pred))
         pixels += pred.size
+        lap("score")
         save_overlay(out / "overlays" / f"{ref.id}.png", sample.image, sample.labels, pred)
         if labels_dir is not None:
             save_labels(Path(labels_dir) / f"{ref.id}.png", pred)
-    seconds = time.perf_counter() - start
+        lap("write")
+    seconds = sum(timer.values())
     metrics = {
         **summarize(scores),
         "run": str(run_dir),
@@ -193,8 +213,11 @@ def evaluate_run(
         "data": [str(d) for d in ([data] if isinstance(data, str | Path) else data)],
         "postprocess": params.to_dict(),
         "inference": dataclasses.asdict(options),
+        "megapixels": round(pixels / 1e6, 3),
         "seconds": round(seconds, 2),
-        "megapixels_per_second": round(pixels / 1e6 / seconds, 3),
+        "seconds_by_stage": {k: round(v, 2) for k, v in timer.items()},
+        "prediction_megapixels_per_second": round(pixels / 1e6 / timer["predict"], 3),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
     }
     runs.write_json(out / "metrics.json", metrics)
     write_per_image(out / "per_image.csv", scores)
