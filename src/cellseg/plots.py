@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 
@@ -30,5 +32,72 @@ def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str 
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _log_scale_helps(values: list[float], metric: str) -> bool:
+    """Losses and learning rates spanning more than a factor 5 read better on a log axis."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or min(finite) <= 0:
+        return False
+    return ("loss" in metric or "learning_rate" in metric or "grad_norm" in metric) and (
+        max(finite) / min(finite) > 5
+    )
+
+
+def plot_histories(
+    series: dict[str, list[tuple[list[int], list[float]]]],
+    metric: str,
+    path: str | Path,
+    title: str | None = None,
+    log_scale: bool | None = None,
+) -> None:
+    """One curve per label: a single run as a line, several (seeds) as their mean with a min-max band.
+
+    ``series`` maps a label (the activation) to its runs' (epochs, values); the mean and band at an
+    epoch are over the runs that reached it. ``log_scale`` None decides from the metric and its range.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    everything: list[float] = []
+    for i, (label, runs) in enumerate(series.items()):
+        colour = f"C{i % 10}"
+        common = sorted(set().union(*(e for e, _ in runs)))  # a run that stopped early leaves gaps (NaN)
+        stacked = np.array(
+            [[dict(zip(e, v, strict=True)).get(x, math.nan) for x in common] for e, v in runs], float
+        )
+        everything.extend(stacked.ravel())
+        if len(runs) == 1:
+            ax.plot(common, stacked[0], color=colour, marker=".", label=label)
+            continue
+        ax.plot(common, np.nanmean(stacked, axis=0), color=colour, label=f"{label} (mean of {len(runs)})")
+        low, high = np.nanmin(stacked, axis=0), np.nanmax(stacked, axis=0)
+        ax.fill_between(common, low, high, color=colour, alpha=0.2)
+    if log_scale if log_scale is not None else _log_scale_helps(everything, metric):
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel=metric, title=title or f"{metric} per epoch (band: min-max over seeds)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="activation")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_score_bars(rows: list[dict], keys: dict[str, str], path: str | Path, title: str = "") -> None:
+    """Grouped bars of mean scores per label with standard-deviation error bars.
+
+    ``rows`` hold ``label`` plus ``<key>_mean`` / ``<key>_std`` for each key of ``keys`` (key -> legend).
+    """
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(rows)), 4), constrained_layout=True)
+    width = 0.8 / max(1, len(keys))
+    x = np.arange(len(rows))
+    for j, (key, name) in enumerate(keys.items()):
+        means = [r.get(f"{key}_mean", math.nan) for r in rows]
+        stds = [r.get(f"{key}_std", 0.0) for r in rows]
+        ax.bar(x + (j - (len(keys) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right")
+    ax.set(ylabel="score (mean ± std over seeds)", ylim=(0, 1), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.savefig(path, dpi=110)
     plt.close(fig)

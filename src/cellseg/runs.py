@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ BEST_MODEL = "model.keras"
 LAST_MODEL = "checkpoint/last.keras"
 STATE = "checkpoint/state.json"
 LOSS_PLOT = "loss_curve.png"
+DIAGNOSTICS = "diagnostics.csv"  # optional per-layer training diagnostics (train.diagnostics)
 POSTPROCESS = "postprocess.json"  # post-processing chosen on the validation images (evaluate.py)
 
 #: The Keras logs copied into history.csv each epoch.
@@ -63,14 +65,29 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def read_history(run_dir: str | Path) -> list[dict[str, float]]:
-    """history.csv as a list of rows with float values (epoch as int)."""
-    path = Path(run_dir) / HISTORY
+def read_history(run_dir: str | Path, name: str = HISTORY) -> list[dict[str, float]]:
+    """history.csv (or another per-epoch CSV of the run) as rows of floats (epoch as int)."""
+    path = Path(run_dir) / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no history (is {run_dir} a cellseg run folder?)")
+        raise FileNotFoundError(f"{path}: no such file (is {run_dir} a cellseg run folder?)")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+
+
+def read_metric(run_dir: str | Path, metric: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of one logged column, from history.csv or else diagnostics.csv."""
+    available: list[str] = []
+    for name in (HISTORY, DIAGNOSTICS):
+        if name == DIAGNOSTICS and not (Path(run_dir) / name).is_file():
+            continue
+        rows = read_history(run_dir, name)
+        if rows and metric in rows[0]:
+            return [int(r["epoch"]) for r in rows], [r[metric] for r in rows]
+        available += [c for c in (rows[0] if rows else {}) if c != "epoch"]
+    close = difflib.get_close_matches(metric, available, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; logged: {', '.join(available[:12])}, ..."
+    raise KeyError(f"{run_dir}: no column '{metric}' in {HISTORY} or {DIAGNOSTICS}{hint}")
 
 
 def truncate_history(run_dir: Path, epochs: int) -> None:
@@ -83,3 +100,21 @@ def truncate_history(run_dir: Path, epochs: int) -> None:
     kept = [rows[0], *(r for r in rows[1:] if int(r[0]) <= epochs)] if rows else []
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(kept)
+
+
+def label_of_spec(spec: str | dict[str, Any]) -> str:
+    """An activation spec as a short label: its name, with any options (``isru(alpha=0.5)``)."""
+    if isinstance(spec, str):
+        return spec
+    options = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({options})" if options else spec["name"]
+
+
+def run_label(run_dir: str | Path) -> str:
+    """How a run is named in plots and tables: its activation, with any non-default options."""
+    summary_path = Path(run_dir) / SUMMARY
+    if summary_path.is_file():
+        return label_of_spec(read_json(summary_path)["activation_spec"])
+    import yaml
+
+    return label_of_spec(yaml.safe_load((Path(run_dir) / CONFIG).read_text())["model"]["activation"])

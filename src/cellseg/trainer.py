@@ -97,8 +97,12 @@ def train(
     resume: str | Path | None = None,
     verbose: int | None = None,
     log: Callable[[str], Any] = print,
+    run_name: str | None = None,
 ) -> RunResult:
     """Train (or continue training) and return the run folder and its summary.
+
+    The run folder is ``out/<timestamp>_<activation>_s<seed>``, or ``out/<run_name>`` when given (a
+    sweep names its runs so an interrupted sweep finds them again).
 
     ``verbose`` is Keras's per-epoch output (None: a progress bar on a terminal, one line per epoch
     otherwise, 0: none); ``log`` receives the few lines saying what the run uses and where it writes.
@@ -124,7 +128,11 @@ def train(
         model = load_model(run_dir / runs.LAST_MODEL)
         log(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
     else:
-        run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
+        if run_name is None:
+            run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
+        else:
+            run_dir = Path(out) / run_name
+            run_dir.mkdir(parents=True)
         save_config(cfg, run_dir / runs.CONFIG)
         runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
         model = build_unet(cfg.model, cfg.data.channels)

@@ -1,0 +1,79 @@
+"""``scripts/sweep.py``: train every activation config with every seed and compare them in one table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cellseg.cli import quiet_tensorflow
+from cellseg.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sweep.py",
+        description=(
+            "Train every config (activation) with every seed under identical data, split, budget and "
+            "overrides; evaluate each run; write comparison.csv / comparison.md (best first, with a paired "
+            "test against the baseline), runs.csv, val_loss.png and scores.png. Run the same command "
+            "again to resume an interrupted sweep: finished runs are reused."
+        ),
+        epilog="example: python scripts/sweep.py --configs configs/relu.yaml configs/isru.yaml "
+        "configs/mish.yaml --seeds 0 1 2 --data ../shared/data/dsb2018/stage1_train",
+    )
+    p.add_argument("--sweep", type=Path, help="a sweep YAML (configs, seeds, data, test_data, set, ...)")
+    p.add_argument("--configs", nargs="+", metavar="FILE", help="run configs, one per activation")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="N", help="seeds (default 0 1 2)")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="training data (default: synthetic)")
+    p.add_argument("--test-data", nargs="+", metavar="PATH", help="held-out images to score runs on")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+        help="config override applied to every run, e.g. --set train.epochs=10 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--baseline", help="config name the others are tested against (default relu)")
+    p.add_argument("--rank-by", help="figure to sort and test by (default best_val_iou)")
+    p.add_argument("--out", type=Path, help="sweep folder (default sweeps/<sweep file name> or sweeps/sweep)")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace):
+    from cellseg.sweep import SweepSpec, load_sweep_file
+
+    given = {
+        "configs": args.configs,
+        "seeds": args.seeds,
+        "data": args.data,
+        "test_data": args.test_data,
+        "set": args.overrides,
+        "baseline": args.baseline,
+        "rank_by": args.rank_by,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.sweep is not None:
+        spec = load_sweep_file(args.sweep)
+        return SweepSpec(**{**spec.__dict__, **given})
+    if "configs" not in given:
+        raise ConfigError("give --configs FILE ... or --sweep FILE")
+    return SweepSpec(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    try:
+        spec = spec_from_args(args)
+        out = args.out or Path("sweeps") / (args.sweep.stem if args.sweep else "sweep")
+        from cellseg.sweep import COMPARISON_MD, run_sweep
+
+        rows = run_sweep(spec, out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((out / COMPARISON_MD).read_text())
+    print(out)
+    return 0 if all(row["ok"] == row["runs"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Sweeps over activations x seeds: the table and figures, resume, failed runs, the paired test, plots."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY
+
+from cellseg import runs
+from cellseg.cli.plot_history import main as plot_history_main
+from cellseg.cli.sweep import main as sweep_main
+from cellseg.config import ConfigError
+from cellseg.sweep import RunRecord, SweepSpec, compare, load_sweep_file, paired_test
+
+CONFIGS = [str(ROOT / f"configs/{name}.yaml") for name in ("relu", "isru", "mish")]
+TINY_SETS = [f"--set={o}" for o in TINY]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """3 activations x 2 seeds, a few epochs of small patches."""
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    assert sweep_main(["--configs", *CONFIGS, "--seeds", "0", "1", "--out", str(out), *TINY_SETS]) == 0
+    return out
+
+
+def test_sweep_writes_table_runs_and_figures_with_real_numbers(tiny_sweep, capsys):
+    for name in ("comparison.csv", "comparison.md", "runs.csv", "val_loss.png", "scores.png", "sweep.yaml"):
+        assert (tiny_sweep / name).is_file(), name
+    run_rows = read_csv(tiny_sweep / "runs.csv")
+    assert sorted((r["config"], r["seed"]) for r in run_rows) == sorted(
+        (c, s) for c in ("relu", "isru", "mish") for s in ("0", "1")
+    )
+    for row in run_rows:  # every figure is the run's own
+        summary = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
+        assert float(row["best_val_iou"]) == pytest.approx(summary["best_val_iou"])
+        assert 0 <= float(row["val_dsb_score"]) <= 1
+    table = read_csv(tiny_sweep / "comparison.csv")
+    assert [r["config"] for r in table] != [] and len(table) == 3
+    means = [float(r["best_val_iou_mean"]) for r in table]
+    assert means == sorted(means, reverse=True), "best first"
+    relu = next(r for r in table if r["config"] == "relu")
+    iou = [float(r["best_val_iou"]) for r in run_rows if r["config"] == "relu"]
+    assert float(relu["best_val_iou_mean"]) == pytest.approx(sum(iou) / 2)
+    assert relu["vs_baseline_verdict"] == "baseline"
+    others = [r for r in table if r["config"] != "relu"]
+    assert all(r["vs_baseline_seeds"] == "2" and math.isfinite(float(r["vs_baseline_diff"])) for r in others)
+    md = (tiny_sweep / "comparison.md").read_text()
+    assert "| 1 |" in md and "paired t-test" in md
+
+
+def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_sweep, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep)
+    kept = sweep / "runs" / "relu_s0" / runs.BEST_MODEL
+    stamp = kept.stat().st_mtime_ns
+    shutil.rmtree(sweep / "runs" / "mish_s1")  # never started
+    (sweep / "runs" / "isru_s1" / runs.SUMMARY).unlink()  # killed after its last checkpoint
+    assert sweep_main(["--configs", *CONFIGS, "--seeds", "0", "1", "--out", str(sweep), *TINY_SETS]) == 0
+    assert kept.stat().st_mtime_ns == stamp, "a finished run is reused, not retrained"
+    assert (sweep / "runs" / "mish_s1" / runs.SUMMARY).is_file()
+    assert (sweep / "runs" / "isru_s1" / runs.SUMMARY).is_file()
+    assert len(read_csv(sweep / "runs.csv")) == 6
+
+
+def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path, capsys):
+    broken = tmp_path / "binary_step.yaml"
+    broken.write_text(f"extends: {ROOT / 'configs/base.yaml'}\nmodel:\n  activation: binary_step\n")
+    diverging = tmp_path / "diverging.yaml"
+    diverging.write_text(
+        f"extends: {ROOT / 'configs/base.yaml'}\n"
+        "model: {batch_norm: false}\ntrain: {learning_rate: 1.0e+30, optimizer: sgd, schedule: constant}\n"
+    )
+    out = tmp_path / "sweep"
+    code = sweep_main(
+        ["--configs", CONFIGS[0], str(broken), str(diverging), "--seeds", "0", "--out", str(out), *TINY_SETS]
+    )
+    assert code == 1
+    table = {r["config"]: r for r in read_csv(out / "comparison.csv")}
+    assert table["relu"]["ok"] == "1"
+    assert table["binary_step"]["ok"] == "0" and "zero gradient" in table["binary_step"]["failed"]
+    assert table["diverging"]["ok"] == "0" and "non-finite loss" in table["diverging"]["failed"]
+    assert list(table)[-1] != "relu", "failed configs sort last"
+    assert "failed: seed 0: ValueError" in (out / "comparison.md").read_text()
+    assert (out / "runs" / "binary_step_s0" / "failed.json").is_file()
+
+
+def test_a_resumed_sweep_must_use_the_same_data_and_overrides(tiny_sweep, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep)
+    args = [
+        "--configs",
+        *CONFIGS,
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(sweep),
+        *TINY_SETS,
+        "--set=train.epochs=9",
+    ]
+    assert sweep_main(args) == 2
+
+
+def test_sweep_file_lists_the_same_fields_and_checks_them(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"configs: [{ROOT}/configs/relu.yaml, {ROOT}/configs/elu.yaml]\nseeds: [3]\nset: [train.epochs=2]\n"
+    )
+    spec = load_sweep_file(path)
+    assert spec.seeds == [3] and spec.set == ["train.epochs=2"] and len(spec.configs) == 2
+    path.write_text("configs: [a.yaml]\nseed: [1]\n")
+    with pytest.raises(ConfigError, match="unknown sweep key"):
+        load_sweep_file(path)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        SweepSpec(configs=[CONFIGS[0]], set=["train.epoch=3"])
+    example = load_sweep_file(ROOT / "configs/sweeps/dsb2018.yaml")
+    assert all(Path(c).is_file() for c in example.configs)
+
+
+def test_paired_test_tells_a_consistent_gain_from_noise():
+    p, verdict = paired_test([0.05, 0.051, 0.049, 0.052])
+    assert verdict == "better" and p < 0.01
+    p, verdict = paired_test([0.05, -0.04, 0.01, -0.02])
+    assert verdict == "not distinguishable from seed noise" and p > 0.05
+    assert paired_test([0.1])[1] == "too few seeds to test"
+
+
+def test_compare_pairs_runs_by_seed_and_ranks_lower_loss_first():
+    def rec(config: str, seed: int, loss: float) -> RunRecord:
+        return RunRecord(config, config, seed, "ok", params=1, figures={"best_val_loss": loss})
+
+    records = [rec("relu", s, 0.5 + 0.01 * s) for s in range(3)] + [
+        rec("elu", s, 0.4 + 0.01 * s) for s in range(3)
+    ]
+    rows = compare(records, "relu", "best_val_loss")
+    assert [r["config"] for r in rows] == ["elu", "relu"]
+    assert rows[0]["vs_baseline_diff"] == pytest.approx(-0.1)
+    assert rows[0]["vs_baseline_verdict"] == "better"
+
+
+def test_plot_history_draws_any_logged_column_and_names_unknown_ones(tiny_sweep, tmp_path, capsys):
+    run_dirs = sorted(str(p) for p in (tiny_sweep / "runs").iterdir())
+    out = tmp_path / "iou.png"
+    assert plot_history_main([*run_dirs, "--metric", "val_iou", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    isru = [d for d in run_dirs if "isru" in d]
+    assert plot_history_main([*isru, "--metric", "enc0_1_act.alpha", "--out", str(tmp_path / "a.png")]) == 0
+    assert plot_history_main([*run_dirs, "--metric", "val_lss"]) == 2
+    assert "did you mean val_loss" in capsys.readouterr().err
+
+
+def test_notebook_runs_top_to_bottom_on_a_sweep(tiny_sweep, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("CELLSEG_SWEEP", str(tiny_sweep))
+    notebook = nbformat.read(ROOT / "notebooks/activation_comparison.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        notebook, timeout=300, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "paired t-test" in shown and "relu" in shown
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+    assert (tiny_sweep / "val_iou.png").is_file()
