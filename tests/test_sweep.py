@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, TINY
 
@@ -173,3 +174,23 @@ def test_notebook_runs_top_to_bottom_on_a_sweep(tiny_sweep, monkeypatch):
     assert "paired t-test" in shown and "relu" in shown
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
     assert (tiny_sweep / "val_iou.png").is_file()
+
+
+def test_activation_gallery_and_learned_parameters(tiny_sweep, tmp_path, capsys):
+    from cellseg.activations import activation_curve
+    from cellseg.cli.plot_activations import main as plot_activations_main
+
+    x = np.linspace(-3, 3, 7, dtype=np.float32)
+    y, dy = activation_curve({"name": "isru", "alpha": 0.5}, x)
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 0.5 * x**2), rtol=1e-5)
+    np.testing.assert_allclose(dy, (1 + 0.5 * x**2) ** -1.5, rtol=1e-5)
+    gallery = tmp_path / "gallery.png"
+    names = ["relu", "prelu", "gated_mish", "isru:alpha=0.5"]
+    assert plot_activations_main([*names, "--out", str(gallery)]) == 0
+    assert gallery.stat().st_size > 20_000
+    runs_dir = tiny_sweep / "runs"
+    alpha = tmp_path / "alpha.png"
+    assert plot_activations_main(["--run", str(runs_dir / "isru_s0"), "--out", str(alpha)]) == 0
+    assert alpha.is_file()
+    assert plot_activations_main(["--run", str(runs_dir / "relu_s0")]) == 2
+    assert "no learnable parameters" in capsys.readouterr().err

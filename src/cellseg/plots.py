@@ -101,3 +101,37 @@ def plot_score_bars(rows: list[dict], keys: dict[str, str], path: str | Path, ti
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _bound(value: float) -> str:
+    return ("∞" if value > 0 else "-∞") if abs(value) > 100 else f"{value:.3g}"
+
+
+def plot_activation_gallery(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: str | Path, columns: int = 5
+) -> None:
+    """One small plot per activation: the function (solid) and its derivative (dashed).
+
+    ``curves`` maps a name to (x, f(x), f'(x), subtitle); the title also gives the range of f seen over
+    a wide input sweep (``±∞`` when it keeps growing).
+    """
+    rows = math.ceil(len(curves) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.8 * columns, 2.5 * rows), squeeze=False)
+    for ax in axes.ravel()[len(curves) :]:
+        ax.set_axis_off()
+    for ax, (name, (x, y, dy, subtitle)) in zip(axes.ravel(), curves.items(), strict=False):
+        near = np.abs(x) <= 4
+        ax.plot(x[near], y[near], color="C0", label="f(x)")
+        ax.plot(x[near], dy[near], "--", color="C3", label="f'(x)")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_ylim(-2.2, 4.2)
+        ax.set_title(
+            f"{name}\nrange ({_bound(float(y.min()))}, {_bound(float(y.max()))}) {subtitle}", fontsize=8
+        )
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes.ravel()[0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

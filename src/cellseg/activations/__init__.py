@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from cellseg.activations import functions
 from cellseg.activations.layers import ISRU, Elementwise, GatedMish, SwishBeta, TrainableLeakyReLU
@@ -149,6 +151,23 @@ def create_activation(spec: str | Mapping[str, Any], name: str | None = None) ->
     return entry.make(**{**entry.defaults, **options}, name=name)
 
 
+def activation_curve(spec: str | Mapping[str, Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and derivatives of an activation (at its initial or given parameters) at the points ``x``.
+
+    A gated activation gets the same ``x`` in both halves, so it is drawn as a function of one input.
+    """
+    entry = get_entry(spec)
+    layer = create_activation(spec)
+    column = np.asarray(x, np.float32).reshape(-1, 1, 1, 1)  # NHWC, as inside the U-Net
+    inputs = tf.constant(np.repeat(column, entry.channel_factor, axis=-1))
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs)
+    grads = tape.gradient(outputs, inputs)
+    slope = np.zeros(len(x), np.float32) if grads is None else grads.numpy().sum(axis=-1).ravel()
+    return outputs.numpy()[:, 0, 0, 0], slope
+
+
 __all__ = [
     "ACTIVATIONS",
     "ISRU",
@@ -157,6 +176,7 @@ __all__ = [
     "GatedMish",
     "SwishBeta",
     "TrainableLeakyReLU",
+    "activation_curve",
     "available_activations",
     "check_trainable",
     "create_activation",
