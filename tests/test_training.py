@@ -185,3 +185,46 @@ def test_trains_on_real_dsb2018_images(capsys, tmp_path, tiny_overrides, dsb2018
     assert summary["train_images"] == 16 and summary["val_images"] == 4
     assert summary["streamed"] is (stream == "true") and summary["skipped_samples"] == 0
     assert np.isfinite(summary["best_val_loss"])
+
+
+def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_overrides):
+    import keras
+
+    from cellseg.callbacks import Diagnostics, StopOnNaN
+    from cellseg.cli.plot_history import main as plot_history_main
+    from cellseg.config import ModelConfig
+    from cellseg.models import build_unet
+    from cellseg.trainer import compile_model, load_run_config
+
+    sets = [f"--set={o}" for o in tiny_overrides] + ["--set=train.diagnostics=true"]
+    code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)
+    assert code == 0
+    run_dir = Path(out[-1])
+    rows = runs.read_history(run_dir, runs.DIAGNOSTICS)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    expected = {"enc0_1_act.dead", "bottleneck_2_act.std", "enc0_1_conv.grad_norm", "dead_fraction"}
+    assert expected <= set(rows[0])
+    assert all(r["enc0_1_conv.grad_norm"] > 0 for r in rows)
+    figure = str(tmp_path / "dead.png")
+    assert plot_history_main([str(run_dir), "--metric", "dead_fraction", "--out", figure]) == 0
+
+    # kill 3 of the 4 first-layer ReLU channels: zero weights and a negative bias -> output exactly 0
+    cfg = load_run_config(run_dir)
+    model = build_unet(ModelConfig(activation="relu", depth=2, base_filters=4, batch_norm=False), 3)
+    compile_model(model, cfg.train)
+    conv = model.get_layer("enc0_1_conv")
+    kernel, bias = conv.get_weights()
+    kernel[..., :3], bias[:3] = 0.0, -1.0
+    conv.set_weights([kernel, bias])
+    rng = np.random.default_rng(0)
+    probe = Diagnostics(
+        tmp_path, rng.random((2, 32, 32, 3), np.float32), np.ones((2, 32, 32, 1), np.float32), StopOnNaN()
+    )
+    probe.set_model(model)
+    probe.on_train_begin()
+    (tmp_path / runs.DIAGNOSTICS).unlink(missing_ok=True)
+    probe.on_epoch_end(0)
+    row = runs.read_history(tmp_path, runs.DIAGNOSTICS)[0]
+    assert row["enc0_1_act.dead"] == 0.75
+    assert row["dead_fraction"] > 0
+    keras.backend.clear_session()

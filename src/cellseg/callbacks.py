@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -10,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from cellseg import runs
-from cellseg.models import activation_parameters
+from cellseg.models import activation_layers, activation_parameters
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -53,12 +54,7 @@ class HistoryWriter(keras.callbacks.Callback):
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 3)
         row.update(activation_parameters(self.model))
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        runs.append_row(self.path, row)
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
@@ -85,3 +81,51 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         runs.write_json(
             self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.best.best)}
         )
+
+
+class Diagnostics(keras.callbacks.Callback):
+    """Per epoch and hidden layer, on one fixed validation batch: what the activations are doing.
+
+    ``<layer>.dead``: share of channels whose output is exactly 0 everywhere on the batch (dying
+    ReLUs); ``<layer>.mean`` / ``.std``: the activations' statistics (SELU's self-normalisation keeps them
+    near 0 / 1); ``<conv>.grad_norm``: the loss gradient's norm at each convolution kernel (vanishing
+    gradients show as a collapse towards the input). Inference-mode batch norm, so the probe does not
+    disturb training. Written to ``diagnostics.csv``; one forward and backward pass per epoch.
+    """
+
+    def __init__(self, run_dir: Path, images: np.ndarray, targets: np.ndarray, nan_guard: StopOnNaN) -> None:
+        super().__init__()
+        self.path = run_dir / runs.DIAGNOSTICS
+        self.images, self.targets = tf.constant(images), tf.constant(targets)
+        self.nan_guard = nan_guard
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        layers = activation_layers(self.model)
+        self.names = [layer.name for layer in layers]
+        outputs = [*(layer.output for layer in layers), self.model.outputs[0]]
+        self.probe = keras.Model(self.model.inputs, outputs)
+        self.kernels = [
+            (layer.name, layer.kernel)
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+        ]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.nan_guard.where is not None:
+            return
+        with tf.GradientTape() as tape:
+            *acts, pred = self.probe(self.images, training=False)
+            loss = self.model.loss(self.targets, pred)
+        grads = tape.gradient(loss, [k for _, k in self.kernels])
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        dead_channels = total_channels = 0
+        for name, act in zip(self.names, acts, strict=True):
+            a = act.numpy()
+            dead = np.all(a == 0, axis=(0, 1, 2))
+            dead_channels, total_channels = dead_channels + int(dead.sum()), total_channels + dead.size
+            row.update({f"{name}.dead": float(dead.mean()), f"{name}.mean": float(a.mean())})
+            row[f"{name}.std"] = float(a.std())
+        for (name, _), grad in zip(self.kernels, grads, strict=True):
+            row[f"{name}.grad_norm"] = float(tf.norm(grad)) if grad is not None else 0.0
+        row["dead_fraction"] = dead_channels / max(total_channels, 1)
+        runs.append_row(self.path, row)

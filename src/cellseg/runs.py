@@ -90,9 +90,19 @@ def read_metric(run_dir: str | Path, metric: str) -> tuple[list[int], list[float
     raise KeyError(f"{run_dir}: no column '{metric}' in {HISTORY} or {DIAGNOSTICS}{hint}")
 
 
-def truncate_history(run_dir: Path, epochs: int) -> None:
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row to a per-epoch CSV, writing the header first if the file is new."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_history(run_dir: Path, epochs: int, name: str = HISTORY) -> None:
     """Drop rows past ``epochs`` (written before a kill, but never checkpointed)."""
-    path = run_dir / HISTORY
+    path = run_dir / name
     if not path.is_file():
         return
     with path.open(newline="") as f:

@@ -23,10 +23,17 @@ import tensorflow as tf
 import cellseg
 from cellseg import runs
 from cellseg.activations import parse_spec
-from cellseg.callbacks import HistoryWriter, ResumeCheckpoint, StopOnNaN
+from cellseg.callbacks import Diagnostics, HistoryWriter, ResumeCheckpoint, StopOnNaN
 from cellseg.config import Config, TrainConfig, config_from_dict, save_config
 from cellseg.data import collect_samples
-from cellseg.data.pipeline import PreparedData, prepare, split_samples, train_dataset, val_dataset
+from cellseg.data.pipeline import (
+    PreparedData,
+    one_hot_targets,
+    prepare,
+    split_samples,
+    train_dataset,
+    val_dataset,
+)
 from cellseg.losses import BinaryDice, ForegroundIoU, make_loss
 from cellseg.models import build_unet, load_model
 from cellseg.plots import plot_run_history
@@ -63,8 +70,26 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 
 def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
     model.compile(
-        optimizer=make_optimizer(cfg), loss=make_loss(cfg.loss), metrics=[ForegroundIoU(), BinaryDice()]
+        optimizer=make_optimizer(cfg),
+        loss=make_loss(cfg.loss),
+        metrics=[ForegroundIoU(), BinaryDice()],
+        jit_compile=cfg.jit_compile,
     )
+
+
+def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy of ``train.distribute``.
+
+    ``mirrored`` replicates the model on every GPU of this machine (on a machine without GPUs, on every
+    logical CPU device, which is how the tests exercise it); ``multi_worker`` spans the machines listed in
+    the ``TF_CONFIG`` environment variable. The batch size is the global batch, split between replicas.
+    """
+    if cfg.distribute == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if cfg.distribute == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()  # the default: no distribution
 
 
 def activation_label(cfg: Config) -> str:
@@ -112,20 +137,53 @@ def train(
     start = time.perf_counter()
     _seed_everything(cfg)
     data = _prepare_data(cfg, log)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(cfg.train.precision)  # layers built (or loaded) from here on use it
+    try:
+        strategy = make_strategy(cfg.train)
+        if cfg.train.distribute != "none":
+            log(f"distribute: {cfg.train.distribute}, {strategy.num_replicas_in_sync} replicas")
+        with strategy.scope():
+            opened = _open_run(cfg, data, out, resume, run_name, log)
+        return _fit(cfg, data, opened, start, verbose, log)
+    finally:
+        keras.config.set_dtype_policy(policy)
 
-    done, elapsed_before = 0, 0.0
-    best_val_loss = math.inf
+
+@dataclass
+class _OpenRun:
+    run_dir: Path
+    model: keras.Model
+    done: int = 0
+    best_val_loss: float = math.inf
+    elapsed_before: float = 0.0
+
+
+def _open_run(
+    cfg: Config,
+    data: PreparedData,
+    out: str | Path,
+    resume: str | Path | None,
+    run_name: str | None,
+    log: Callable[[str], Any],
+) -> _OpenRun:
+    """A new run folder with a fresh model, or the run being resumed with its last checkpoint."""
     if resume is not None:
         run_dir = Path(resume)
         state = runs.read_json(run_dir / runs.STATE)
-        done = int(state["epoch"])
-        best_val_loss = math.inf if state["best_val_loss"] is None else float(state["best_val_loss"])
-        elapsed_before = float(state.get("wall_seconds", 0.0))
         split = runs.read_json(run_dir / runs.SPLIT)
         if split["val"] != data.val_ids:
             raise TrainingError(f"{run_dir}: the data no longer gives the validation split this run used")
+        done = int(state["epoch"])
         runs.truncate_history(run_dir, done)
-        model = load_model(run_dir / runs.LAST_MODEL)
+        runs.truncate_history(run_dir, done, runs.DIAGNOSTICS)
+        opened = _OpenRun(
+            run_dir,
+            load_model(run_dir / runs.LAST_MODEL),
+            done,
+            math.inf if state["best_val_loss"] is None else float(state["best_val_loss"]),
+            float(state.get("wall_seconds", 0.0)),
+        )
         log(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
     else:
         if run_name is None:
@@ -135,14 +193,20 @@ def train(
             run_dir.mkdir(parents=True)
         save_config(cfg, run_dir / runs.CONFIG)
         runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
-        model = build_unet(cfg.model, cfg.data.channels)
-        compile_model(model, cfg.train)
+        opened = _OpenRun(run_dir, build_unet(cfg.model, cfg.data.channels))
+        compile_model(opened.model, cfg.train)
     log(
         f"model: U-Net depth {cfg.model.depth}, activation {activation_label(cfg)}, "
-        f"{model.count_params():,} params"
+        f"{opened.model.count_params():,} params"
     )
     log(f"run folder: {run_dir}")
+    return opened
 
+
+def _fit(
+    cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int, log: Callable[[str], Any]
+) -> RunResult:
+    run_dir, model, done, best_val_loss = opened.run_dir, opened.model, opened.done, opened.best_val_loss
     nan_guard = StopOnNaN()
     best = keras.callbacks.ModelCheckpoint(
         run_dir / runs.BEST_MODEL,
@@ -156,10 +220,20 @@ def train(
         best,
         ResumeCheckpoint(run_dir, nan_guard, best),
     ]
+    first_step: list[float] = []  # when the first training step finished: start-up cost
+    callbacks.append(
+        keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda *_, **__: first_step or first_step.append(time.perf_counter() - start)
+        )
+    )
     if cfg.train.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=3, min_lr=1e-6))
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))
+    if cfg.train.diagnostics:
+        probe = slice(0, cfg.train.batch_size)  # a fixed batch of validation patches
+        targets = one_hot_targets(data.val_masks[probe], data.num_classes).numpy()
+        callbacks.append(Diagnostics(run_dir, data.val_images[probe], targets, nan_guard))
 
     batch = cfg.train.batch_size
     train_ds = train_dataset(
@@ -176,7 +250,7 @@ def train(
             verbose=verbose,
             shuffle=False,  # the patch stream is already random; this silences Keras's warning
         )
-    wall = elapsed_before + time.perf_counter() - start
+    wall = opened.elapsed_before + time.perf_counter() - start
     if (run_dir / runs.STATE).exists():
         state = runs.read_json(run_dir / runs.STATE)
         runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
@@ -186,6 +260,9 @@ def train(
             f"in {run_dir / runs.BEST_MODEL}. Try a lower train.learning_rate or model.batch_norm=true."
         )
     summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where)
+    if first_step:
+        summary["seconds_to_first_step"] = round(first_step[0], 2)  # from train() being called
+        runs.write_json(run_dir / runs.SUMMARY, summary)
     return RunResult(run_dir, summary)
 
 
