@@ -232,3 +232,13 @@ def test_saved_models_reload_in_a_fresh_process_with_identical_outputs(tmp_path)
         "    print('reloaded', name)\n"
     )
     assert out.count("reloaded") == len(names)
+
+
+def test_conv_flops_count_every_multiply_add_of_convolutions():
+    from cellseg.models import conv_flops
+
+    inputs = keras.Input((None, None, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 8x8 out: 2 * 3*3*2*4 * 64
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2DTranspose(2, 2, strides=2)(x)  # 4x4 in: 2 * 2*2*4*2 * 16
+    assert conv_flops(keras.Model(inputs, x), 8, 8) == 2 * 3 * 3 * 2 * 4 * 64 + 2 * 2 * 2 * 4 * 2 * 16

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from cellseg import losses as _losses  # noqa: F401  (registers the loss and metrics for load_model)
 from cellseg.activations import check_trainable, create_activation, get_entry, parse_spec
@@ -99,3 +100,25 @@ def load_model(path: str | Path, compile: bool = True) -> keras.Model:
     if not path.is_file():
         raise FileNotFoundError(f"no saved model at {path}")
     return keras.saving.load_model(path, compile=compile)
+
+
+def conv_flops(model: keras.Model, height: int, width: int) -> int:
+    """Analytic forward FLOPs of one (height x width) image: 2 x multiply-adds of every convolution.
+
+    Convolutions are all but a fraction of a percent of a U-Net's arithmetic (normalisation and
+    activations are a few operations per value); a training step costs about 3x the forward pass.
+    """
+    convs = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+    ]
+    probe = keras.Model(model.inputs, [layer.output for layer in convs])
+    outputs = probe(np.zeros((1, height, width, model.input_shape[-1]), np.float32), training=False)
+    total = 0
+    for layer, out in zip(convs, outputs, strict=True):
+        pixels = int(out.shape[1]) * int(out.shape[2])
+        if isinstance(layer, keras.layers.Conv2DTranspose):  # each input pixel feeds a stride x stride block
+            pixels //= layer.strides[0] * layer.strides[1]
+        total += 2 * int(np.prod(layer.kernel.shape)) * pixels
+    return total

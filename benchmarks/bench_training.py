@@ -1,0 +1,156 @@
+"""Training throughput against the machine: achieved GFLOP/s, the real pipeline against a plain Keras
+baseline, the options for bigger machines, and start-up time.
+
+    python benchmarks/bench_training.py [--steps 10] [--repeats 5] [--skip-startup]
+
+1. Utilisation: the default U-Net (ReLU) trained through cellseg's real pipeline (training patches cut and
+   flipped on the fly from the images in memory) against a plain ``model.fit`` of the same architecture
+   with Keras's built-in ``ReLU`` layer on in-memory NumPy patches; both converted to GFLOP/s from the
+   analytic FLOP count (training step = 3x forward). Target: pipeline >= 0.95 of the plain baseline.
+2. Options: ``train.jit_compile: true`` (XLA) and ``train.precision: mixed_bfloat16`` (when the CPU has
+   AVX512-BF16 or AMX) against the default, same pipeline.
+3. Start-up: ``train.py --help`` (must not import TensorFlow) and the time to the first training step of
+   ``train.py`` with the default config, in fresh processes.
+
+Candidates run interleaved (A B A B ...), median of the repeats, as wall-clock and process-CPU-time ratios.
+Uses DSB2018 stage1_train when present, else the synthetic default data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import keras
+import numpy as np
+import tensorflow as tf
+from common import DSB2018, interleaved, machine
+
+from cellseg.activations import Elementwise
+from cellseg.config import Config
+from cellseg.data import collect_samples
+from cellseg.data.pipeline import prepare, split_samples, train_dataset
+from cellseg.models import build_unet, conv_flops
+from cellseg.trainer import compile_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def builtin_relu_copy(model: keras.Model) -> keras.Model:
+    """The same architecture with Keras's own ReLU layer in place of the registry's."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, Elementwise):
+            return keras.layers.ReLU(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fit_runner(cfg: Config, data, steps: int, make_model=None):
+    """A function training ``steps`` steps through the real pipeline (warmed up and traced already)."""
+    keras.config.set_dtype_policy(cfg.train.precision)
+    model = (make_model or (lambda: build_unet(cfg.model, cfg.data.channels)))()
+    keras.config.set_dtype_policy("float32")
+    compile_model(model, cfg.train)
+    ds = train_dataset(data, cfg.data, cfg.train.batch_size, cfg.seed)
+    model.fit(ds, steps_per_epoch=2, verbose=0)
+    return lambda: model.fit(ds, steps_per_epoch=steps, verbose=0)
+
+
+def startup() -> None:
+    train_py = [sys.executable, str(ROOT / "scripts/train.py")]
+    helps = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([*train_py, "--help"], capture_output=True, check=True)
+        helps.append(time.perf_counter() - start)
+    help_s = statistics.median(helps)
+    print(f"\nstart-up: `train.py --help` {help_s:.2f} s (median of 5; TensorFlow not imported)")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        args = ["--out", tmp, "--quiet", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"]
+        proc = subprocess.run([*train_py, *args], capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - start
+        summary = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
+    print(
+        f"          default config, first training step {summary['seconds_to_first_step']:.1f} s after "
+        f"train() was called (data generation, model build, tracing); whole 1-epoch process {wall:.1f} s"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10, help="training steps per timed run")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-startup", action="store_true")
+    args = p.parse_args()
+    cfg = Config()
+    if DSB2018.is_dir():
+        cfg.data.path = str(DSB2018 / "stage1_train")
+    samples, source = collect_samples(cfg)
+    train, val = split_samples(samples, cfg.data.val_fraction, cfg.seed)
+    data = prepare(train, val, cfg.data, source)
+    batch, patch = cfg.train.batch_size, cfg.data.patch_size
+    flops = 3 * conv_flops(build_unet(cfg.model, cfg.data.channels), patch, patch)  # per training patch
+
+    # the plain baseline: the same patches cut once, as NumPy arrays, and Keras's ReLU
+    x, y = [], []
+    for images, masks in train_dataset(data, cfg.data, batch, cfg.seed).take(args.steps):
+        x.append(images.numpy())
+        y.append(masks.numpy())
+    x, y = np.concatenate(x), np.concatenate(y)
+    plain_model = builtin_relu_copy(build_unet(cfg.model, cfg.data.channels))
+    compile_model(plain_model, cfg.train)
+    plain_model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, verbose=0)
+
+    candidates = {
+        "plain model.fit, built-in ReLU, NumPy arrays": lambda: plain_model.fit(
+            x, y, batch_size=batch, shuffle=False, verbose=0
+        ),
+        "cellseg pipeline, registry ReLU (default)": fit_runner(cfg, data, args.steps),
+        "  + train.jit_compile: true (XLA)": fit_runner(
+            replace(cfg, train=replace(cfg.train, jit_compile=True)), data, args.steps
+        ),
+    }
+    if cpu_has_bf16():
+        candidates["  + train.precision: mixed_bfloat16"] = fit_runner(
+            replace(cfg, train=replace(cfg.train, precision="mixed_bfloat16")), data, args.steps
+        )
+    print(f"machine: {machine()}, TensorFlow {tf.__version__}, data: {source}")
+    print(
+        f"default U-Net, {patch} px patches, batch {batch}, {args.steps} steps per run, median of "
+        f"{args.repeats}; {flops / 1e9:.2f} GFLOP per training patch (3x forward)"
+    )
+    seconds = interleaved(candidates, args.repeats)
+    base_wall, base_cpu = seconds["plain model.fit, built-in ReLU, NumPy arrays"]
+    print("| run | patches/s | GFLOP/s | wall ratio to plain | CPU ratio to plain |")
+    print("|---|---|---|---|---|")
+    for name, (wall, cpu) in seconds.items():
+        rate = args.steps * batch / wall
+        ratios = f"{base_wall / wall:.3f} | {base_cpu / cpu:.3f}"
+        print(f"| {name} | {rate:.1f} | {rate * flops / 1e9:.0f} | {ratios} |")
+    if not args.skip_startup:
+        startup()
+
+
+if __name__ == "__main__":
+    main()
