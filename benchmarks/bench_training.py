@@ -7,8 +7,9 @@ baseline, the options for bigger machines, and start-up time.
    flipped on the fly from the images in memory) against a plain ``model.fit`` of the same architecture
    with Keras's built-in ``ReLU`` layer on in-memory NumPy patches; both converted to GFLOP/s from the
    analytic FLOP count (training step = 3x forward). Target: pipeline >= 0.95 of the plain baseline.
-2. Options: ``train.jit_compile: true`` (XLA) and ``train.precision: mixed_bfloat16`` (when the CPU has
-   AVX512-BF16 or AMX) against the default, same pipeline.
+2. Options, each where the hardware has it, against the default through the same pipeline:
+   ``train.jit_compile: true`` (XLA), ``train.precision: mixed_bfloat16`` (CPU with AVX512-BF16 or AMX, or
+   a GPU), ``mixed_float16`` (GPU) and ``train.distribute: mirrored`` (more than one GPU).
 3. Start-up: ``train.py --help`` (must not import TensorFlow) and the time to the first training step of
    ``train.py`` with the default config, in fresh processes.
 
@@ -41,7 +42,7 @@ from cellseg.config import Config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
 from cellseg.models import build_unet, conv_flops
-from cellseg.trainer import compile_model
+from cellseg.trainer import compile_model, make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,10 +132,19 @@ def main() -> None:
             replace(cfg, train=replace(cfg.train, jit_compile=True)), data, args.steps
         ),
     }
-    if cpu_has_bf16():
-        candidates["  + train.precision: mixed_bfloat16"] = fit_runner(
-            replace(cfg, train=replace(cfg.train, precision="mixed_bfloat16")), data, args.steps
-        )
+    gpus = tf.config.list_physical_devices("GPU")
+    options = {
+        "  + train.precision: mixed_bfloat16": ("precision", "mixed_bfloat16", cpu_has_bf16() or bool(gpus)),
+        "  + train.precision: mixed_float16": ("precision", "mixed_float16", bool(gpus)),
+        "  + train.distribute: mirrored": ("distribute", "mirrored", len(gpus) > 1),
+    }
+    for name, (key, value, available) in options.items():
+        if not available:
+            print(f"skipped (no hardware for it here): {name.strip()}")
+            continue
+        option_cfg = replace(cfg, train=replace(cfg.train, **{key: value}))
+        with make_strategy(option_cfg.train).scope():
+            candidates[name] = fit_runner(option_cfg, data, args.steps)
     print(f"machine: {machine()}, TensorFlow {tf.__version__}, data: {source}")
     print(
         f"default U-Net, {patch} px patches, batch {batch}, {args.steps} steps per run, median of "

@@ -196,7 +196,7 @@ def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_ov
     from cellseg.models import build_unet
     from cellseg.trainer import compile_model, load_run_config
 
-    sets = [f"--set={o}" for o in tiny_overrides] + ["--set=train.diagnostics=true"]
+    sets = [f"--set={o}" for o in tiny_overrides]  # diagnostics are on by default
     code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)
     assert code == 0
     run_dir = Path(out[-1])

@@ -100,32 +100,46 @@ class Diagnostics(keras.callbacks.Callback):
         self.nan_guard = nan_guard
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        if getattr(self, "_traced_for", None) is self.model:
+            return  # fit called again on the same model: keep the traced probe
+        self._traced_for = self.model
         layers = activation_layers(self.model)
         self.names = [layer.name for layer in layers]
         outputs = [*(layer.output for layer in layers), self.model.outputs[0]]
-        self.probe = keras.Model(self.model.inputs, outputs)
-        self.kernels = [
-            (layer.name, layer.kernel)
+        probe = keras.Model(self.model.inputs, outputs)
+        convs = [
+            layer
             for layer in self.model.layers
             if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
         ]
+        self.kernel_names = [layer.name for layer in convs]
+
+        @tf.function  # one traced graph: an eager probe stalls the thread pools for seconds per epoch
+        def measure() -> tuple[tf.Tensor, ...]:
+            with tf.GradientTape() as tape:
+                *acts, pred = probe(self.images, training=False)
+                loss = self.model.loss(self.targets, pred)
+            grads = tape.gradient(loss, [layer.kernel for layer in convs])
+            acts = [tf.cast(a, tf.float32) for a in acts]
+            dead = [
+                tf.cast(tf.reduce_all(tf.equal(a, 0), axis=[0, 1, 2]), tf.float32) for a in acts
+            ]  # channels
+            stats = [
+                tf.stack([tf.reduce_mean(d), tf.reduce_mean(a), tf.math.reduce_std(a)])
+                for d, a in zip(dead, acts, strict=True)
+            ]
+            dead_fraction = tf.add_n([tf.reduce_sum(d) for d in dead]) / sum(int(a.shape[-1]) for a in acts)
+            return tf.stack(stats), tf.stack([tf.norm(g) for g in grads]), dead_fraction
+
+        self.measure = measure
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.nan_guard.where is not None:
             return
-        with tf.GradientTape() as tape:
-            *acts, pred = self.probe(self.images, training=False)
-            loss = self.model.loss(self.targets, pred)
-        grads = tape.gradient(loss, [k for _, k in self.kernels])
+        stats, norms, dead_fraction = (t.numpy() for t in self.measure())
         row: dict[str, Any] = {"epoch": epoch + 1}
-        dead_channels = total_channels = 0
-        for name, act in zip(self.names, acts, strict=True):
-            a = act.numpy()
-            dead = np.all(a == 0, axis=(0, 1, 2))
-            dead_channels, total_channels = dead_channels + int(dead.sum()), total_channels + dead.size
-            row.update({f"{name}.dead": float(dead.mean()), f"{name}.mean": float(a.mean())})
-            row[f"{name}.std"] = float(a.std())
-        for (name, _), grad in zip(self.kernels, grads, strict=True):
-            row[f"{name}.grad_norm"] = float(tf.norm(grad)) if grad is not None else 0.0
-        row["dead_fraction"] = dead_channels / max(total_channels, 1)
+        for name, (dead, mean, std) in zip(self.names, stats, strict=True):
+            row.update({f"{name}.dead": float(dead), f"{name}.mean": float(mean), f"{name}.std": float(std)})
+        row.update({f"{name}.grad_norm": float(n) for name, n in zip(self.kernel_names, norms, strict=True)})
+        row["dead_fraction"] = float(dead_fraction)
         runs.append_row(self.path, row)

@@ -118,7 +118,7 @@ class TrainConfig:
     loss: Literal["bce_dice", "bce", "dice"] = "bce_dice"
     deterministic: bool = True
     tensorboard: bool = False
-    diagnostics: bool = False  # per-layer dead units, activation statistics, gradient norms per epoch
+    diagnostics: bool = True  # per-layer dead units, activation statistics, gradient norms per epoch
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"  # a Keras dtype policy
     jit_compile: bool | Literal["auto"] = "auto"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"

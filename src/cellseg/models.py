@@ -114,7 +114,7 @@ def conv_flops(model: keras.Model, height: int, width: int) -> int:
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
     ]
     probe = keras.Model(model.inputs, [layer.output for layer in convs])
-    outputs = probe(np.zeros((1, height, width, model.input_shape[-1]), np.float32), training=False)
+    outputs = probe([np.zeros((1, height, width, model.input_shape[-1]), np.float32)], training=False)
     total = 0
     for layer, out in zip(convs, outputs, strict=True):
         pixels = int(out.shape[1]) * int(out.shape[2])

@@ -97,9 +97,18 @@ def activation_label(cfg: Config) -> str:
 
 
 def _seed_everything(cfg: Config) -> None:
+    if cfg.train.jit_compile is True and cfg.train.deterministic:
+        raise TrainingError(
+            "train.jit_compile: true needs train.deterministic: false (Keras turns XLA off "
+            "while TensorFlow's op determinism is on); add --set train.deterministic=false"
+        )
     keras.utils.set_random_seed(cfg.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
+    else:  # determinism is process-wide: an earlier run in this process may have switched it on
+        from tensorflow.python.framework import config as tf_config  # the only way back off (TF 2.9+)
+
+        tf_config.disable_op_determinism()
 
 
 def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:

