@@ -52,6 +52,7 @@ def plot_histories(
     path: str | Path,
     title: str | None = None,
     log_scale: bool | None = None,
+    legend_title: str = "activation",
 ) -> None:
     """One curve per label: a single run as a line, several (seeds) as their mean with a min-max band.
 
@@ -61,7 +62,7 @@ def plot_histories(
     fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
     everything: list[float] = []
     for i, (label, runs) in enumerate(series.items()):
-        colour = f"C{i % 10}"
+        colour = f"C{i % 10}" if len(series) <= 10 else plt.cm.tab20(i % 20)
         common = sorted(set().union(*(e for e, _ in runs)))  # a run that stopped early leaves gaps (NaN)
         stacked = np.array(
             [[dict(zip(e, v, strict=True)).get(x, math.nan) for x in common] for e, v in runs], float
@@ -78,7 +79,7 @@ def plot_histories(
     ax.set(xlabel="epoch", ylabel=metric, title=title or f"{metric} per epoch (band: min-max over seeds)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="activation")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title=legend_title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

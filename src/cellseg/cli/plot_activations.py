@@ -66,8 +66,8 @@ def learned(run_dir: Path, out: Path) -> None:
     if not columns:
         raise ValueError(f"{run_dir}: its activation ({runs.run_label(run_dir)}) has no learnable parameters")
     series = {c: [runs.read_metric(run_dir, c)] for c in columns}
-    title = f"learned activation parameters of {runs.run_label(run_dir)} per layer ({run_dir.name})"
-    plot_histories(series, "parameter value", out, title=title, log_scale=False)
+    title = f"learned parameters of {runs.run_label(run_dir)}, {run_dir.name}"
+    plot_histories(series, "parameter value", out, title=title, log_scale=False, legend_title="layer")
 
 
 def main(argv: list[str] | None = None) -> int:
