@@ -6,8 +6,7 @@ pass is one XLA-compiled kernel (``_fused``): on a CPU the chain of elementwise 
 over memory, which is what bounds activations' cost. Kernels compute in float32 whatever the input
 (``exp`` and ``x**2`` overflow float16; the casts fuse away), and return the input's dtype. Every function
 here is checked against a NumPy reference and finite differences in ``tests/test_activations.py``.
-Gradients of a learnable scalar are summed outside the kernel: XLA's CPU reductions run on one thread,
-TensorFlow's own ``reduce_sum`` on all of them (a third less CPU time for ISRU's backward pass).
+Gradients of a learnable scalar are summed outside the kernel (see ``_with_scalar``).
 """
 
 from __future__ import annotations
@@ -30,6 +29,39 @@ def _wide(t: tf.Tensor, like: tf.Tensor | None = None) -> tf.Tensor:
     return tf.cast(t, tf.float32) if t.dtype in (tf.float16, tf.bfloat16) else t
 
 
+def _elementwise(fwd: Callable, bwd: Callable, doc: str) -> Callable:
+    """f(x) from fused kernels: ``fwd(x) -> (y, *saved)`` and ``bwd(dy, *saved) -> dx``."""
+
+    @tf.custom_gradient
+    def f(x: tf.Tensor) -> tf.Tensor:
+        y, *saved = fwd(x)
+        return y, lambda dy: bwd(dy, *saved)
+
+    f.__doc__ = doc
+    return f
+
+
+def _with_scalar(fwd: Callable, bwd: Callable, doc: str) -> Callable:
+    """f(x, p) with a learnable scalar p: ``fwd(x, p) -> (y, *saved)``, ``bwd(dy, p, *saved) -> (dx, dp)``.
+
+    ``dp`` is per element and summed here, outside the kernel: XLA's CPU reductions run on one thread,
+    TensorFlow's own ``reduce_sum`` on all of them (a third less CPU time for ISRU's backward pass).
+    """
+
+    @tf.custom_gradient
+    def f(x: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
+        y, *saved = fwd(x, p)
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            dx, dp = bwd(dy, p, *saved)
+            return dx, tf.cast(tf.reduce_sum(dp), p.dtype)
+
+        return y, grad
+
+    f.__doc__ = doc
+    return f
+
+
 # mish(x) = x tanh(softplus(x)) = x n / (n + 2) with n = e^x (e^x + 2): one exp instead of exp, log1p and
 # tanh. Past x = 20 the ratio is 1 in float32, so the exp is clamped there to avoid overflow.
 @_fused
@@ -47,11 +79,7 @@ def _mish_bwd(dy: tf.Tensor, xf: tf.Tensor, e: tf.Tensor, r: tf.Tensor) -> tf.Te
     return tf.cast(_wide(dy) * (e * (e + 2.0) * r + 4.0 * xf * e * (e + 1.0) * r * r), dy.dtype)
 
 
-@tf.custom_gradient
-def mish(x: tf.Tensor) -> tf.Tensor:
-    """x * tanh(softplus(x)) (Misra 2019)."""
-    y, *saved = _mish_fwd(x)
-    return y, lambda dy: _mish_bwd(dy, *saved)
+mish = _elementwise(_mish_fwd, _mish_bwd, "x * tanh(softplus(x)) (Misra 2019).")
 
 
 @_fused
@@ -66,11 +94,9 @@ def _lisht_bwd(dy: tf.Tensor, xf: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
     return tf.cast(_wide(dy) * (t + xf * (1.0 - t * t)), dy.dtype)
 
 
-@tf.custom_gradient
-def lisht(x: tf.Tensor) -> tf.Tensor:
-    """Linearly scaled hyperbolic tangent, x * tanh(x) (Roy et al. 2019)."""
-    y, *saved = _lisht_fwd(x)
-    return y, lambda dy: _lisht_bwd(dy, *saved)
+lisht = _elementwise(
+    _lisht_fwd, _lisht_bwd, "Linearly scaled hyperbolic tangent, x * tanh(x) (Roy et al. 2019)."
+)
 
 
 @_fused
@@ -92,16 +118,11 @@ def _isru_bwd(dy: tf.Tensor, xf: tf.Tensor, r: tf.Tensor, linear_above_zero: boo
     return tf.cast(dyf * r3, dy.dtype), dyf * (-0.5) * xf * xf * xf * r3  # d/da per element
 
 
-@tf.custom_gradient
-def isru(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
-    """Inverse square root unit x / sqrt(1 + a x^2) (Carlile et al. 2017); ``alpha`` is a scalar."""
-    y, xf, r = _isru_fwd(x, alpha, False)
-
-    def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        dx, dalpha = _isru_bwd(dy, xf, r, False)
-        return dx, tf.cast(tf.reduce_sum(dalpha), alpha.dtype)
-
-    return y, grad
+isru = _with_scalar(
+    lambda x, alpha: _isru_fwd(x, alpha, False),
+    lambda dy, alpha, xf, r: _isru_bwd(dy, xf, r, False),
+    "Inverse square root unit x / sqrt(1 + a x^2) (Carlile et al. 2017); ``alpha`` is a scalar.",
+)
 
 
 def isrlu(x: tf.Tensor, alpha: float = 1.0) -> tf.Tensor:
@@ -120,26 +141,22 @@ def _isrlu(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
 
 
 @_fused
-def _leaky_fwd(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
-    return tf.where(x < 0, tf.cast(alpha, x.dtype) * x, x)
+def _leaky_fwd(x: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.where(x < 0, tf.cast(alpha, x.dtype) * x, x), x
 
 
 @_fused
-def _leaky_bwd(dy: tf.Tensor, x: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _leaky_bwd(dy: tf.Tensor, alpha: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     neg = x < 0
     dx = tf.where(neg, tf.cast(alpha, dy.dtype) * dy, dy)
     return dx, tf.where(neg, _wide(dy) * _wide(x), tf.zeros_like(_wide(x)))  # d/da per element
 
 
-@tf.custom_gradient
-def trainable_leaky_relu(x: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
-    """x for x >= 0 and a * x below; the piecewise form stays correct for a > 1, unlike max(x, a x)."""
-
-    def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        dx, dalpha = _leaky_bwd(dy, x, alpha)
-        return dx, tf.cast(tf.reduce_sum(dalpha), alpha.dtype)
-
-    return _leaky_fwd(x, alpha), grad
+trainable_leaky_relu = _with_scalar(
+    _leaky_fwd,
+    _leaky_bwd,
+    "x for x >= 0 and a * x below; the piecewise form stays correct for a > 1, unlike max(x, a x).",
+)
 
 
 @_fused
@@ -150,22 +167,15 @@ def _swish_fwd(x: tf.Tensor, beta: tf.Tensor) -> tuple[tf.Tensor, ...]:
 
 
 @_fused
-def _swish_bwd(dy: tf.Tensor, xf: tf.Tensor, s: tf.Tensor, beta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _swish_bwd(dy: tf.Tensor, beta: tf.Tensor, xf: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     dyf, ds = _wide(dy), s * (1.0 - s)
     dx = dyf * (s + _wide(beta, like=xf) * xf * ds)
     return tf.cast(dx, dy.dtype), dyf * xf * xf * ds  # d/db per element
 
 
-@tf.custom_gradient
-def swish_beta(x: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
-    """x * sigmoid(b x) with a scalar, learnable b (Ramachandran et al. 2017)."""
-    y, xf, s = _swish_fwd(x, beta)
-
-    def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        dx, dbeta = _swish_bwd(dy, xf, s, beta)
-        return dx, tf.cast(tf.reduce_sum(dbeta), beta.dtype)
-
-    return y, grad
+swish_beta = _with_scalar(
+    _swish_fwd, _swish_bwd, "x * sigmoid(b x) with a scalar, learnable b (Ramachandran et al. 2017)."
+)
 
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -185,11 +195,7 @@ def _gelu_bwd(dy: tf.Tensor, xf: tf.Tensor, cdf: tf.Tensor) -> tf.Tensor:
     return tf.cast(_wide(dy) * (cdf + xf * _INV_SQRT_2PI * tf.exp(-0.5 * xf * xf)), dy.dtype)
 
 
-@tf.custom_gradient
-def gelu(x: tf.Tensor) -> tf.Tensor:
-    """x Phi(x), the exact GELU (Hendrycks & Gimpel 2016)."""
-    y, *saved = _gelu_fwd(x)
-    return y, lambda dy: _gelu_bwd(dy, *saved)
+gelu = _elementwise(_gelu_fwd, _gelu_bwd, "x Phi(x), the exact GELU (Hendrycks & Gimpel 2016).")
 
 
 @_fused
@@ -205,11 +211,7 @@ def _gelu_tanh_bwd(dy: tf.Tensor, xf: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
     return tf.cast(_wide(dy) * (0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * du), dy.dtype)
 
 
-@tf.custom_gradient
-def gelu_tanh(x: tf.Tensor) -> tf.Tensor:
-    """GELU with the tanh approximation."""
-    y, *saved = _gelu_tanh_fwd(x)
-    return y, lambda dy: _gelu_tanh_bwd(dy, *saved)
+gelu_tanh = _elementwise(_gelu_tanh_fwd, _gelu_tanh_bwd, "GELU with the tanh approximation.")
 
 
 def gated_mish(x: tf.Tensor) -> tf.Tensor:
