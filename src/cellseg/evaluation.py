@@ -73,19 +73,18 @@ def validation_samples(run_dir: Path, cfg: Config) -> list[Sample] | list[Sample
 
 def calibrate(
     predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], three_class: bool
-) -> tuple[PostprocessParams, list[dict[str, Any]]]:
-    """The post-processing setting with the best mean DSB score on ``samples``, and the whole grid."""
+) -> tuple[PostprocessParams, float, list[dict[str, Any]]]:
+    """The post-processing setting with the best mean DSB score on ``samples``, that score, the whole grid."""
     predicted: list[tuple[np.ndarray, Probabilities]] = []
     for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
         sample = ref.load()
         predicted.append((sample.labels, predictor(sample.image, ref.id)))
-    table = []
-    for params in grid(three_class):
-        score = np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted])
-        table.append({**params.to_dict(), "val_dsb_score": float(score)})
-    best = max(table, key=lambda row: row["val_dsb_score"])  # first of equals: grid order
-    fields = {f.name for f in dataclasses.fields(PostprocessParams)}
-    return PostprocessParams(**{k: v for k, v in best.items() if k in fields}), table
+    scored = [
+        (params, float(np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted])))
+        for params in grid(three_class)
+    ]
+    best, score = max(scored, key=lambda pair: pair[1])  # first of equals: grid order
+    return best, score, [{**params.to_dict(), "val_dsb_score": s} for params, s in scored]
 
 
 def postprocess_params(
@@ -104,8 +103,7 @@ def postprocess_params(
             return PostprocessParams(**saved["params"])
         log("inference options differ from the recorded calibration: calibrating again")
     samples = validation_samples(run_dir, cfg)
-    params, table = calibrate(predictor, samples, cfg.model.num_classes == 3)
-    best = max(row["val_dsb_score"] for row in table)
+    params, best, table = calibrate(predictor, samples, cfg.model.num_classes == 3)
     runs.write_json(
         path,
         {

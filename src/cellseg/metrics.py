@@ -178,6 +178,7 @@ def summarize(scores: list[ImageScore]) -> dict[str, object]:
     pixels = sum((s.pixels for s in scores), PixelCounts())
     instances = sum((s.instances for s in scores), InstanceCounts())
     per_image = [s.instances.scores() for s in scores]
+    pooled = instances.scores()
     pixel_means = [s.pixels.scores() for s in scores]
 
     def mean(rows: list[dict[str, float]], key: str) -> float:
@@ -193,8 +194,8 @@ def summarize(scores: list[ImageScore]) -> dict[str, object]:
             "dsb_score": mean(per_image, "dsb_score"),
             "ap_50": mean(per_image, "ap_50"),
             "ap_75": mean(per_image, "ap_75"),
-            "pq": instances.scores()["pq"],
-            "mean_matched_iou": instances.scores()["mean_matched_iou"],
+            "pq": pooled["pq"],
+            "mean_matched_iou": pooled["mean_matched_iou"],
         },
         "per_threshold": instances.per_threshold(),
     }

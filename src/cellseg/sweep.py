@@ -9,6 +9,7 @@ per config, best first, with a paired comparison against the baseline over seeds
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import shutil
 import statistics
@@ -334,7 +335,7 @@ def run_sweep(
             )
     spec_path.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
     evaluate = _evaluator(spec)
-    quiet_train = lambda cfg, **kw: train(cfg, verbose=verbose, log=lambda _: None, **kw)  # noqa: E731
+    quiet_train = functools.partial(train, verbose=verbose, log=lambda _: None)
     records: list[RunRecord] = []
     total = len(spec.configs) * len(spec.seeds)
     for seed in spec.seeds:  # seed-major: an interrupted sweep already has complete pairs

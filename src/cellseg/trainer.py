@@ -268,15 +268,19 @@ def _fit(
             f"training stopped: the loss became NaN/inf at {nan_guard.where}. The best model so far is kept "
             f"in {run_dir / runs.BEST_MODEL}. Try a lower train.learning_rate or model.batch_norm=true."
         )
-    summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where)
-    if first_step:
-        summary["seconds_to_first_step"] = round(first_step[0], 2)  # from train() being called
-        runs.write_json(run_dir / runs.SUMMARY, summary)
+    first = round(first_step[0], 2) if first_step else None  # seconds from train() being called
+    summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where, first)
     return RunResult(run_dir, summary)
 
 
 def write_summary(
-    run_dir: Path, cfg: Config, data: PreparedData, model: keras.Model, wall: float, nan_at: str | None
+    run_dir: Path,
+    cfg: Config,
+    data: PreparedData,
+    model: keras.Model,
+    wall: float,
+    nan_at: str | None,
+    seconds_to_first_step: float | None = None,
 ) -> dict[str, Any]:
     rows = runs.read_history(run_dir) if (run_dir / runs.HISTORY).exists() else []
     finite = [r for r in rows if math.isfinite(r["val_loss"])]
@@ -297,6 +301,7 @@ def write_summary(
         "stopped_reason": f"non-finite loss at {nan_at}" if nan_at else "completed",
         "params": int(model.count_params()),
         "wall_seconds": round(wall, 2),
+        "seconds_to_first_step": seconds_to_first_step,
         "train_images": len(data.train_ids),
         "val_images": len(data.val_ids),
         "val_patches": len(data.val_images),

@@ -65,7 +65,8 @@ def learned(run_dir: Path, out: Path) -> None:
     columns = [c for c in rows[0] if "_act." in c]
     if not columns:
         raise ValueError(f"{run_dir}: its activation ({runs.run_label(run_dir)}) has no learnable parameters")
-    series = {c: [runs.read_metric(run_dir, c)] for c in columns}
+    epochs = [int(r["epoch"]) for r in rows]
+    series = {c: [(epochs, [r[c] for r in rows])] for c in columns}
     title = f"learned parameters of {runs.run_label(run_dir)}, {run_dir.name}"
     plot_histories(series, "parameter value", out, title=title, log_scale=False, legend_title="layer")
 

@@ -42,7 +42,7 @@ class PreparedData:
     train_images: np.ndarray | None = None  # (N, Hmax, Wmax, C) float32, zero-padded past each image's size
     train_masks: np.ndarray | None = None  # (N, Hmax, Wmax, 1) uint8 target maps
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
-    train_foregrounds: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) target maps
+    train_targets: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) target maps
     skipped: list[dict[str, str]] = field(default_factory=list)  # bad samples skipped: id and reason
     num_classes: int = 1  # 1: masks are foreground 0/1; 3: background / interior / boundary
 
@@ -151,13 +151,13 @@ def prepare(
                 vx.append(img[y : y + patch, x : x + patch])
                 vy.append(msk[y : y + patch, x : x + patch])
     limit = np.inf if cfg.stream is False else (0 if cfg.stream else cfg.memory_limit_mb * 2**20)
-    kept, refs, foregrounds, shapes, centres, held = [], [], [], [], [], 0
+    kept, refs, targets, shapes, centres, held = [], [], [], [], [], 0
     for ref in train:
         if (loaded := load(ref)) is None:
             continue
         sample, img, msk = loaded
         refs.append(ref)
-        foregrounds.append(msk)
+        targets.append(msk)
         shapes.append(img.shape[:2])
         centres.append(np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2))
         held += img.nbytes
@@ -189,7 +189,7 @@ def prepare(
             data.train_images[i, : img.shape[0], : img.shape[1]] = img
             data.train_masks[i, : msk.shape[0], : msk.shape[1]] = msk
     else:
-        data.train_refs, data.train_foregrounds = refs, foregrounds
+        data.train_refs, data.train_targets = refs, targets
     return data
 
 
@@ -271,7 +271,7 @@ def train_dataset(
 
         def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
             image = _image_array(refs[k].load_image(), channels, cfg.patch_size, refs[k].id)
-            return image, data.train_foregrounds[k]
+            return image, data.train_targets[k]
 
         def patches_of(c: tf.Tensor) -> tf.data.Dataset:
             k = _pick_image(seed, c, n)
