@@ -49,3 +49,21 @@ def run_python(code: str, cwd: Path | None = None, timeout: int = 240) -> str:
     )
     assert proc.returncode == 0, f"fresh process failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def write_paired(root: Path, seed: int, count: int, size: int) -> Path:
+    """``count`` synthetic images with 16-bit label masks in the paired layout under ``root``."""
+    import cv2
+    import numpy as np
+
+    from cellseg.config import SyntheticConfig
+    from cellseg.data.synthetic import make_samples
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for s in make_samples(SyntheticConfig(num_images=count, image_size=size, nuclei_max=8), seed):
+        cv2.imwrite(
+            str(root / "images" / f"{s.id}.png"), s.image[..., ::-1] if s.image.ndim == 3 else s.image
+        )
+        cv2.imwrite(str(root / "masks" / f"{s.id}.png"), s.labels.astype(np.uint16))
+    return root

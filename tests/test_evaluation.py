@@ -10,7 +10,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, write_paired
 from skimage.draw import disk
 from skimage.measure import label
 
@@ -122,17 +122,6 @@ def test_blend_window_favours_tile_centres_and_tile_size_is_checked():
 
 
 # ------------------------------------------------------------------------------- evaluate.py
-
-
-def write_paired(root: Path, seed: int, count: int, size: int) -> Path:
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for s in make_samples(SyntheticConfig(num_images=count, image_size=size, nuclei_max=8), seed):
-        cv2.imwrite(
-            str(root / "images" / f"{s.id}.png"), s.image[..., ::-1] if s.image.ndim == 3 else s.image
-        )
-        cv2.imwrite(str(root / "masks" / f"{s.id}.png"), s.labels.astype(np.uint16))
-    return root
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["foreground", "three_class"])

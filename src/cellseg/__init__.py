@@ -1,7 +1,12 @@
 """cellseg: config-driven U-Net training for nucleus segmentation, built to compare activation functions.
 
-Importing the package is cheap (no TensorFlow); import ``cellseg.activations``, ``cellseg.models`` or
-``cellseg.trainer`` for the heavy parts.
+Importing the package registers cellseg's Keras layers, losses and metrics, so that
+``keras.saving.load_model(path, safe_mode=True)`` reloads every model cellseg saves with nothing else
+imported (this imports TensorFlow, about two seconds).
 """
 
 __version__ = "0.1.0"
+
+from cellseg import activations, losses  # registers the serializable classes
+
+__all__ = ["__version__", "activations", "losses"]

@@ -1,9 +1,12 @@
-"""Keras callbacks that write the run folder as training goes: history, checkpoints, NaN guard."""
+"""Keras callbacks that write the run folder as training goes: history, checkpoints, NaN guard.
+
+Every file is written through :func:`cellseg.runs.atomic_path`: a kill or a full disk at any instant
+leaves the previous complete version in place.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,20 +20,45 @@ from cellseg.models import activation_layers, activation_parameters
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stop at the first non-finite batch loss and remember where, so the trainer can say so."""
+    """Stop at the first non-finite training or validation loss and remember where, to say so.
+
+    A diverged network can keep a finite (clipped) training loss while its validation loss is NaN, so
+    both are watched: such an epoch is neither logged as finished nor checkpointed.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.where: str | None = None
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.where is None:
-            self.where = f"epoch {self._epoch + 1}, batch {batch + 1}"
+    def _check(self, logs: dict | None, key: str, where: str) -> None:
+        value = (logs or {}).get(key)
+        if value is not None and not math.isfinite(float(value)) and self.where is None:
+            self.where = where
             self.model.stop_training = True
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._check(logs, "loss", f"epoch {self._epoch + 1}, batch {batch + 1}")
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._check(logs, "val_loss", f"epoch {epoch + 1}, in validation (val_loss)")
+
+
+class BestModelSaver(keras.callbacks.Callback):
+    """Save the model whenever val_loss improves on ``best``, atomically, so the last best survives."""
+
+    def __init__(self, path: Path, best: float = math.inf) -> None:
+        super().__init__()
+        self.path, self.best = path, best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = float((logs or {}).get("val_loss", math.nan))
+        if math.isfinite(loss) and loss < self.best:
+            with runs.atomic_path(self.path) as tmp:
+                self.model.save(tmp)
+            self.best = loss
 
 
 class HistoryWriter(keras.callbacks.Callback):
@@ -64,7 +92,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     killed, the state on disk names an epoch whose model is complete.
     """
 
-    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, best: keras.callbacks.ModelCheckpoint) -> None:
+    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, best: BestModelSaver) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.nan_guard = nan_guard
@@ -74,10 +102,8 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.nan_guard.where is not None:
             return
-        last = self.run_dir / runs.LAST_MODEL
-        tmp = last.with_name("last.tmp.keras")
-        self.model.save(tmp)
-        os.replace(tmp, last)
+        with runs.atomic_path(self.run_dir / runs.LAST_MODEL) as tmp:
+            self.model.save(tmp)
         runs.write_json(
             self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.best.best)}
         )

@@ -149,7 +149,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value, origins, source=f"--set {item}")
-    return _build(Config, raw, prefix="", origins=origins)
+    return _check(_build(Config, raw, prefix="", origins=origins), origins)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
@@ -157,11 +157,27 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     origins: dict[str, str] = {}
     raw: dict[str, Any] = {}
     _merge(raw, data, Config, "", origins, source)
-    return _build(Config, raw, prefix="", origins=origins)
+    return _check(_build(Config, raw, prefix="", origins=origins), origins)
+
+
+def _check(cfg: Config, origins: dict[str, str]) -> Config:
+    """Rules that tie several keys together, checked before any data is read or any model built."""
+    multiple = 2**cfg.model.depth
+    if cfg.data.patch_size % multiple:
+        where = origins.get("data.patch_size") or origins.get("model.depth") or "config"
+        fits = cfg.data.patch_size - cfg.data.patch_size % multiple
+        raise ConfigError(
+            f"{where}: data.patch_size {cfg.data.patch_size} must be divisible by 2**model.depth = "
+            f"{multiple} (the U-Net halves it {cfg.model.depth} times), "
+            f"e.g. data.patch_size={fits or multiple}"
+        )
+    return cfg
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from cellseg.runs import write_text  # atomic: a kill never leaves half a config behind
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _merge_file(path: Path, raw: dict, origins: dict[str, str], chain: tuple[Path, ...]) -> None:
@@ -176,6 +192,8 @@ def _merge_file(path: Path, raw: dict, origins: dict[str, str], chain: tuple[Pat
             hint = (
                 f"; did you mean '{close[0]}'?" if close else f"; files there: {', '.join(names) or 'none'}"
             )
+        if chain:
+            hint += f" (named by 'extends:' in {chain[-1]})"
         raise ConfigError(f"config file not found: {path}{hint}")
     try:
         data = yaml.safe_load(path.read_text()) or {}

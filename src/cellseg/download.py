@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import stat
 import urllib.error
 import urllib.request
 import zipfile
@@ -49,12 +50,19 @@ def unpack(archive: Path, dest: Path) -> Path:
             if bad is not None:
                 raise DataError(f"{archive}: member {bad} fails its CRC check (corrupt download?)")
             root = dest.resolve()
-            for member in zf.namelist():
-                if not (root / member).resolve().is_relative_to(root):
-                    raise DataError(f"{archive}: member {member!r} would unpack outside {dest}")
+            for info in zf.infolist():
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DataError(
+                        f"{archive}: member {info.filename!r} is a symbolic link; refusing to unpack an "
+                        "archive with links (they can redirect other members outside the target)"
+                    )
+                if not (root / info.filename).resolve().is_relative_to(root):
+                    raise DataError(f"{archive}: member {info.filename!r} would unpack outside {dest}")
             zf.extractall(dest)
     except zipfile.BadZipFile as exc:
         raise DataError(f"{archive}: not a valid zip archive ({exc})") from exc
+    except OSError as exc:  # e.g. a file member where the archive later needs a folder
+        raise DataError(f"{archive}: cannot unpack into {dest} ({exc})") from exc
     children = [p for p in dest.iterdir() if p.is_dir()]
     if len(children) == 1 and not (children[0] / "images").is_dir():
         return children[0]  # the archive wrapped everything in one folder
@@ -81,8 +89,8 @@ def download_dsb2018(
         refs = scan_samples(str(root), "dsb2018")
         for ref in refs:  # every image decodes and has masks of its size
             ref.load()
-    except DataError:
-        shutil.rmtree(dest)
+    except BaseException:  # nothing half-unpacked stays behind, whatever went wrong
+        shutil.rmtree(dest, ignore_errors=True)
         raise
     archive.unlink()
     return root, len(refs)

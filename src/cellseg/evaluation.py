@@ -6,7 +6,7 @@ own validation images, never on the images being scored, and recorded in ``<run>
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -138,11 +138,7 @@ def save_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndar
 
 
 def write_per_image(path: Path, scores: list[ImageScore]) -> None:
-    rows = [s.row() for s in scores]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    runs.write_csv(path, [s.row() for s in scores])
 
 
 def peak_memory_mb() -> float:
@@ -152,30 +148,17 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    data: str | Sequence[str],
-    out: str | Path | None = None,
-    labels_dir: str | Path | None = None,
-    options: InferenceOptions = InferenceOptions(),
-    layout: str = "auto",
-    recalibrate: bool = False,
-    log: Callable[[str], Any] = print,
-) -> tuple[Path, dict[str, Any]]:
-    """Score ``run_dir``'s best model on the annotated images under ``data``.
+def _score_images(
+    refs: Sequence[SampleRef],
+    predictor: TiledPredictor,
+    params: PostprocessParams,
+    out: Path,
+    labels_dir: Path | None,
+) -> tuple[list[ImageScore], dict[str, float], int]:
+    """Predict, post-process and score every image, writing overlays (and labels) as it goes.
 
-    Writes ``metrics.json``, ``per_image.csv`` and ``overlays/<id>.png`` into ``out`` (default
-    ``<run>/evaluation``), and with ``labels_dir`` each predicted label image as ``<id>.png``.
-    Returns the output folder and the metrics.
+    Returns the scores, seconds spent per stage, and the number of pixels predicted.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / runs.BEST_MODEL).is_file():
-        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
-    refs = scan_samples(data, layout)  # fail on a bad data path before loading anything
-    predictor, cfg = load_predictor(run_dir, options)
-    params = postprocess_params(run_dir, predictor, cfg, options, recalibrate, log)
-    out = Path(out) if out is not None else run_dir / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
     timer = {"read": 0.0, "predict": 0.0, "postprocess": 0.0, "score": 0.0, "write": 0.0}
     clock = time.perf_counter()
 
@@ -201,22 +184,53 @@ def evaluate_run(
         lap("score")
         save_overlay(out / "overlays" / f"{ref.id}.png", sample.image, sample.labels, pred)
         if labels_dir is not None:
-            save_labels(Path(labels_dir) / f"{ref.id}.png", pred)
+            save_labels(labels_dir / f"{ref.id}.png", pred)
         lap("write")
-    seconds = sum(timer.values())
-    metrics = {
-        **summarize(scores),
-        "run": str(run_dir),
-        "activation": activation_label(cfg),
-        "data": [str(d) for d in ([data] if isinstance(data, str | Path) else data)],
-        "postprocess": params.to_dict(),
-        "inference": dataclasses.asdict(options),
-        "megapixels": round(pixels / 1e6, 3),
-        "seconds": round(seconds, 2),
-        "seconds_by_stage": {k: round(v, 2) for k, v in timer.items()},
-        "prediction_megapixels_per_second": round(pixels / 1e6 / timer["predict"], 3),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-    }
-    runs.write_json(out / "metrics.json", metrics)
-    write_per_image(out / "per_image.csv", scores)
+    return scores, timer, pixels
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Sequence[str],
+    out: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    options: InferenceOptions = InferenceOptions(),
+    layout: str = "auto",
+    recalibrate: bool = False,
+    log: Callable[[str], Any] = print,
+) -> tuple[Path, dict[str, Any]]:
+    """Score ``run_dir``'s best model on the annotated images under ``data``.
+
+    Writes ``metrics.json``, ``per_image.csv`` and ``overlays/<id>.png`` into ``out`` (default
+    ``<run>/evaluation``), and with ``labels_dir`` each predicted label image as ``<id>.png``.
+    Returns the output folder and the metrics.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.BEST_MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
+    refs = scan_samples(data, layout)  # fail on a bad data path before loading anything
+    predictor, cfg = load_predictor(run_dir, options)
+    params = postprocess_params(run_dir, predictor, cfg, options, recalibrate, log)
+    out = Path(out) if out is not None else run_dir / "evaluation"
+    # everything is written to staging folders and moved into place only once all images succeeded
+    with contextlib.ExitStack() as stack:
+        stage = stack.enter_context(runs.staged_outputs(out))
+        labels_stage = None if labels_dir is None else stack.enter_context(runs.staged_outputs(labels_dir))
+        scores, timer, pixels = _score_images(refs, predictor, params, stage, labels_stage)
+        seconds = sum(timer.values())
+        metrics = {
+            **summarize(scores),
+            "run": str(run_dir),
+            "activation": activation_label(cfg),
+            "data": [str(d) for d in ([data] if isinstance(data, str | Path) else data)],
+            "postprocess": params.to_dict(),
+            "inference": dataclasses.asdict(options),
+            "megapixels": round(pixels / 1e6, 3),
+            "seconds": round(seconds, 2),
+            "seconds_by_stage": {k: round(v, 2) for k, v in timer.items()},
+            "prediction_megapixels_per_second": round(pixels / 1e6 / timer["predict"], 3),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+        }
+        runs.write_json(stage / "metrics.json", metrics)
+        write_per_image(stage / "per_image.csv", scores)
     return out, metrics

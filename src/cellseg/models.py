@@ -52,6 +52,13 @@ class _Builder:
         return self.conv_act(x, filters, f"{name}_upconv")
 
 
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise ValueError for anything :func:`build_unet` would reject (unknown activation or option, an
+    activation that cannot train), without building: the trainer calls it before reading any data."""
+    check_trainable(cfg.activation)
+    create_activation(cfg.activation)  # checks the activation's options
+
+
 def build_unet(cfg: ModelConfig, input_channels: int = 3) -> keras.Model:
     """A U-Net of ``cfg.depth`` down-samplings; inputs of any size divisible by 2**depth are accepted.
 

@@ -12,6 +12,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from cellseg.runs import atomic_path
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> None:
+    """Write a PNG atomically (a kill never leaves half an image) and free the figure."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
+
 
 def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str = "") -> None:
     """Loss (left) and IoU / Dice (right) per epoch, training dashed and validation solid."""
@@ -32,8 +43,7 @@ def plot_run_history(rows: list[dict[str, float]], path: str | Path, title: str 
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _log_scale_helps(values: list[float], metric: str) -> bool:
@@ -80,8 +90,7 @@ def plot_histories(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title=legend_title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_score_bars(rows: list[dict], keys: dict[str, str], path: str | Path, title: str = "") -> None:
@@ -100,8 +109,7 @@ def plot_score_bars(rows: list[dict], keys: dict[str, str], path: str | Path, ti
     ax.set(ylabel="score (mean ± std over seeds)", ylim=(0, 1), title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _bound(value: float) -> str:
@@ -134,5 +142,4 @@ def plot_activation_gallery(
         ax.grid(alpha=0.3)
     axes.ravel()[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -8,7 +8,6 @@ per config, best first, with a paired comparison against the baseline over seeds
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import shutil
@@ -222,13 +221,6 @@ def compare(records: list[RunRecord], baseline: str, rank_by: str) -> list[dict[
     return sorted(rows, key=order)
 
 
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _pm(row: dict[str, Any], key: str, digits: int = 3) -> str:
     mean, std = row[f"{key}_mean"], row[f"{key}_std"]
     return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -272,10 +264,10 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
     """runs.csv, comparison.csv / .md and the figures, from the runs so far."""
     from cellseg.plots import plot_histories, plot_score_bars
 
-    write_table(root / RUNS_TABLE, [r.row() for r in records])
+    runs.write_csv(root / RUNS_TABLE, [r.row() for r in records])
     rows = compare(records, Path(spec.baseline).stem, spec.rank_by)
-    write_table(root / COMPARISON_CSV, rows)
-    (root / COMPARISON_MD).write_text(markdown(rows, spec))
+    runs.write_csv(root / COMPARISON_CSV, rows)
+    runs.write_text(root / COMPARISON_MD, markdown(rows, spec))
     series: dict[str, list[tuple[list[int], list[float]]]] = {}
     for r in records:
         if r.figures:
@@ -333,7 +325,7 @@ def run_sweep(
                 f"{root} holds a sweep with other data / test_data / --set overrides "
                 f"({ {k: before.get(k) for k in spec.comparable()} }); give another --out"
             )
-    spec_path.write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    runs.write_text(spec_path, yaml.safe_dump(asdict(spec), sort_keys=False))
     evaluate = _evaluator(spec)
     quiet_train = functools.partial(train, verbose=verbose, log=lambda _: None)
     records: list[RunRecord] = []

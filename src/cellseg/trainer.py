@@ -7,10 +7,14 @@ The run folder holds the resolved ``config.yaml``, ``split.json``, ``history.csv
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import platform
+import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +27,18 @@ import tensorflow as tf
 import cellseg
 from cellseg import runs
 from cellseg.activations import parse_spec
-from cellseg.callbacks import Diagnostics, HistoryWriter, ResumeCheckpoint, StopOnNaN
+from cellseg.callbacks import BestModelSaver, Diagnostics, HistoryWriter, ResumeCheckpoint, StopOnNaN
 from cellseg.config import Config, TrainConfig, config_from_dict, save_config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import (
     PreparedData,
     one_hot_targets,
-    prepare,
-    split_samples,
+    prepare_split,
     train_dataset,
     val_dataset,
 )
 from cellseg.losses import BinaryDice, ForegroundIoU, make_loss
-from cellseg.models import build_unet, load_model
+from cellseg.models import build_unet, check_model_config, load_model
 from cellseg.plots import plot_run_history
 
 
@@ -49,13 +52,18 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimizer named in the config, with a constant or cosine learning-rate schedule."""
-    lr: Any = cfg.learning_rate
+def make_schedule(cfg: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate over the whole planned run: constant, or cosine decay over epochs x steps."""
     if cfg.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
+        return keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate, cfg.epochs * cfg.steps_per_epoch, alpha=0.05
         )
+    return cfg.learning_rate
+
+
+def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer named in the config, with the learning rate of :func:`make_schedule`."""
+    lr = make_schedule(cfg)
     makers = {
         "sgd": lambda: keras.optimizers.SGD(lr),
         "sgd_momentum": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum),
@@ -111,11 +119,59 @@ def _seed_everything(cfg: Config) -> None:
         tf_config.disable_op_determinism()
 
 
+def _absolute_paths(cfg: Config) -> Config:
+    """The config with its data paths absolute, so the saved run evaluates from any working directory."""
+    path = cfg.data.path
+    if path is not None:
+        path = os.path.abspath(path) if isinstance(path, str) else [os.path.abspath(p) for p in path]
+    rle_csv = None if cfg.data.rle_csv is None else os.path.abspath(cfg.data.rle_csv)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path, rle_csv=rle_csv))
+
+
+@dataclass
+class Checkpoint:
+    """What the last complete epoch of a run left in ``checkpoint/``."""
+
+    epoch: int
+    best_val_loss: float
+    wall_seconds: float
+
+
+def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from; None if it was stopped before epoch 1 ended.
+
+    Checked before any data is read: a damaged or missing file fails naming the file and the way out,
+    and ``epochs`` (the new ``train.epochs``) may not undercut the epochs already run.
+    """
+    path = run_dir / runs.STATE
+    restart = f"delete {path.parent} to restart this run from epoch 1, or start a new run"
+    if not path.is_file():
+        return None
+    try:
+        state = runs.read_json(path, "checkpoint state")
+        checkpoint = Checkpoint(
+            int(state["epoch"]),
+            math.inf if state["best_val_loss"] is None else float(state["best_val_loss"]),
+            float(state.get("wall_seconds", 0.0)),
+        )
+    except ValueError as exc:
+        raise TrainingError(f"{exc}; {restart}") from exc
+    except (KeyError, TypeError) as exc:
+        raise TrainingError(f"{path}: the checkpoint state is damaged (no valid {exc}); {restart}") from exc
+    if not (run_dir / runs.LAST_MODEL).is_file():
+        raise TrainingError(f"{run_dir / runs.LAST_MODEL} is missing; {restart}")
+    if epochs < checkpoint.epoch:
+        raise TrainingError(
+            f"train.epochs={epochs} is below the {checkpoint.epoch} epochs {run_dir} has already run; "
+            f"give --set train.epochs={checkpoint.epoch} or more"
+        )
+    return checkpoint
+
+
 def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
     samples, source = collect_samples(cfg)
     log(f"data: {source}")
-    train, val = split_samples(samples, cfg.data.val_fraction, cfg.seed)
-    data = prepare(train, val, cfg.data, source, cfg.model.num_classes)
+    data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.seed)
     log(
         f"split: {len(data.train_ids)} training images"
         f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "
@@ -144,6 +200,9 @@ def train(
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
+    check_model_config(cfg.model)  # a bad activation or option fails before any data is read
+    cfg = _absolute_paths(cfg)
+    checkpoint = read_checkpoint(Path(resume), cfg.train.epochs) if resume is not None else None
     _seed_everything(cfg)
     data = _prepare_data(cfg, log)
     policy = keras.config.dtype_policy()
@@ -153,7 +212,7 @@ def train(
         if cfg.train.distribute != "none":
             log(f"distribute: {cfg.train.distribute}, {strategy.num_replicas_in_sync} replicas")
         with strategy.scope():
-            opened = _open_run(cfg, data, out, resume, run_name, log)
+            opened = _open_run(cfg, data, out, resume, checkpoint, run_name, log)
         return _fit(cfg, data, opened, start, verbose, log)
     finally:
         keras.config.set_dtype_policy(policy)
@@ -173,56 +232,96 @@ def _open_run(
     data: PreparedData,
     out: str | Path,
     resume: str | Path | None,
+    checkpoint: Checkpoint | None,
     run_name: str | None,
     log: Callable[[str], Any],
 ) -> _OpenRun:
     """A new run folder with a fresh model, or the run being resumed with its last checkpoint."""
     if resume is not None:
-        run_dir = Path(resume)
-        state = runs.read_json(run_dir / runs.STATE)
-        split = runs.read_json(run_dir / runs.SPLIT)
-        if split["val"] != data.val_ids:
-            raise TrainingError(f"{run_dir}: the data no longer gives the validation split this run used")
-        done = int(state["epoch"])
-        runs.truncate_history(run_dir, done)
-        runs.truncate_history(run_dir, done, runs.DIAGNOSTICS)
-        opened = _OpenRun(
-            run_dir,
-            load_model(run_dir / runs.LAST_MODEL),
-            done,
-            math.inf if state["best_val_loss"] is None else float(state["best_val_loss"]),
-            float(state.get("wall_seconds", 0.0)),
-        )
-        log(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
+        opened = _reopen_run(cfg, data, Path(resume), checkpoint, log)
     else:
         if run_name is None:
             run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
         else:
             run_dir = Path(out) / run_name
             run_dir.mkdir(parents=True)
-        save_config(cfg, run_dir / runs.CONFIG)
-        runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
-        opened = _OpenRun(run_dir, build_unet(cfg.model, cfg.data.channels))
-        compile_model(opened.model, cfg.train)
+        try:
+            opened = _start_run(cfg, data, run_dir)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no half-made run behind
+            raise
     log(
         f"model: U-Net depth {cfg.model.depth}, activation {activation_label(cfg)}, "
         f"{opened.model.count_params():,} params"
     )
-    log(f"run folder: {run_dir}")
+    log(f"run folder: {opened.run_dir}")
     return opened
+
+
+def _start_run(cfg: Config, data: PreparedData, run_dir: Path) -> _OpenRun:
+    """Record the config and split in ``run_dir`` and build a fresh, compiled model."""
+    save_config(cfg, run_dir / runs.CONFIG)
+    runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
+    opened = _OpenRun(run_dir, build_unet(cfg.model, cfg.data.channels))
+    compile_model(opened.model, cfg.train)
+    return opened
+
+
+def _reopen_run(
+    cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Checkpoint | None, log: Callable[[str], Any]
+) -> _OpenRun:
+    """The resumed run's last checkpoint, or, if no epoch had finished, a fresh start in its folder."""
+    split_path = run_dir / runs.SPLIT
+    if split_path.is_file() and runs.read_json(split_path, "train/validation split")["val"] != data.val_ids:
+        raise TrainingError(f"{run_dir}: the data no longer gives the validation split this run used")
+    done = checkpoint.epoch if checkpoint else 0
+    runs.remove_temporaries(run_dir)
+    runs.truncate_history(run_dir, done)
+    runs.truncate_history(run_dir, done, runs.DIAGNOSTICS)
+    if checkpoint is None:
+        log(f"{run_dir}: no epoch had finished; restarting it from epoch 1")
+        (run_dir / runs.BEST_MODEL).unlink(missing_ok=True)
+        return _start_run(cfg, data, run_dir)
+    if not split_path.is_file():
+        raise TrainingError(f"{split_path} is missing, so the run's validation images are unknown")
+    last = run_dir / runs.LAST_MODEL
+    try:
+        model = load_model(last)
+    except Exception as exc:  # a truncated or foreign file: Keras raises many types
+        why = "truncated, or not a .keras file"
+        if zipfile.is_zipfile(last):
+            why = f"{type(exc).__name__}: {exc}"
+        raise TrainingError(
+            f"{last}: the checkpoint cannot be read ({why}); delete {last.parent} "
+            "to restart this run from epoch 1, or start a new run"
+        ) from exc
+    planned = load_run_config(run_dir).train.epochs
+    if planned != cfg.train.epochs:
+        if cfg.train.schedule == "cosine":  # the decay now spans the new length, as if planned so
+            model.optimizer.learning_rate = make_schedule(cfg.train)
+        log(f"extending {run_dir} from {planned} to {cfg.train.epochs} epochs")
+        save_config(cfg, run_dir / runs.CONFIG)
+    log(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
+    return _OpenRun(run_dir, model, done, checkpoint.best_val_loss, checkpoint.wall_seconds)
 
 
 def _fit(
     cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int, log: Callable[[str], Any]
 ) -> RunResult:
-    run_dir, model, done, best_val_loss = opened.run_dir, opened.model, opened.done, opened.best_val_loss
+    try:
+        return _fit_and_summarize(cfg, data, opened, start, verbose, log)
+    except runs.WriteError as exc:
+        raise TrainingError(
+            f"{exc}. Fix that, then continue with: python scripts/train.py --resume {opened.run_dir}"
+        ) from exc
+
+
+def _fit_and_summarize(
+    cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int, log: Callable[[str], Any]
+) -> RunResult:
+    run_dir, model, done = opened.run_dir, opened.model, opened.done
     nan_guard = StopOnNaN()
-    best = keras.callbacks.ModelCheckpoint(
-        run_dir / runs.BEST_MODEL,
-        monitor="val_loss",
-        save_best_only=True,
-        initial_value_threshold=best_val_loss,
-    )
+    best = BestModelSaver(run_dir / runs.BEST_MODEL, opened.best_val_loss)
     callbacks: list[keras.callbacks.Callback] = [
         nan_guard,
         HistoryWriter(run_dir, nan_guard),
@@ -264,10 +363,13 @@ def _fit(
         state = runs.read_json(run_dir / runs.STATE)
         runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
     if nan_guard.where is not None:
-        log(
-            f"training stopped: the loss became NaN/inf at {nan_guard.where}. The best model so far is kept "
-            f"in {run_dir / runs.BEST_MODEL}. Try a lower train.learning_rate or model.batch_norm=true."
+        kept = (
+            f"The best model so far is kept in {run_dir / runs.BEST_MODEL}."
+            if (run_dir / runs.BEST_MODEL).is_file()
+            else "No epoch finished, so no model was saved."
         )
+        fixes = "a lower train.learning_rate" + ("" if cfg.model.batch_norm else " or model.batch_norm=true")
+        log(f"training stopped: the loss became NaN/inf at {nan_guard.where}. {kept} Try {fixes}.")
     first = round(first_step[0], 2) if first_step else None  # seconds from train() being called
     summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where, first)
     return RunResult(run_dir, summary)
@@ -330,4 +432,10 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / runs.CONFIG
     if not path.is_file():
         raise TrainingError(f"{run_dir} is not a cellseg run folder (no {runs.CONFIG})")
-    return config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise TrainingError(f"{path}: the run's config is damaged (not valid YAML: {exc})") from exc
+    if not isinstance(raw, dict):
+        raise TrainingError(f"{path}: the run's config is damaged (not a mapping of sections)")
+    return config_from_dict(raw, source=str(path))

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         out, m = evaluate_run(
             args.run, args.data, args.out, args.save_labels, options, args.layout, args.recalibrate
         )
-    except (ConfigError, DataError, TrainingError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, TrainingError, OSError, ValueError) as exc:  # OSError: disk full
         print(f"error: {exc}", file=sys.stderr)
         return 2
     inst, pix = m["instance"], m["pixel"]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellseg import runs
 from cellseg.cli import quiet_tensorflow
 from cellseg.config import ConfigError, load_config
 
@@ -67,22 +68,25 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = train(cfg, out=args.out, resume=args.resume, verbose=0 if args.quiet else None)
-        except (DataError, TrainingError, FileNotFoundError) as exc:
+        except (DataError, TrainingError, OSError) as exc:  # OSError: a missing file, a full disk
             print(f"error: {exc}", file=sys.stderr)
             return 2
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = result.summary
-    print(
-        f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; "
-        f"best val_loss {s['best_val_loss']:.4f} "
-        f"(epoch {s['best_epoch']}), val IoU {s['best_val_iou']:.3f}, val Dice {s['best_val_dice']:.3f}"
-        if s["best_val_loss"] is not None
-        else f"done: no epoch finished ({s['stopped_reason']})"
-    )
+    saved = s["best_val_loss"] is not None and (result.run_dir / runs.BEST_MODEL).is_file()
+    if not saved:
+        print(f"error: no model was saved: no epoch finished ({s['stopped_reason']})", file=sys.stderr)
+    else:
+        print(
+            f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; best val_loss "
+            f"{s['best_val_loss']:.4f} (epoch {s['best_epoch']}), val IoU {s['best_val_iou']:.3f}, "
+            f"val Dice {s['best_val_dice']:.3f}"
+            + ("" if s["stopped_reason"] == "completed" else f"; stopped early: {s['stopped_reason']}")
+        )
     print(result.run_dir)
-    return 0 if s["stopped_reason"] == "completed" else 1
+    return 0 if saved and s["stopped_reason"] == "completed" else 1
 
 
 if __name__ == "__main__":

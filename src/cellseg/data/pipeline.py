@@ -105,26 +105,66 @@ def grid_starts(length: int, patch: int, stride: int | None = None) -> list[int]
     return starts
 
 
+@dataclass
+class _Loaded:
+    """A sample read and checked once: its network input (None past the memory budget), target, centres."""
+
+    ref: Sample | SampleRef
+    image: np.ndarray | None
+    target: np.ndarray
+    centres: np.ndarray
+
+    @property
+    def id(self) -> str:
+        return self.ref.id
+
+
 class _Loader:
-    """Loads references one by one, applying the config's bad-sample policy."""
+    """Loads samples one by one, applying the bad-sample policy and the memory budget for images.
+
+    ``cfg.stream`` true keeps no image, false keeps all, null keeps them until they pass
+    ``memory_limit_mb``; after that every image is dropped and re-read from disk when needed.
+    """
 
     def __init__(self, cfg: DataConfig, num_classes: int) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
         self.skipped: list[dict[str, str]] = []
+        self.limit = np.inf if cfg.stream is False else (0 if cfg.stream else cfg.memory_limit_mb * 2**20)
+        self.held = 0
+        self.kept: list[_Loaded] = []
 
-    def __call__(self, ref: Sample | SampleRef) -> tuple[Sample, np.ndarray, np.ndarray] | None:
-        """(sample, image, foreground) ready for patching, or None for a skipped sample."""
+    @property
+    def streaming(self) -> bool:
+        return self.held > self.limit
+
+    def _load(self, ref: Sample | SampleRef) -> _Loaded | None:
         try:
             sample = ref.load()
-            image, mask = _arrays(sample, self.cfg.channels, self.cfg.patch_size, self.num_classes)
+            image, target = _arrays(sample, self.cfg.channels, self.cfg.patch_size, self.num_classes)
         except DataError as exc:
             if self.cfg.on_bad_sample == "error":
                 raise DataError(f"{exc} (set data.on_bad_sample: skip to leave bad samples out)") from exc
-            warnings.warn(f"skipping sample {ref.id}: {exc}", stacklevel=2)
+            warnings.warn(f"skipping sample {ref.id}: {exc}", stacklevel=3)
             self.skipped.append({"id": ref.id, "reason": str(exc)})
             return None
-        return sample, image, mask
+        centres = np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2)
+        self.held += image.nbytes
+        item = _Loaded(ref, image, target, centres)
+        self.kept.append(item)
+        if self.streaming:  # over budget: stream every image from disk instead
+            for kept in self.kept:
+                kept.image = None
+            self.kept.clear()
+        return item
+
+    def load_all(self, refs: list[Sample] | list[SampleRef]) -> list[_Loaded]:
+        return [item for ref in refs if (item := self._load(ref)) is not None]
+
+    def image_of(self, item: _Loaded) -> np.ndarray:
+        if item.image is not None:
+            return item.image
+        return _image_array(item.ref.load_image(), self.cfg.channels, self.cfg.patch_size, item.id)
 
 
 def prepare(
@@ -134,62 +174,63 @@ def prepare(
     source: str,
     num_classes: int = 1,
 ) -> PreparedData:
-    """Read and check every sample once; keep training images in memory unless they are too big.
+    """Read and check every sample of a given split once; keep training images in memory unless too big."""
+    load = _Loader(cfg, num_classes)
+    return _assemble(load.load_all(train), load.load_all(val), load, source)
 
-    ``cfg.stream`` true forces streaming, false forbids it, null streams only past ``memory_limit_mb``.
+
+def prepare_split(
+    samples: list[Sample] | list[SampleRef], cfg: DataConfig, source: str, num_classes: int, seed: int
+) -> PreparedData:
+    """Read and check every sample, leave out bad ones (``on_bad_sample: skip``), then split the rest.
+
+    Skipping before splitting means one bad image can never empty the validation side, and the split
+    of a clean data set is the same as :func:`split_samples` of all of it.
     """
     load = _Loader(cfg, num_classes)
-    patch = cfg.patch_size
-    vx, vy, val_ids = [], [], []
-    for ref in val:
-        if (loaded := load(ref)) is None:
-            continue
-        _, img, msk = loaded
-        val_ids.append(ref.id)
+    good = load.load_all(samples)
+    if len(good) < 2 and load.skipped:
+        raise DataError(f"no usable images left to split ({len(load.skipped)} skipped as bad): {source}")
+    train, val = split_samples(good, cfg.val_fraction, seed)
+    return _assemble(train, val, load, source)
+
+
+def _assemble(train: list[_Loaded], val: list[_Loaded], load: _Loader, source: str) -> PreparedData:
+    if not train or not val:
+        side = "training" if not train else "validation"
+        raise DataError(f"no usable {side} images left ({len(load.skipped)} skipped as bad): {source}")
+    patch, channels = load.cfg.patch_size, load.cfg.channels
+    vx, vy = [], []
+    for item in val:
+        img, msk = load.image_of(item), item.target
         for y in grid_starts(img.shape[0], patch):
             for x in grid_starts(img.shape[1], patch):
                 vx.append(img[y : y + patch, x : x + patch])
                 vy.append(msk[y : y + patch, x : x + patch])
-    limit = np.inf if cfg.stream is False else (0 if cfg.stream else cfg.memory_limit_mb * 2**20)
-    kept, refs, targets, shapes, centres, held = [], [], [], [], [], 0
-    for ref in train:
-        if (loaded := load(ref)) is None:
-            continue
-        sample, img, msk = loaded
-        refs.append(ref)
-        targets.append(msk)
-        shapes.append(img.shape[:2])
-        centres.append(np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2))
-        held += img.nbytes
-        if held <= limit:
-            kept.append((img, msk))
-        else:
-            kept.clear()  # over budget: stream from disk instead
-    if not refs or not val_ids:
-        side = "training" if not refs else "validation"
-        raise DataError(f"no usable {side} images left ({len(load.skipped)} skipped as bad): {source}")
-    offsets = np.cumsum([0] + [len(c) for c in centres]).astype(np.int32)
+    centres = [item.centres for item in train]
     data = PreparedData(
-        train_shapes=np.array(shapes, np.int32),
+        train_shapes=np.array([item.target.shape[:2] for item in train], np.int32),
         train_centroids=np.concatenate([*centres, np.zeros((1, 2))]).astype(np.int32),
-        train_centroid_offsets=offsets,
+        train_centroid_offsets=np.cumsum([0] + [len(c) for c in centres]).astype(np.int32),
         val_images=np.stack(vx),
         val_masks=np.stack(vy),
         source=source,
-        train_ids=[r.id for r in refs],
-        val_ids=val_ids,
+        train_ids=[item.id for item in train],
+        val_ids=[item.id for item in val],
         skipped=load.skipped,
-        num_classes=num_classes,
+        num_classes=load.num_classes,
     )
-    if held <= limit:
-        hmax, wmax = data.train_shapes.max(axis=0)
-        data.train_images = np.zeros((len(kept), hmax, wmax, cfg.channels), np.float32)
-        data.train_masks = np.zeros((len(kept), hmax, wmax, 1), np.uint8)
-        for i, (img, msk) in enumerate(kept):
-            data.train_images[i, : img.shape[0], : img.shape[1]] = img
-            data.train_masks[i, : msk.shape[0], : msk.shape[1]] = msk
-    else:
-        data.train_refs, data.train_targets = refs, targets
+    if load.streaming:
+        data.train_refs = [item.ref for item in train]
+        data.train_targets = [item.target for item in train]
+        return data
+    hmax, wmax = data.train_shapes.max(axis=0)
+    data.train_images = np.zeros((len(train), hmax, wmax, channels), np.float32)
+    data.train_masks = np.zeros((len(train), hmax, wmax, 1), np.uint8)
+    for i, item in enumerate(train):
+        h, w = item.target.shape[:2]
+        data.train_images[i, :h, :w] = item.image
+        data.train_masks[i, :h, :w] = item.target
     return data
 
 

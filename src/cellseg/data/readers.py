@@ -20,29 +20,44 @@ from skimage import measure
 from cellseg.data.sample import DataError, Sample, SampleRef
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+#: Smallest image side accepted: below it there is no nucleus to segment, only a broken file.
+MIN_SIDE = 8
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file, turning any decoder failure into a DataError that names the file."""
+    """Read an image file, turning any decoder failure into a DataError that names the file.
+
+    Floating-point files (TIFF) with NaN or infinite pixels are refused here, by name, instead of
+    surfacing later as a NaN loss.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return np.asarray(skio.imread(path))
+        array = np.asarray(skio.imread(path))
     except Exception as exc:  # decoders raise many types for truncated or corrupt files
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise DataError(f"{path}: {bad} pixels are NaN or infinite; fix or remove the file")
+    return array
 
 
 def _check_2d(array: np.ndarray, path: Path, kind: str) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] in (1, 3, 4) and kind == "image":
-        return array
-    if array.ndim == 2:
-        return array
-    if kind == "mask" and array.ndim == 3 and array.shape[-1] in (3, 4):
-        return array[..., 0]  # masks saved as RGB(A) carry the label in every channel
-    raise DataError(
-        f"{path}: expected a 2-D {kind}, got an array of shape {array.shape} "
-        "(a 3-D stack? split it into 2-D planes first)"
-    )
+    if array.ndim == 2 or (kind == "image" and array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+        plane = array
+    elif kind == "mask" and array.ndim == 3 and array.shape[-1] in (3, 4):
+        plane = array[..., 0]  # masks saved as RGB(A) carry the label in every channel
+    else:
+        raise DataError(
+            f"{path}: expected a 2-D {kind}, got an array of shape {array.shape} "
+            "(a 3-D stack? split it into 2-D planes first)"
+        )
+    if min(plane.shape[:2]) < MIN_SIDE:
+        raise DataError(
+            f"{path}: the {kind} is only {plane.shape[0]}x{plane.shape[1]} px; "
+            f"at least {MIN_SIDE}x{MIN_SIDE} is needed"
+        )
+    return plane
 
 
 def detect_layout(root: Path) -> str:
@@ -69,8 +84,20 @@ def read_mask_2d(path: Path) -> np.ndarray:
     return _check_2d(read_image(path), path, "mask")
 
 
+def _dsb2018_image(folder: Path) -> np.ndarray:
+    """``<id>/images/<id>.png``; a missing one is named, with what the folder holds instead."""
+    path = folder / "images" / f"{folder.name}.png"
+    if not path.is_file():
+        found = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+        holds = f"images/ holds {', '.join(found[:3])}" if found else "there is no image in images/"
+        raise DataError(
+            f"{path}: image file missing ({holds}); the DSB2018 layout needs <id>/images/<id>.png"
+        )
+    return read_image_2d(path)
+
+
 def _load_dsb2018(folder: Path) -> Sample:
-    image = read_image_2d(folder / "images" / f"{folder.name}.png")
+    image = _dsb2018_image(folder)
     mask_paths = sorted((folder / "masks").glob("*.png")) if (folder / "masks").is_dir() else []
     if not mask_paths:
         raise DataError(f"{folder}: image has no masks (expected PNGs in {folder / 'masks'})")
@@ -86,10 +113,7 @@ def _load_dsb2018(folder: Path) -> Sample:
 def scan_dsb2018(root: Path) -> list[SampleRef]:
     """One reference per ``<root>/<id>/`` folder; per-nucleus masks are merged into a label map on load."""
     folders = sorted(p for p in root.iterdir() if p.is_dir())
-    return [
-        SampleRef(f.name, partial(_load_dsb2018, f), partial(read_image_2d, f / "images" / f"{f.name}.png"))
-        for f in folders
-    ]
+    return [SampleRef(f.name, partial(_load_dsb2018, f), partial(_dsb2018_image, f)) for f in folders]
 
 
 def _load_paired(image_path: Path, mask_path: Path | None) -> Sample:
