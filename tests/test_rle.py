@@ -44,10 +44,12 @@ def write_csv(path, rows):
 
 def test_rle_layout_reads_a_flat_image_folder(tmp_path):
     (tmp_path / "images").mkdir()
-    skio.imsave(tmp_path / "images" / "a.png", np.full((4, 3), 80, np.uint8), check_contrast=False)
-    write_csv(tmp_path / "labels.csv", [("a", "1 3"), ("a", "10 2")])
+    skio.imsave(tmp_path / "images" / "a.png", np.full((8, 8), 80, np.uint8), check_contrast=False)
+    write_csv(tmp_path / "labels.csv", [("a", "1 3"), ("a", "10 2")])  # column-major, 1-based
     (sample,) = read_samples(str(tmp_path), "auto", rle_csv=str(tmp_path / "labels.csv"))
-    np.testing.assert_array_equal(sample.labels, [[1, 0, 0], [1, 0, 2], [1, 0, 2], [0, 0, 0]])
+    expected = np.zeros((8, 8), np.int32)
+    expected[0:3, 0], expected[1:3, 1] = 1, 2
+    np.testing.assert_array_equal(sample.labels, expected)
 
 
 def test_rle_layout_errors(tmp_path):

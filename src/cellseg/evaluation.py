@@ -14,19 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from skimage.segmentation import mark_boundaries
 from tqdm import tqdm
 
 from cellseg import runs
 from cellseg.config import Config
 from cellseg.data import DataError, Sample, SampleRef, collect_samples
 from cellseg.data.readers import scan_samples
-from cellseg.data.sample import normalize, to_channels
 from cellseg.inference import TiledPredictor
 from cellseg.metrics import ImageScore, instance_counts, score_image, summarize
 from cellseg.models import load_model
+from cellseg.outputs import save_labels, save_overlay
 from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
 from cellseg.trainer import activation_label, load_run_config
 
@@ -119,24 +117,6 @@ def postprocess_params(
     return params
 
 
-def save_labels(path: Path, labels: np.ndarray) -> None:
-    """A 16-bit PNG instance label image that any other tool can read and score."""
-    if labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{path.name}: {labels.max()} instances do not fit a 16-bit PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), labels.astype(np.uint16)):
-        raise OSError(f"could not write {path}")
-
-
-def save_overlay(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
-    """The image with true outlines in green (inside) and predicted outlines in magenta (outside)."""
-    rgb = normalize(to_channels(image, 3, path.stem)).astype(np.float64)
-    rgb = mark_boundaries(rgb, truth, color=(0, 1, 0), mode="inner")
-    rgb = mark_boundaries(rgb, pred, color=(1, 0, 1), mode="outer")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.round(rgb[..., ::-1] * 255).astype(np.uint8))
-
-
 def write_per_image(path: Path, scores: list[ImageScore]) -> None:
     runs.write_csv(path, [s.row() for s in scores])
 
@@ -182,7 +162,7 @@ def _score_images(
         scores.append(score_image(ref.id, sample.labels, pred))
         pixels += pred.size
         lap("score")
-        save_overlay(out / "overlays" / f"{ref.id}.png", sample.image, sample.labels, pred)
+        save_overlay(out / "overlays" / f"{ref.id}.png", sample.image, pred, sample.labels)
         if labels_dir is not None:
             save_labels(labels_dir / f"{ref.id}.png", pred)
         lap("write")

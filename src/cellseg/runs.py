@@ -75,6 +75,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
@@ -148,10 +149,10 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise ValueError(f"{path}: the {what} is damaged (not valid JSON: {exc})") from exc
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """A whole CSV table (header from the first row), written atomically."""
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """A whole CSV table, written atomically; the header is ``columns`` or the first row's keys."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer = csv.DictWriter(f, fieldnames=columns or (list(rows[0]) if rows else []))
         writer.writeheader()
         writer.writerows(rows)
 

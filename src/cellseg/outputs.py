@@ -1,0 +1,87 @@
+"""Files a segmentation leaves for people and other tools: label images, outline overlays, nucleus tables.
+
+Every file is written atomically (see :func:`cellseg.runs.atomic_path`), so a killed run never leaves
+half an image that Fiji, QuPath or napari would then fail to open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import tifffile
+from skimage.measure import regionprops_table
+from skimage.segmentation import mark_boundaries
+
+from cellseg.data.sample import normalize, to_channels
+from cellseg.runs import atomic_path
+
+LABEL_FORMATS = ("png", "tif")
+
+#: regionprops_table's names -> the per-nucleus table's columns (y is the row, x the column, in pixels)
+NUCLEUS_COLUMNS = {
+    "label": "label",
+    "centroid-0": "centroid_y",
+    "centroid-1": "centroid_x",
+    "area": "area",
+    "perimeter": "perimeter",
+    "eccentricity": "eccentricity",
+    "solidity": "solidity",
+    "intensity_mean": "mean_intensity",
+    "intensity_max": "max_intensity",
+    "bbox-0": "bbox_min_y",
+    "bbox-1": "bbox_min_x",
+    "bbox-2": "bbox_max_y",
+    "bbox-3": "bbox_max_x",
+}
+
+
+def save_labels(path: Path, labels: np.ndarray) -> None:
+    """A 16-bit instance label image (PNG or TIFF, by suffix) that any other tool can read and score."""
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{path.name}: {labels.max()} instances do not fit a 16-bit label image")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            tifffile.imwrite(tmp, labels.astype(np.uint16), compression="zlib")
+        elif not cv2.imwrite(str(tmp), labels.astype(np.uint16)):
+            raise OSError(f"could not write {path}")
+
+
+def save_overlay(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> None:
+    """The image with predicted outlines in magenta (outside) and, if given, true ones in green (inside)."""
+    rgb = normalize(to_channels(image, 3, path.stem)).astype(np.float64)
+    if truth is not None:
+        rgb = mark_boundaries(rgb, truth, color=(0, 1, 0), mode="inner")
+    rgb = mark_boundaries(rgb, pred, color=(1, 0, 1), mode="outer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.round(rgb[..., ::-1] * 255).astype(np.uint8)):
+            raise OSError(f"could not write {path}")
+
+
+def nucleus_table(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]:
+    """One row per nucleus: position, size, shape and intensity (of the image's grey level, in its units)."""
+    grey = to_channels(image, 1)[..., 0].astype(np.float64)
+    table = regionprops_table(labels, intensity_image=grey, properties=_PROPERTIES)
+    columns = {new: table[old] for old, new in NUCLEUS_COLUMNS.items()}
+    return [
+        {k: (int(v[i]) if k in _INTEGER_COLUMNS else round(float(v[i]), 4)) for k, v in columns.items()}
+        for i in range(len(columns["label"]))
+    ]
+
+
+_PROPERTIES = (
+    "label",
+    "centroid",
+    "area",
+    "perimeter",
+    "eccentricity",
+    "solidity",
+    "intensity_mean",
+    "intensity_max",
+    "bbox",
+)
+_INTEGER_COLUMNS = {"label", "area", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"}

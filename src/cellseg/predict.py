@@ -1,0 +1,141 @@
+"""Segment images that have no masks with a trained run, and measure every nucleus found.
+
+Each image is predicted whole at native resolution (tiled, as in evaluation) and turned into instances
+with the run's calibrated post-processing. Per image, the output folder gets ``labels/<id>.<png|tif>``
+(16-bit instance labels), ``overlays/<id>.png`` (outlines on the image) and ``nuclei/<id>.csv`` (one
+row per nucleus); ``summary.csv`` has one row per image, failed ones included with their reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cellseg import runs
+from cellseg.data import DataError
+from cellseg.data.readers import IMAGE_SUFFIXES, detect_layout, read_image_2d
+from cellseg.evaluation import InferenceOptions, load_predictor, peak_memory_mb, postprocess_params
+from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
+from cellseg.postprocess import instances
+
+SUMMARY = "summary.csv"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The images of a folder: its own, or those of a paired (``images/``) or DSB2018 layout, never masks."""
+    try:
+        layout = detect_layout(folder)
+    except DataError:  # no known layout: the image files directly inside
+        layout = "plain"
+    if layout == "paired":
+        folders = [folder / "images"]
+    elif layout == "dsb2018":
+        folders = sorted(p / "images" for p in folder.iterdir() if (p / "images").is_dir())
+    else:
+        folders = [folder]
+    return [p for f in folders for p in sorted(f.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files that ``inputs`` name: files, folders (see :func:`_images_in`) or glob patterns.
+
+    Output files are named by image stem, so two inputs with the same stem are refused up front.
+    """
+    found: list[Path] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if path.is_dir():
+            found += _images_in(path)
+        elif path.is_file():
+            found.append(path)
+        elif any(c in item for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise DataError(f"no file matches the pattern '{item}'")
+            found += matches
+        else:
+            raise DataError(f"input not found: {item}")
+    if not found:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+    by_stem: dict[str, Path] = {}
+    for path in found:
+        if path.stem in by_stem and by_stem[path.stem] != path:
+            raise DataError(f"two inputs are both named '{path.stem}': {by_stem[path.stem]} and {path}")
+        by_stem[path.stem] = path
+    return list(by_stem.values())
+
+
+@dataclass
+class PredictionReport:
+    """What a prediction run did: one summary row per image, the failures, and its cost."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    peak_memory_mb: float = 0.0
+
+    @property
+    def nuclei(self) -> int:
+        return sum(int(r["nuclei"]) for r in self.rows if not r["error"])
+
+
+def predict_images(
+    run_dir: str | Path,
+    images: Sequence[Path],
+    out: str | Path,
+    options: InferenceOptions | None = None,
+    label_format: str = "png",
+    log: Callable[[str], Any] = print,
+) -> PredictionReport:
+    """Segment and measure ``images`` with ``run_dir``'s best model; write the outputs into ``out``.
+
+    An image that cannot be read is reported (``log`` and ``summary.csv``) and skipped; the others go on.
+    """
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
+    run_dir, out, options = Path(run_dir), Path(out), options or InferenceOptions()
+    if not (run_dir / runs.BEST_MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
+    predictor, cfg = load_predictor(run_dir, options)
+    params = postprocess_params(run_dir, predictor, cfg, options, log=log)
+    report = PredictionReport()
+    start = time.perf_counter()
+    for path in tqdm(images, desc="segment", unit="img", disable=None):
+        began = time.perf_counter()
+        row: dict[str, Any] = {"image": path.stem, "path": str(path), "height": "", "width": ""}
+        try:
+            image = read_image_2d(path)
+        except DataError as exc:
+            report.failed.append((path, str(exc)))
+            tqdm.write(f"skipped: {exc}")
+            report.rows.append({**row, "nuclei": 0, "mean_area": "", "seconds": "", "error": str(exc)})
+            continue
+        labels = instances(predictor(image, path.stem), params)
+        table = nucleus_table(labels, image)
+        save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
+        save_overlay(out / "overlays" / f"{path.stem}.png", image, labels)
+        runs.write_csv(out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
+        areas = [r["area"] for r in table]
+        report.megapixels += labels.size / 1e6
+        report.rows.append(
+            {
+                **row,
+                "height": labels.shape[0],
+                "width": labels.shape[1],
+                "nuclei": len(table),
+                "mean_area": round(sum(areas) / len(areas), 1) if areas else 0.0,
+                "seconds": round(time.perf_counter() - began, 3),
+                "error": "",
+            }
+        )
+    report.seconds = time.perf_counter() - start
+    report.peak_memory_mb = peak_memory_mb()
+    runs.write_csv(out / SUMMARY, report.rows)
+    return report
