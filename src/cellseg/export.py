@@ -1,0 +1,310 @@
+"""Package a trained run as a BioImage Model Zoo model (bioimage.io spec 0.5) for Fiji, QuPath, napari.
+
+The package folder holds ``rdf.yaml``, ``README.md`` (with a Validation section), ``cover.png``, the test
+tensors ``test_input.npy`` / ``test_output.npy`` and two weights entries:
+
+- ``tensorflow_saved_model_bundle``: a zipped TensorFlow SavedModel whose ``serve`` endpoint maps the
+  normalised image to ``{"probabilities": ...}``. It runs with TensorFlow alone: no cellseg, no custom
+  objects (the activations are traced into the graph).
+- ``keras_v3``: the run's ``model.keras``, the cellseg-native parent the SavedModel was converted from;
+  it loads where cellseg is installed (``import cellseg`` registers its layers).
+
+The run's normalisation (percentiles 1 and 99.8 over all channels, clipped to [0, 1]) is the spec's
+``scale_range`` + ``clip``; instance post-processing (threshold, watershed) has no spec operation, so
+the package outputs probabilities and its README says how cellseg turns them into nuclei.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tifffile
+import yaml
+
+from cellseg import runs
+from cellseg.config import Config
+from cellseg.data.sample import normalize, to_channels
+from cellseg.evaluation import validation_samples
+from cellseg.inference import probabilities
+from cellseg.models import load_model
+from cellseg.outputs import save_overlay
+from cellseg.postprocess import PostprocessParams, instances
+from cellseg.runs import label_of_spec
+from cellseg.trainer import load_run_config
+
+FORMAT_VERSION = "0.5.4"
+SAVED_MODEL = "saved_model.zip"
+KERAS_WEIGHTS = "model.keras"
+TEST_INPUT, TEST_OUTPUT = "test_input.npy", "test_output.npy"
+SAMPLE_INPUT, SAMPLE_OUTPUT = "sample_input.tif", "sample_output.tif"  # the same tensors, for viewers
+COVER, README = "cover.png", "README.md"
+INPUT_ID, OUTPUT_ID = "image", "probabilities"
+#: The run's normalisation (cellseg.data.sample.normalize) as bioimage.io operations
+LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
+CLASS_NAMES = {1: ["foreground"], 3: ["background", "interior", "boundary"]}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_image(run_dir: Path, cfg: Config, size: int = 256) -> np.ndarray:
+    """A raw (unnormalised) crop of the run's first validation image, (1, H, W, C) float32.
+
+    Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
+    """
+    image = validation_samples(run_dir, cfg)[0].load().image
+    raw = to_channels(image, cfg.data.channels).astype(np.float32)
+    multiple = 2**cfg.model.depth
+    h, w = (min(size, s) // multiple * multiple for s in raw.shape[:2])
+    if not h or not w:
+        raise ValueError(f"{run_dir}: the first validation image is smaller than {multiple} px")
+    return raw[None, :h, :w]
+
+
+def save_saved_model(model: keras.Model, channels: int, path: Path) -> None:
+    """A zipped TensorFlow SavedModel: ``serve`` maps (B, H, W, C) float32 to {"probabilities": ...}."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda image: {OUTPUT_ID: model(image, training=False)},
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name=INPUT_ID)],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        archive.write_out(tmp, verbose=False)
+        with runs.atomic_path(path) as target, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+            for file in sorted(Path(tmp).rglob("*")):
+                if file.is_file():
+                    zf.write(file, file.relative_to(tmp).as_posix())
+
+
+def _cover(path: Path, raw: np.ndarray, output: np.ndarray, params: PostprocessParams) -> None:
+    """Image and predicted outlines side by side (the 2:1 cover the model zoo shows)."""
+    labels = instances(probabilities(output[0]), params)
+    image = raw[0]
+    save_overlay(path, np.concatenate([image, image], axis=1), np.pad(labels, ((0, 0), (image.shape[1], 0))))
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    summary = runs.read_json(run_dir / runs.SUMMARY)
+    found = {"best_val_iou": summary["best_val_iou"], "best_val_dice": summary["best_val_dice"]}
+    saved = run_dir / "evaluation" / "metrics.json"
+    if saved.is_file():
+        metrics = runs.read_json(saved)
+        found["test"] = {
+            "data": metrics["data"],
+            "images": metrics["images"],
+            "dsb_score": metrics["instance"]["dsb_score"],
+            "ap_50": metrics["instance"]["ap_50"],
+            "pixel_iou": metrics["pixel"]["iou"],
+        }
+    return found
+
+
+def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict[str, Any]) -> str:
+    activation = label_of_spec(cfg.model.activation)
+    heads = {1: "one sigmoid channel: foreground probability",
+             3: "three softmax channels: background, nucleus interior, nucleus boundary"}  # fmt: skip
+    test = metrics.get("test")
+    test_line = (
+        f"- Held-out test images ({test['images']} images of {', '.join(test['data'])}): DSB2018 score "
+        f"{test['dsb_score']:.3f}, AP50 {test['ap_50']:.3f}, pixel IoU {test['pixel_iou']:.3f}, with the "
+        "post-processing below (`scripts/evaluate.py`)."
+        if test
+        else "- No held-out evaluation was recorded (run `scripts/evaluate.py` before exporting)."
+    )
+    knobs = ", ".join(f"{k} = {v}" for k, v in params.to_dict().items())
+    source = runs.read_json(run_dir / runs.SUMMARY)["data_source"]
+    return f"""# cellseg U-Net for nucleus segmentation ({activation})
+
+A 2-D U-Net (depth {cfg.model.depth}, {cfg.model.base_filters} base filters, batch norm
+{cfg.model.batch_norm}) with the hidden activation `{activation}`, trained by
+cellseg (run `{run_dir.name}`) on {source}.
+
+## Input
+A 2-D image as (batch, y, x, channel) float32 with {cfg.data.channels} channel(s) (grey images: repeat the
+grey level into every channel; RGBA: drop alpha), any size whose sides are multiples of
+{2**cfg.model.depth}; larger images are best predicted in overlapping tiles of 256 px.
+
+Preprocessing (declared in rdf.yaml, exactly as in training): `scale_range` over y, x and channel jointly
+per image, percentiles {LOW_PERCENTILE} and {HIGH_PERCENTILE}, then `clip` to [0, 1]. The one difference:
+cellseg maps an image whose two percentiles are equal to zeros; `scale_range` divides by eps there.
+
+## Output
+`{OUTPUT_ID}`: {heads[cfg.model.num_classes]}, same y / x size as the input.
+
+Nuclei (instances) are not in the output: cellseg thresholds the foreground and splits touching nuclei
+with a marker watershed, which no bioimage.io operation describes. The settings chosen for this model on
+its validation images: {knobs} (see cellseg's `postprocess.py`; `scripts/predict.py` applies them).
+
+## Validation
+- Validation images of the training split: foreground IoU {metrics["best_val_iou"]:.3f},
+  Dice {metrics["best_val_dice"]:.3f} (patches at threshold 0.5, best epoch).
+{test_line}
+- `test_input.npy` is a raw crop of a validation image; `test_output.npy` is this model's output on it,
+  which the bioimage.io model test reproduces with the SavedModel weights and TensorFlow alone.
+
+## Weights
+- `{SAVED_MODEL}`: TensorFlow SavedModel (serving endpoint `serve`), runs without cellseg.
+- `{KERAS_WEIGHTS}`: the Keras 3 file it was converted from; loading it needs `pip install cellseg`
+  and `import cellseg` (custom activation layers).
+
+## Limitations
+Trained on 2-D nuclei images like its training data; other stains, magnifications or 3-D stacks need
+checking (and usually fine-tuning) before use.
+"""
+
+
+def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[str, str]]) -> dict[str, Any]:
+    multiple = 2**cfg.model.depth
+    space = {"min": multiple * 4, "step": multiple}
+    channels = ["red", "green", "blue"] if cfg.data.channels == 3 else ["grey"]
+    activation = label_of_spec(cfg.model.activation)
+    file = {name: {"source": path.name, "sha256": _sha256(path)} for name, path in files.items()}
+    versions = runs.read_json(run_dir / runs.SUMMARY)["versions"]
+    return {
+        "type": "model",
+        "format_version": FORMAT_VERSION,
+        "name": f"cellseg nucleus U-Net {activation}",
+        "description": f"2-D nucleus segmentation U-Net ({activation} activation) trained with cellseg; "
+        "outputs per-pixel probabilities.",
+        "authors": authors,
+        "cite": [
+            {
+                "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image "
+                "Segmentation. MICCAI 2015.",
+                "doi": "10.1007/978-3-319-24574-4_28",
+            },
+            {
+                "text": "Caicedo et al. Nucleus segmentation across imaging experiments: "
+                "the 2018 Data Science Bowl. Nature Methods 2019.",
+                "doi": "10.1038/s41592-019-0612-7",
+            },
+        ],
+        "license": "MIT",
+        "documentation": README,
+        "covers": [COVER],
+        "tags": ["nuclei", "segmentation", "unet", "2d", "tensorflow", "keras", "cellseg", activation],
+        "timestamp": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "inputs": [
+            {
+                "id": INPUT_ID,
+                "description": "raw 2-D image, channels last",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "space", "id": "y", "size": space},
+                    {"type": "space", "id": "x", "size": space},
+                    {"type": "channel", "channel_names": channels},
+                ],
+                "test_tensor": file["test_input"],
+                "sample_tensor": file["sample_input"],
+                "data": {"type": "float32"},
+                "preprocessing": [
+                    {
+                        "id": "scale_range",
+                        "kwargs": {
+                            "axes": ["y", "x", "channel"],
+                            "min_percentile": LOW_PERCENTILE,
+                            "max_percentile": HIGH_PERCENTILE,
+                            "eps": 1e-6,
+                        },
+                    },
+                    {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}},
+                ],
+            }
+        ],
+        "outputs": [
+            {
+                "id": OUTPUT_ID,
+                "description": "per-pixel class probabilities",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "space", "id": "y", "size": {"tensor_id": INPUT_ID, "axis_id": "y"}},
+                    {"type": "space", "id": "x", "size": {"tensor_id": INPUT_ID, "axis_id": "x"}},
+                    {"type": "channel", "channel_names": CLASS_NAMES[cfg.model.num_classes]},
+                ],
+                "test_tensor": file["test_output"],
+                "sample_tensor": file["sample_output"],
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+            }
+        ],
+        "weights": {
+            "keras_v3": {
+                **file["keras"],
+                "keras_version": versions["keras"],
+                "backend": ["tensorflow", versions["tensorflow"]],
+                "comment": "cellseg-native; needs `import cellseg` for its custom activation layers",
+            },
+            "tensorflow_saved_model_bundle": {
+                **file["saved_model"],
+                "tensorflow_version": tf.__version__,
+                "parent": "keras_v3",
+                "comment": "converted with keras.export.ExportArchive; runs with TensorFlow alone",
+            },
+        },
+        "config": {"cellseg": {"run": run_dir.name, "activation": cfg.model.activation}},
+    }
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    zip_package: bool = False,
+    author: str = "cellseg user",
+    github_user: str | None = None,
+) -> Path:
+    """Write the bioimage.io package of ``run_dir``'s best model into ``out`` (and ``out``.zip).
+
+    ``author`` (and ``github_user``, which the model zoo wants from someone who maintains the model)
+    go into the package's authors.
+    The folder is assembled in a staging folder and moved into place whole, so a failed export never
+    leaves a package whose rdf.yaml describes files that are not there. Returns the folder (or zip).
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / runs.BEST_MODEL).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
+    cfg = load_run_config(run_dir)
+    model = load_model(run_dir / runs.BEST_MODEL, compile=False)
+    saved = run_dir / runs.POSTPROCESS
+    params = PostprocessParams(**runs.read_json(saved)["params"]) if saved.is_file() else PostprocessParams()
+    raw = test_image(run_dir, cfg)
+    normalized = normalize(raw[0])[None]
+    output = keras.ops.convert_to_numpy(model(normalized, training=False)).astype(np.float32)
+    authors = [{"name": author, **({"github_user": github_user} if github_user else {})}]
+    with runs.staged_outputs(out) as stage:
+        files = {
+            "test_input": stage / TEST_INPUT,
+            "test_output": stage / TEST_OUTPUT,
+            "sample_input": stage / SAMPLE_INPUT,
+            "sample_output": stage / SAMPLE_OUTPUT,
+            "keras": stage / KERAS_WEIGHTS,
+            "saved_model": stage / SAVED_MODEL,
+        }
+        np.save(files["test_input"], raw)
+        np.save(files["test_output"], output)
+        tifffile.imwrite(files["sample_input"], raw, metadata={"axes": "QYXC"})
+        tifffile.imwrite(files["sample_output"], output, metadata={"axes": "QYXC"})
+        shutil.copyfile(run_dir / runs.BEST_MODEL, files["keras"])
+        save_saved_model(model, cfg.data.channels, files["saved_model"])
+        _cover(stage / COVER, raw, output, params)
+        runs.write_text(stage / README, _readme(run_dir, cfg, params, _metrics(run_dir)))
+        runs.write_text(
+            stage / "rdf.yaml", yaml.safe_dump(_rdf(cfg, run_dir, files, authors), sort_keys=False)
+        )
+    if not zip_package:
+        return out
+    package = out.with_suffix(".zip")
+    with runs.atomic_path(package) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(out.iterdir()):
+            zf.write(file, file.name)
+    return package

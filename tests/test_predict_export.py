@@ -1,0 +1,194 @@
+"""scripts/predict.py on images without masks, and scripts/export.py's bioimage.io package.
+
+The package is checked by bioimage.io's own tools (``bioimageio.spec`` validation and ``bioimageio.core``'s
+model test, which re-runs the test tensors) in a fresh process that never imports cellseg.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from conftest import TINY, write_paired
+from skimage import io as skio
+
+from cellseg import runs
+from cellseg.cli.export import main as export_main
+from cellseg.cli.predict import main as predict_main
+from cellseg.config import load_config
+from cellseg.data import DataError
+from cellseg.outputs import NUCLEUS_COLUMNS
+from cellseg.predict import find_images
+from cellseg.trainer import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    cfg = load_config(None, [*TINY, "train.epochs=3"])
+    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0, log=lambda _: None).run_dir
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------ predict.py
+
+
+def test_inputs_are_files_folders_or_globs_and_never_masks(tmp_path):
+    data = write_paired(tmp_path / "paired", seed=1, count=3, size=40)
+    images = sorted((data / "images").iterdir())
+    assert find_images([str(data)]) == images, "a paired folder gives its images/, not its masks/"
+    assert find_images([str(images[0]), str(data / "images" / "*.png")]) == images
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / images[0].name).write_bytes(images[0].read_bytes())
+    with pytest.raises(DataError, match="two inputs are both named"):
+        find_images([str(data), str(tmp_path / "plain")])
+    with pytest.raises(DataError, match=r"input not found: nowhere\.png"):
+        find_images(["nowhere.png"])
+    with pytest.raises(DataError, match="no file matches the pattern"):
+        find_images([str(tmp_path / "*.tif")])
+
+
+def test_predict_segments_measures_and_reports_unreadable_images(tiny_run, tmp_path, capsys):
+    data = write_paired(tmp_path / "new", seed=7, count=3, size=72)
+    images = sorted((data / "images").iterdir())
+    grey16 = (np.arange(60 * 50).reshape(60, 50) * 20).astype(np.uint16)  # 16-bit grey, other size
+    tifffile.imwrite(tmp_path / "grey16.tif", grey16)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "seg"
+    args = ["--run", str(tiny_run), str(data), str(tmp_path / "grey16.tif"), str(tmp_path / "broken.png")]
+    code = predict_main([*args, "--out", str(out), "--tile", "32", "--overlap", "8", "--format", "tif"])
+    captured = capsys.readouterr()
+    assert code == 1, "one image could not be read"
+    assert "broken.png: cannot read image" in captured.err and "1 of 5 images" in captured.err
+    assert "4 images segmented" in captured.out and "MP/s" in captured.out
+    summary = read_csv(out / "summary.csv")
+    assert [r["image"] for r in summary] == [*(p.stem for p in images), "grey16", "broken"]
+    assert summary[-1]["error"] and all(not r["error"] for r in summary[:-1])
+    for row in summary[:-1]:
+        labels = tifffile.imread(out / "labels" / f"{row['image']}.tif")
+        assert labels.dtype == np.uint16
+        assert labels.shape == (int(row["height"]), int(row["width"]))
+        table = read_csv(out / "nuclei" / f"{row['image']}.csv")
+        assert list(table[0] if table else NUCLEUS_COLUMNS.values()) == list(NUCLEUS_COLUMNS.values())
+        assert len(table) == int(row["nuclei"]) == len(np.unique(labels)) - 1
+        for nucleus in table:  # each row measures its own label
+            mask = labels == int(nucleus["label"])
+            assert int(nucleus["area"]) == mask.sum()
+            assert float(nucleus["centroid_y"]) == pytest.approx(np.argwhere(mask)[:, 0].mean(), abs=1e-3)
+        assert cv2.imread(str(out / "overlays" / f"{row['image']}.png")).shape[:2] == labels.shape
+    assert summary[-2]["height"] == "60" and summary[-2]["width"] == "50"
+    grey_table = read_csv(out / "nuclei" / "grey16.csv")
+    if grey_table:  # intensities are in the image's own units (16-bit here)
+        assert max(float(r["max_intensity"]) for r in grey_table) > 255
+
+
+def test_predict_uses_the_runs_calibrated_post_processing(tiny_run, tmp_path):
+    data = write_paired(tmp_path / "new", seed=8, count=2, size=64)
+    assert predict_main(["--run", str(tiny_run), str(data / "images"), "--out", str(tmp_path / "a"),
+                         "--tile", "32", "--overlap", "8"]) == 0  # fmt: skip
+    assert (tiny_run / runs.POSTPROCESS).is_file(), "calibrated on the run's validation images first"
+    for path in sorted((tmp_path / "a" / "labels").iterdir()):
+        assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+
+def test_predict_reads_dsb2018_test_images_as_if_they_had_no_masks(tiny_run, dsb2018, tmp_path):
+    root = dsb2018 / "stage1_test"
+    ids = sorted(p.name for p in root.iterdir())[:3]
+    inputs = [str(root / i / "images" / f"{i}.png") for i in ids]
+    assert predict_main(["--run", str(tiny_run), *inputs, "--out", str(tmp_path / "s")]) == 0
+    assert [r["image"] for r in read_csv(tmp_path / "s" / "summary.csv")] == ids
+    assert len(find_images([str(root)])) == len(list(root.iterdir())), "one image per DSB folder"
+
+
+# ------------------------------------------------------------------------------------- export.py
+
+needs_bioimageio = pytest.mark.skipif(
+    importlib.util.find_spec("bioimageio") is None,
+    reason="bioimage.io tools not installed: pip install -e '.[export]'",
+)
+
+CHECK = """
+import sys
+from bioimageio.spec import load_description
+from bioimageio.core import test_model
+package, weights = sys.argv[1], sys.argv[2]
+print("format", load_description(package, format_version="discover").validation_summary.status)
+summary = test_model(package, weight_format=weights)
+for detail in summary.details:
+    for error in detail.errors:
+        print("error", detail.name, error.msg[:300])
+print("test", summary.status)
+print("cellseg imported", "cellseg" in sys.modules)
+"""
+
+
+def bioimageio_check(package: Path, weights: str = "tensorflow_saved_model_bundle", pre: str = "") -> str:
+    """bioimage.io's validation and model test of ``package`` in a fresh process, in a neutral folder."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-c", pre + CHECK, str(package), weights],
+        capture_output=True, text=True, env=env, cwd=package.parent, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@needs_bioimageio
+def test_export_passes_bioimageio_validation_and_model_test_without_cellseg(tiny_run, tmp_path, capsys):
+    out = tmp_path / "pkg"
+    assert export_main(["--run", str(tiny_run), "--out", str(out), "--zip"]) == 0
+    printed = capsys.readouterr().out
+    assert "bioimage.io validation: valid-format" in printed and printed.strip().endswith("pkg.zip")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["format_version"].startswith("0.5")
+    assert rdf["weights"]["tensorflow_saved_model_bundle"]["parent"] == "keras_v3"
+    assert [p["id"] for p in rdf["inputs"][0]["preprocessing"]] == ["scale_range", "clip"]
+    assert "## Validation" in (out / "README.md").read_text()
+    raw = np.load(out / "test_input.npy")
+    assert raw.dtype == np.float32 and raw.max() > 1, "the test input is the raw image"
+    for package in (out / "rdf.yaml", tmp_path / "pkg.zip"):
+        report = bioimageio_check(package)
+        assert "format valid-format" in report and "test passed" in report, report
+        assert "cellseg imported False" in report, "the SavedModel ran with TensorFlow alone"
+    report = bioimageio_check(out / "rdf.yaml", "keras_v3", pre="import cellseg\n")
+    assert "test passed" in report, "the .keras parent runs where cellseg is installed"
+
+
+@needs_bioimageio
+def test_the_model_test_catches_a_package_whose_output_does_not_match(tiny_run, tmp_path):
+    out = tmp_path / "pkg"
+    assert export_main(["--run", str(tiny_run), "--out", str(out)]) == 0
+    expected = np.load(out / "test_output.npy")
+    np.save(out / "test_output.npy", np.clip(expected + 0.2, 0, 1))
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    rdf["outputs"][0]["test_tensor"].pop("sha256")
+    (out / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    report = bioimageio_check(out / "rdf.yaml")
+    assert "error Reproduce test outputs from test inputs" in report and "test passed" not in report
+
+
+def test_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert export_main(["--run", str(tmp_path), "--out", str(tmp_path / "pkg")]) == 2
+    assert "no model.keras" in capsys.readouterr().err
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_sample_tensors_are_viewable_images(tiny_run, tmp_path):
+    from cellseg.export import export_run
+
+    out = export_run(tiny_run, tmp_path / "pkg")
+    sample = tifffile.imread(out / "sample_input.tif")
+    np.testing.assert_array_equal(sample, np.load(out / "test_input.npy"))
+    assert skio.imread(out / "cover.png").shape[1] == 2 * skio.imread(out / "cover.png").shape[0]
