@@ -2,10 +2,15 @@
 
 Importing the package registers cellseg's Keras layers, losses and metrics, so that
 ``keras.saving.load_model(path, safe_mode=True)`` reloads every model cellseg saves with nothing else
-imported (this imports TensorFlow, about two seconds).
+imported. That imports TensorFlow (about two seconds); TensorFlow's C++ start-up chatter is hidden unless
+``TF_CPP_MIN_LOG_LEVEL`` is set.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cellseg import activations, losses  # registers the serializable classes
 

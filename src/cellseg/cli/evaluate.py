@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from cellseg.cli import quiet_tensorflow
+from cellseg.cli import add_inference_options, inference_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-labels", type=Path, metavar="DIR", help="write predicted labels as 16-bit <id>.png"
     )
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per prediction batch (default 8)")
-    p.add_argument(
-        "--tta", action="store_true", help="average over flips (test-time augmentation, 4x slower)"
-    )
     p.add_argument(
         "--recalibrate", action="store_true", help="choose post-processing on the validation images again"
     )
+    add_inference_options(p)
     return p
 
 
@@ -49,13 +44,12 @@ def _fmt(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     from cellseg.config import ConfigError
     from cellseg.data import DataError
-    from cellseg.evaluation import InferenceOptions, evaluate_run
+    from cellseg.evaluation import evaluate_run
     from cellseg.trainer import TrainingError
 
-    options = InferenceOptions(args.tile, args.overlap, args.batch_size, args.tta)
+    options = inference_options(args)
     try:
         out, m = evaluate_run(
             args.run, args.data, args.out, args.save_labels, options, args.layout, args.recalibrate

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import quiet_tensorflow
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -44,7 +42,6 @@ def _validate(package: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     from cellseg.config import ConfigError
     from cellseg.data import DataError
     from cellseg.export import export_run

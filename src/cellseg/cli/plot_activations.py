@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import quiet_tensorflow
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -73,7 +71,6 @@ def learned(run_dir: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     try:
         if args.run is not None:
             out = args.out or Path("learned_parameters.png")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import quiet_tensorflow
+from cellseg.cli import add_inference_options, inference_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,25 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format", dest="label_format", default="png", choices=["png", "tif"], help="label image format"
     )
-    p.add_argument(
-        "--tta", action="store_true", help="average over flips (test-time augmentation, 4x slower)"
-    )
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per prediction batch (default 8)")
+    add_inference_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     from cellseg.config import ConfigError
     from cellseg.data import DataError
-    from cellseg.evaluation import InferenceOptions
     from cellseg.predict import find_images, predict_images
     from cellseg.trainer import TrainingError
 
-    options = InferenceOptions(args.tile, args.overlap, args.batch_size, args.tta)
+    options = inference_options(args)
     try:
         images = find_images(args.inputs)
         report = predict_images(args.run, images, args.out, options, args.label_format)

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import quiet_tensorflow
 from cellseg.config import ConfigError
 
 
@@ -60,7 +59,6 @@ def spec_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     try:
         spec = spec_from_args(args)
         out = args.out or Path("sweeps") / (args.sweep.stem if args.sweep else "sweep")

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from cellseg import runs
-from cellseg.cli import quiet_tensorflow
 from cellseg.config import ConfigError, load_config
 
 
@@ -53,7 +52,6 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
     try:
         if args.resume is not None:
             if args.config or args.data:
