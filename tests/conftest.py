@@ -26,6 +26,12 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_sample_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests (and the processes they start) keep decoded samples in a temp folder, never ~/.cache."""
+    os.environ["CELLSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("sample-cache"))
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     """``--set`` overrides that make a full training run take a few seconds."""

@@ -7,9 +7,16 @@ from skimage import measure
 
 from cellseg.config import AugmentConfig, Config, DataConfig, SyntheticConfig, load_config
 from cellseg.data import DataError, Sample, collect_samples
-from cellseg.data.pipeline import grid_starts, prepare, split_samples, train_dataset, val_dataset
+from cellseg.data.pipeline import (
+    grid_starts,
+    prepare,
+    sampling_weights,
+    split_samples,
+    train_dataset,
+    val_dataset,
+)
 from cellseg.data.readers import read_samples
-from cellseg.data.sample import normalize
+from cellseg.data.sample import modality, normalize
 from cellseg.data.synthetic import make_sample, make_samples
 
 SYN = SyntheticConfig(num_images=6, image_size=128)
@@ -125,7 +132,10 @@ def test_albumentations_stream_is_reproducible_and_changes_patches():
     data = prepared()
     plain = DataConfig(patch_size=32)
     heavy = DataConfig(
-        patch_size=32, augment=AugmentConfig(scale=0.3, brightness_contrast=0.3, blur=1.0, noise=1.0)
+        patch_size=32,
+        augment=AugmentConfig(
+            scale=0.3, brightness_contrast=0.3, blur=1.0, noise=1.0, colour=1.0, invert=0.5
+        ),
     )
     a = [x for x, _ in train_dataset(data, heavy, 4, seed=1).take(3).as_numpy_iterator()]
     b = [x for x, _ in train_dataset(data, heavy, 4, seed=1).take(3).as_numpy_iterator()]
@@ -163,7 +173,8 @@ def test_small_images_are_padded_up_to_the_patch_size():
         Sample(f"s{i}", np.full((20, 24), 100 + i, np.uint8), np.ones((20, 24), np.int32)) for i in range(3)
     ]
     data = prepare(small[:2], small[2:], DataConfig(channels=1, patch_size=32), "tiny")
-    assert data.train_images.shape[1:] == (32, 32, 1) and data.val_images.shape == (1, 32, 32, 1)
+    assert [data.train_image(i)[0].shape for i in range(2)] == [(32, 32, 1)] * 2
+    assert data.val_images.shape == (1, 32, 32, 1)
 
 
 def write_dsb(root, name, size=(40, 50), mask_sizes=((40, 50),)):
@@ -243,7 +254,7 @@ def test_real_dsb2018_images_load(dsb2018):
     assert all(s.image.shape[:2] == s.labels.shape for s in samples)
     cfg = Config()
     data = prepare(samples[:3], samples[3:5], cfg.data, "dsb")
-    assert data.train_images.min() >= 0.0 and data.train_images.max() <= 1.0
+    assert data.train_pixels.min() >= 0.0 and data.train_pixels.max() <= 1.0
 
 
 def dsb_folder(root, count=4, size=(60, 70)):
@@ -263,9 +274,9 @@ def test_streaming_reads_images_from_disk_as_training_goes(tmp_path):
     streamed = prepare(train, val, DataConfig(patch_size=32, stream=True), "disk")
     in_memory = prepare(train, val, DataConfig(patch_size=32, stream=False, memory_limit_mb=1), "disk")
     auto = prepare(train, val, DataConfig(patch_size=32, memory_limit_mb=1), "disk")
-    assert streamed.streaming and streamed.train_images is None and len(streamed.train_refs) == 3
-    assert not in_memory.streaming and in_memory.train_images.shape[0] == 3
-    # 3 images of 60x70x3 float32 (150 KB) fit in 1 MB; the same with a zero budget stream
+    assert streamed.streaming and streamed.train_pixels is None and len(streamed.train_refs) == 3
+    assert not in_memory.streaming and len(in_memory.train_offsets) == 3 + 1
+    # 3 images of 60x70x3 held as float16 (75 KB) fit in 1 MB; the same with a zero budget stream
     assert not auto.streaming
     np.testing.assert_array_equal(streamed.val_images, in_memory.val_images)
     cfg = DataConfig(patch_size=32, patches_per_image=4)
@@ -292,3 +303,56 @@ def test_bad_samples_stop_loading_or_are_skipped_and_recorded(tmp_path):
     assert data.train_ids == ["img0", "img1", "img3"]
     assert data.skipped == [{"id": "img2", "reason": data.skipped[0]["reason"]}]
     assert "cannot read image" in data.skipped[0]["reason"]
+
+
+def test_images_of_mixed_sizes_are_held_unpadded_and_patches_are_windows_of_one_image():
+    sizes = [(40, 50), (96, 33), (32, 32)]
+    samples = []
+    for i, (h, w) in enumerate(sizes):
+        ramp = np.add.outer(np.arange(h) * 3.0, np.arange(w) * 0.1 * (i + 1))  # distinct per image
+        samples.append(Sample(f"s{i}", ramp.astype(np.float32), np.ones((h, w), np.int32)))
+    cfg = DataConfig(channels=1, patch_size=32, augment=AugmentConfig(dihedral=False))
+    data = prepare(samples, samples[:1], cfg, "sizes")
+    assert len(data.train_pixels) == sum(h * w for h, w in sizes)  # nothing padded to the largest image
+    images = [data.train_image(i)[0][..., 0].astype(np.float32) for i in range(3)]
+    for image, sample in zip(images, samples, strict=True):
+        np.testing.assert_allclose(image, normalize(sample.image), atol=2.5e-4)  # held as float16
+    for x, _ in train_dataset(data, cfg, 8, seed=0).take(3).as_numpy_iterator():
+        for patch in x[..., 0]:
+            found = [
+                (k, y, xx)
+                for k, image in enumerate(images)
+                for y in range(image.shape[0] - 31)
+                for xx in range(image.shape[1] - 31)
+                if np.array_equal(image[y : y + 32, xx : xx + 32], patch)
+            ]
+            assert found, "every patch is a window of one training image"
+
+
+def test_balance_draws_rare_modalities_more_often():
+    assert np.allclose(sampling_weights(["f"] * 8 + ["s"] * 2, 0.0), 0.1)
+    shares = sampling_weights(["f"] * 8 + ["s"] * 2, 1.0)
+    assert np.isclose(shares[:8].sum(), 0.5) and np.isclose(shares[8:].sum(), 0.5)
+    fluo = make_samples(SyntheticConfig(num_images=8, image_size=64, styles=["fluorescence"]), 0)
+    bright = make_samples(SyntheticConfig(num_images=1, image_size=64, styles=["brightfield"]), 1)
+    samples = fluo[:4] + bright
+    data = prepare(samples, fluo[4:5], DataConfig(patch_size=32), "mixed")
+    assert data.train_modalities == ["fluorescence"] * 4 + ["stained"]  # synthetic brightfield has colour
+
+    def brightfield_share(balance):
+        cfg = DataConfig(patch_size=32, balance=balance)
+        x = np.concatenate([x for x, _ in train_dataset(data, cfg, 50, seed=0).take(8).as_numpy_iterator()])
+        return np.mean(np.ptp(x, axis=-1).mean(axis=(1, 2)) > 0.02)  # in colour: the brightfield image
+
+    assert abs(brightfield_share(0.0) - 0.2) < 0.07
+    assert abs(brightfield_share(1.0) - 0.5) < 0.07
+
+
+def test_modality_of_real_dsb2018_images(dsb2018):
+    from cellseg.data.readers import scan_samples
+
+    refs = scan_samples(str(dsb2018 / "stage1_test"))
+    with_masks = [modality(s.image, s.labels) for s in map(lambda r: r.load(), refs)]
+    from_look = [modality(ref.load_image()) for ref in refs]
+    assert with_masks == from_look
+    assert with_masks.count("fluorescence") == 31 and with_masks.count("stained") == 7

@@ -29,7 +29,8 @@ def train_cli(capsys, *args: str) -> tuple[int, list[str]]:
 def isru_run(tmp_path_factory):
     """One tiny ISRU run shared by the contract tests."""
     out = tmp_path_factory.mktemp("runs")
-    code = main(["--config", str(ROOT / "configs/isru.yaml"), "--out", str(out), "--quiet"]
+    code = main(["--config", str(ROOT / "configs/isru.yaml"), "--out", str(out), "--quiet",
+                 "--set=train.snapshot_every=1"]
                 + [f"--set={o}" for o in __import__("conftest").TINY])  # fmt: skip
     assert code == 0
     (run_dir,) = out.iterdir()
@@ -55,6 +56,23 @@ def test_run_folder_holds_everything(isru_run):
     assert summary["best_val_loss"] == min(r["val_loss"] for r in rows)
     split = json.loads((isru_run / runs.SPLIT).read_text())
     assert len(split["train"]) == 5 and len(split["val"]) == 1
+    assert sum(summary["train_modalities"].values()) == 5
+    assert set(summary["train_modalities"]) <= {"fluorescence", "brightfield"}
+
+
+def test_snapshots_are_kept_every_n_epochs_and_reload(isru_run):
+    import keras
+
+    snaps = runs.snapshots(isru_run)
+    assert list(snaps) == [1, 2]
+    last = keras.saving.load_model(isru_run / runs.LAST_MODEL, compile=False)
+    second = keras.saving.load_model(snaps[2], compile=False)
+    for a, b in zip(last.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    first = keras.saving.load_model(snaps[1], compile=False)
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights(), strict=True)
+    )
 
 
 def test_last_output_line_is_the_run_folder(capsys, tmp_path, tiny_overrides):

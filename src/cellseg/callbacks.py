@@ -7,6 +7,7 @@ leaves the previous complete version in place.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,24 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         runs.write_json(
             self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.best.best)}
         )
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Keep a copy of the checkpoint every ``every`` epochs (and after the last), to score the model
+    as training goes (``benchmarks/bench_quality.py`` draws quality against training time from them).
+
+    Runs after :class:`ResumeCheckpoint`, whose complete ``last.keras`` it copies instead of saving again.
+    """
+
+    def __init__(self, run_dir: Path, every: int, epochs: int, nan_guard: StopOnNaN) -> None:
+        super().__init__()
+        self.run_dir, self.every, self.epochs, self.nan_guard = run_dir, every, epochs, nan_guard
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        done = epoch + 1
+        if self.nan_guard.where is None and (done % self.every == 0 or done == self.epochs):
+            with runs.atomic_path(runs.snapshot_path(self.run_dir, done)) as tmp:
+                shutil.copyfile(self.run_dir / runs.LAST_MODEL, tmp)
 
 
 class Diagnostics(keras.callbacks.Callback):

@@ -68,6 +68,8 @@ class AugmentConfig:
     brightness_contrast: float = field(default=0.0, metadata=_bounded(0, 1))
     blur: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     noise: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    colour: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    invert: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
 
 
 @dataclass
@@ -81,10 +83,13 @@ class DataConfig:
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
     channels: Literal[1, 3] = 3
     foreground_bias: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    balance: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))  # modality balance
     on_bad_sample: Literal["error", "skip"] = "error"
     stream: bool | None = None
     memory_limit_mb: int = field(default=2048, metadata=_bounded(1))
     patches_per_image: int = field(default=16, metadata=_bounded(1))
+    cache: bool = True  # keep decoded samples (image, merged labels) in a disk cache (see cellseg.data.cache)
+    cache_dir: str | None = None  # null: $CELLSEG_CACHE_DIR or ~/.cache/cellseg
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -118,6 +123,7 @@ class TrainConfig:
     loss: Literal["bce_dice", "bce", "dice"] = "bce_dice"
     deterministic: bool = True
     tensorboard: bool = False
+    snapshot_every: int = field(default=0, metadata=_bounded(0))  # 0: no snapshots
     diagnostics: bool = True  # per-layer dead units, activation statistics, gradient norms per epoch
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"  # a Keras dtype policy
     jit_compile: bool | Literal["auto"] = "auto"

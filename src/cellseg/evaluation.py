@@ -39,10 +39,13 @@ class InferenceOptions:
     flips: bool = False
 
 
-def load_predictor(run_dir: Path, options: InferenceOptions) -> tuple[TiledPredictor, Config]:
-    """The run's best model, wrapped for whole-image prediction, and the config it was trained with."""
+def load_predictor(
+    run_dir: Path, options: InferenceOptions, model_path: Path | None = None
+) -> tuple[TiledPredictor, Config]:
+    """The run's best model (or ``model_path``, e.g. a snapshot), wrapped for whole-image prediction,
+    and the config it was trained with."""
     cfg = load_run_config(run_dir)
-    model = load_model(run_dir / runs.BEST_MODEL, compile=False)
+    model = load_model(model_path or run_dir / runs.BEST_MODEL, compile=False)
     predictor = TiledPredictor(
         model,
         cfg.data.channels,

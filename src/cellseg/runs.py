@@ -25,6 +25,7 @@ LAST_MODEL = "checkpoint/last.keras"
 STATE = "checkpoint/state.json"
 LOSS_PLOT = "loss_curve.png"
 DIAGNOSTICS = "diagnostics.csv"  # optional per-layer training diagnostics (train.diagnostics)
+SNAPSHOTS = "snapshots"  # snapshots/epoch_NNN.keras every train.snapshot_every epochs (time-to-quality)
 POSTPROCESS = "postprocess.json"  # post-processing chosen on the validation images (evaluate.py)
 
 #: The Keras logs copied into history.csv each epoch.
@@ -118,6 +119,16 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
         raise WriteError(f"could not write the outputs in {dest}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:03d}.keras"
+
+
+def snapshots(run_dir: str | Path) -> dict[int, Path]:
+    """The run's model snapshots by epoch, in epoch order."""
+    found = sorted((Path(run_dir) / SNAPSHOTS).glob("epoch_[0-9]*.keras"))
+    return {int(p.stem.split("_")[1]): p for p in found}
 
 
 def remove_temporaries(folder: Path) -> list[Path]:

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ import tensorflow as tf
 import cellseg
 from cellseg import runs
 from cellseg.activations import parse_spec
-from cellseg.callbacks import BestModelSaver, Diagnostics, HistoryWriter, ResumeCheckpoint, StopOnNaN
+from cellseg.callbacks import (
+    BestModelSaver,
+    Diagnostics,
+    HistoryWriter,
+    ResumeCheckpoint,
+    Snapshots,
+    StopOnNaN,
+)
 from cellseg.config import Config, TrainConfig, config_from_dict, save_config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import (
@@ -178,6 +186,8 @@ def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
         f"({len(data.val_images)} patches)"
         + (f"; {len(data.skipped)} bad samples skipped" if data.skipped else "")
     )
+    kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.train_modalities).most_common())
+    log(f"training modalities: {kinds}" + (f" (balance {cfg.data.balance})" if cfg.data.balance else ""))
     return data
 
 
@@ -328,6 +338,8 @@ def _fit_and_summarize(
         best,
         ResumeCheckpoint(run_dir, nan_guard, best),
     ]
+    if cfg.train.snapshot_every:
+        callbacks.append(Snapshots(run_dir, cfg.train.snapshot_every, cfg.train.epochs, nan_guard))
     first_step: list[float] = []  # when the first training step finished: start-up cost
     callbacks.append(
         keras.callbacks.LambdaCallback(
@@ -408,6 +420,7 @@ def write_summary(
         "val_images": len(data.val_ids),
         "val_patches": len(data.val_images),
         "streamed": data.streaming,
+        "train_modalities": dict(Counter(data.train_modalities)),
         "skipped_samples": len(data.skipped),
         "skipped": data.skipped,
         "seed": cfg.seed,

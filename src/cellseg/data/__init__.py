@@ -21,6 +21,10 @@ def collect_samples(cfg: Config) -> tuple[list[Sample] | list[SampleRef], str]:
     from cellseg.data.readers import scan_samples
 
     refs = scan_samples(cfg.data.path, cfg.data.layout, cfg.data.rle_csv)
+    if cfg.data.cache:
+        from cellseg.data.cache import SampleCache
+
+        refs = SampleCache(cfg.data.cache_dir).wrap(refs)
     paths = cfg.data.path if isinstance(cfg.data.path, list) else [cfg.data.path]
     return refs, f"files: {len(refs)} annotated images from {', '.join(map(str, paths))}"
 

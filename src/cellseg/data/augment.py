@@ -27,6 +27,20 @@ def build_transform(cfg: AugmentConfig) -> A.Compose | None:
     if cfg.brightness_contrast:
         limit = cfg.brightness_contrast
         steps.append(A.RandomBrightnessContrast(limit, limit, p=0.8))
+    if cfg.colour:  # stain and colour variation between labs, scanners and protocols
+        steps.append(
+            A.OneOf(
+                [
+                    A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=30, val_shift_limit=0),
+                    A.RGBShift(0.1, 0.1, 0.1),
+                    A.ChannelShuffle(),
+                    A.ToGray(),
+                ],
+                p=cfg.colour,
+            )
+        )
+    if cfg.invert:  # dark nuclei on light ground <-> bright nuclei on dark ground
+        steps.append(A.InvertImg(p=cfg.invert))
     if cfg.blur:
         steps.append(A.GaussianBlur(blur_limit=(3, 5), p=cfg.blur))
     if cfg.noise:

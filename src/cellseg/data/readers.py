@@ -113,7 +113,15 @@ def _load_dsb2018(folder: Path) -> Sample:
 def scan_dsb2018(root: Path) -> list[SampleRef]:
     """One reference per ``<root>/<id>/`` folder; per-nucleus masks are merged into a label map on load."""
     folders = sorted(p for p in root.iterdir() if p.is_dir())
-    return [SampleRef(f.name, partial(_load_dsb2018, f), partial(_dsb2018_image, f)) for f in folders]
+    return [
+        SampleRef(
+            f.name,
+            partial(_load_dsb2018, f),
+            partial(_dsb2018_image, f),
+            (f / "images" / f"{f.name}.png", f / "masks"),
+        )
+        for f in folders
+    ]
 
 
 def _load_paired(image_path: Path, mask_path: Path | None) -> Sample:
@@ -134,7 +142,12 @@ def scan_paired(root: Path) -> list[SampleRef]:
     masks = {p.stem: p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     images = [p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     return [
-        SampleRef(p.stem, partial(_load_paired, p, masks.get(p.stem)), partial(read_image_2d, p))
+        SampleRef(
+            p.stem,
+            partial(_load_paired, p, masks.get(p.stem)),
+            partial(read_image_2d, p),
+            (p, *([masks[p.stem]] if p.stem in masks else [])),
+        )
         for p in images
     ]
 

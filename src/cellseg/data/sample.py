@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from skimage.segmentation import find_boundaries
@@ -45,6 +46,7 @@ class SampleRef:
     id: str
     load: Callable[[], Sample]
     load_image: Callable[[], np.ndarray]
+    sources: tuple[Path, ...] = ()  # files and folders it is decoded from: the cache's key (data.cache)
 
 
 def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -88,3 +90,29 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nda
     if hi - lo < 1e-6:
         return np.zeros_like(image)
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+MODALITIES = ("fluorescence", "brightfield", "stained")
+
+
+def modality(image: np.ndarray, labels: np.ndarray | None = None) -> str:
+    """The imaging modality of a raw image, from its look: the groups nucleus data sets mix.
+
+    fluorescence: nuclei brighter than their background; brightfield: darker nuclei on a grey
+    background; stained: darker nuclei in colour (H&E, haematoxylin). With instance ``labels`` the
+    nuclei are compared with their background directly (right for dense images too); without, a dark
+    median means a dark background. Used to balance training patches across modalities
+    (``data.balance``), because one usually dominates a data set.
+    """
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 65536)))  # a subsample tells the look
+    rgb = normalize(to_channels(image[::step, ::step], 3))
+    grey = rgb.mean(axis=-1)
+    nuclei = None if labels is None else labels[::step, ::step] > 0
+    if nuclei is not None and nuclei.any() and not nuclei.all():
+        bright_nuclei = grey[nuclei].mean() > grey[~nuclei].mean()
+    else:
+        bright_nuclei = float(np.median(grey)) < 0.5
+    if bright_nuclei:
+        return "fluorescence"
+    colour = float(np.mean(np.abs(rgb - grey[..., None])))
+    return "stained" if colour > 0.02 else "brightfield"
