@@ -242,3 +242,16 @@ def test_conv_flops_count_every_multiply_add_of_convolutions():
     x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Conv2DTranspose(2, 2, strides=2)(x)  # 4x4 in: 2 * 2*2*4*2 * 16
     assert conv_flops(keras.Model(inputs, x), 8, 8) == 2 * 3 * 3 * 2 * 4 * 64 + 2 * 2 * 2 * 4 * 2 * 16
+
+
+def test_readme_table_and_list_activations_come_from_the_registry(capsys):
+    from conftest import ROOT
+
+    from cellseg.activations import ACTIVATIONS, markdown_table
+    from cellseg.cli.train import main
+
+    table = markdown_table()
+    assert len(table.splitlines()) == 2 + len(ACTIVATIONS)
+    assert table in (ROOT / "README.md").read_text(), "README table: paste train.py --list-activations"
+    assert main(["--list-activations"]) == 0
+    assert capsys.readouterr().out.strip() == table

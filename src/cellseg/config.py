@@ -77,6 +77,7 @@ class DataConfig:
     """Where images come from and how patches are cut from them."""
 
     path: str | list[str] | None = None
+    seed: int | None = None  # synthetic images and train/val split; None: the run's seed
     layout: Literal["auto", "dsb2018", "paired", "rle"] = "auto"
     rle_csv: str | None = None
     patch_size: int = field(default=128, metadata=_bounded(16))
@@ -141,6 +142,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def data_seed(self) -> int:
+        """Seed of the data (synthetic images, train/validation split): ``data.seed``, else ``seed``."""
+        return self.seed if self.data.seed is None else self.data.seed
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -179,7 +179,7 @@ def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
 def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
     samples, source = collect_samples(cfg)
     log(f"data: {source}")
-    data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.seed)
+    data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.data_seed)
     log(
         f"split: {len(data.train_ids)} training images"
         f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "

@@ -53,7 +53,7 @@ class ActivationEntry:
     defaults: dict[str, float] = field(default_factory=dict)
     learnable: bool = False
     channel_factor: int = 1
-    trainable: bool = True
+    has_gradient: bool = True  # False: zero almost everywhere, so no network can learn with it (plots only)
     summary: str = ""
 
     @property
@@ -93,16 +93,25 @@ ACTIVATIONS: dict[str, ActivationEntry] = {
     "sigmoid": ActivationEntry(_fixed("sigmoid"), GLOROT, summary="1/(1+e^-x)"),
     "linear": ActivationEntry(_fixed("linear"), GLOROT, summary="x (no non-linearity)"),
     "binary_step": ActivationEntry(
-        _fixed("binary_step"), GLOROT, trainable=False, summary="1 if x>=0 else 0 (plots only)"
+        _fixed("binary_step"), GLOROT, has_gradient=False, summary="1 if x>=0 else 0 (plots only)"
     ),
 }
 
 _COMMON_KEYS = ("name", "trainable")
 
 
+def markdown_table() -> str:
+    """The registry as the Markdown table the README shows (``train.py --list-activations`` prints it)."""
+    lines = ["| name | function | learnable | default init |", "|---|---|---|---|"]
+    for name, e in ACTIVATIONS.items():
+        learnable = ", ".join(e.params) if e.learnable else "–"
+        lines.append(f"| `{name}` | {e.summary} | {learnable} | {e.initializer} |")
+    return "\n".join(lines)
+
+
 def available_activations(trainable_only: bool = False) -> list[str]:
     """Registry names, optionally only those a model can be trained with."""
-    return [name for name, e in ACTIVATIONS.items() if e.trainable or not trainable_only]
+    return [name for name, e in ACTIVATIONS.items() if e.has_gradient or not trainable_only]
 
 
 def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -132,7 +141,7 @@ def get_entry(spec: str | Mapping[str, Any]) -> ActivationEntry:
 def check_trainable(spec: str | Mapping[str, Any]) -> None:
     """Fail early, with the reason, for activations that cannot train a network."""
     name, _ = parse_spec(spec)
-    if not get_entry(spec).trainable:
+    if not get_entry(spec).has_gradient:
         raise ValueError(
             f"activation '{name}' has zero gradient almost everywhere, so a network using it cannot learn "
             "by gradient descent; it is in the registry for plots only. Choose a trainable activation: "
@@ -182,5 +191,6 @@ __all__ = [
     "create_activation",
     "functions",
     "get_entry",
+    "markdown_table",
     "parse_spec",
 ]

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last epoch"
     )
     p.add_argument(
+        "--list-activations", action="store_true", help="print the activation registry as a table and exit"
+    )
+    p.add_argument(
         "--quiet",
         action="store_true",
         help="no per-epoch progress output (the data, model and run folder are still printed)",
@@ -52,6 +55,11 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list_activations:
+        from cellseg.activations import markdown_table
+
+        print(markdown_table())
+        return 0
     try:
         if args.resume is not None:
             if args.config or args.data:

@@ -12,10 +12,10 @@ def collect_samples(cfg: Config) -> tuple[list[Sample] | list[SampleRef], str]:
         from cellseg.data.synthetic import make_samples
 
         syn = cfg.data.synthetic
-        samples = make_samples(syn, cfg.seed)
+        samples = make_samples(syn, cfg.data_seed)
         source = (
             f"synthetic: {syn.num_images} generated images of {syn.image_size}x{syn.image_size} px "
-            f"({', '.join(syn.styles)}), seed {cfg.seed}"
+            f"({', '.join(syn.styles)}), seed {cfg.data_seed}"
         )
         return samples, source
     from cellseg.data.readers import scan_samples

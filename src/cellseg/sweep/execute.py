@@ -1,0 +1,180 @@
+"""Running a sweep: train (or reuse, or resume) every run, score it, and keep the results up to date.
+
+Runs are ordinary run folders named ``runs/<variant>_s<seed>``, so an interrupted sweep finds them again:
+finished runs are reused, interrupted ones resumed, runs that crashed retried. With ``workers`` > 1 the
+runs go to that many worker processes on this machine, the CPU cores split evenly between them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import multiprocessing
+import os
+import shutil
+import statistics
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellseg import runs
+from cellseg.config import ConfigError
+from cellseg.sweep.report import RunRecord, compare, write_results
+from cellseg.sweep.spec import SweepSpec, Variant
+
+FAILED = "failed.json"
+SPEC = "sweep.yaml"
+
+
+def _figures(run_dir: Path, summary: dict[str, Any], evaluate: Callable[[Path], dict[str, float]]) -> dict:
+    history = runs.read_history(run_dir)
+    seconds = [r["seconds"] for r in history[1:]] or [r["seconds"] for r in history]  # epoch 1 traces
+    figures = {k: summary[k] for k in ("best_val_loss", "best_val_iou", "best_val_dice", "best_epoch")}
+    figures["seconds_per_epoch"] = statistics.median(seconds)
+    figures.update(evaluate(run_dir))
+    return figures
+
+
+def run_one(
+    spec: SweepSpec,
+    variant: Variant,
+    seed: int,
+    root: Path,
+    train: Callable[..., Any],
+    evaluate: Callable[[Path], dict[str, float]],
+    log: Callable[[str], Any],
+) -> RunRecord:
+    """Train (or reuse, or resume) one run and collect its figures; a failure is recorded, not raised."""
+    name = f"{variant.name}_s{seed}"
+    run_dir = root / "runs" / name
+    cfg = spec.run_config(variant, seed)
+    label = variant.name if spec.grid else runs.label_of_spec(cfg.model.activation)
+    record = RunRecord(variant.name, label, seed, "ok", run_dir=str(run_dir))
+    try:
+        if (run_dir / runs.SUMMARY).is_file():
+            log(f"{name}: finished earlier, reused")
+        elif (run_dir / runs.STATE).is_file():
+            log(f"{name}: resuming")
+            train(cfg, out=root / "runs", resume=run_dir)
+        else:
+            if run_dir.exists():  # started, but crashed or was killed before its first epoch ended
+                shutil.rmtree(run_dir)
+            log(f"{name}: training")
+            train(cfg, out=root / "runs", run_name=name)
+        (run_dir / FAILED).unlink(missing_ok=True)
+        summary = runs.read_json(run_dir / runs.SUMMARY)
+        record.params = summary["params"]
+        if summary["stopped_reason"] != "completed":
+            record.status, record.reason = "failed", summary["stopped_reason"]
+        if summary["best_val_loss"] is not None:
+            record.figures = _figures(run_dir, summary, evaluate)
+            record.test_images = _test_images(run_dir) if spec.test_data is not None else {}
+    except Exception as exc:
+        record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_json(run_dir / FAILED, {"reason": record.reason, "traceback": traceback.format_exc()})
+        log(f"{name}: FAILED ({record.reason})")
+    return record
+
+
+def _test_images(run_dir: Path) -> dict[str, float]:
+    """Per-image DSB scores of the run's held-out evaluation (``evaluation/per_image.csv``)."""
+    import csv
+
+    with (run_dir / "evaluation" / "per_image.csv").open() as f:
+        return {row["id"]: float(row["dsb_score"]) for row in csv.DictReader(f)}
+
+
+def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
+    """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
+    from cellseg.evaluation import InferenceOptions, evaluate_run, load_predictor, postprocess_params
+
+    options = InferenceOptions()
+
+    def evaluate(run_dir: Path) -> dict[str, float]:
+        predictor, cfg = load_predictor(run_dir, options)
+        postprocess_params(run_dir, predictor, cfg, options, log=lambda _: None)
+        figures = {"val_dsb_score": runs.read_json(run_dir / runs.POSTPROCESS)["val_dsb_score"]}
+        if spec.test_data is not None:
+            saved = run_dir / "evaluation" / "metrics.json"
+            if saved.is_file():
+                metrics = runs.read_json(saved)
+            else:
+                metrics = evaluate_run(run_dir, spec.test_data, options=options, log=lambda _: None)[1]
+            figures["test_dsb_score"] = metrics["instance"]["dsb_score"]
+            figures["test_ap_50"] = metrics["instance"]["ap_50"]
+            figures["test_pixel_iou"] = metrics["pixel"]["iou"]
+        return figures
+
+    return evaluate
+
+
+def _job(spec: SweepSpec, variant: Variant, seed: int, root: Path, verbose: int) -> RunRecord:
+    """One run, start to finish, in whatever process runs it (keeps that process's graph small)."""
+    import keras
+
+    from cellseg.trainer import train
+
+    quiet_train = functools.partial(train, verbose=verbose, log=lambda _: None)
+    try:
+        return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec), lambda _: None)
+    finally:
+        keras.backend.clear_session()
+
+
+def _start_worker(threads: int) -> None:
+    """Give a worker process its share of the cores before TensorFlow starts its thread pools."""
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[name] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _open_folder(spec: SweepSpec, root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / SPEC
+    if path.is_file():
+        before = yaml.safe_load(path.read_text())
+        if {k: before.get(k) for k in spec.comparable()} != spec.comparable():
+            raise ConfigError(
+                f"{root} holds a sweep with other data / test_data / --set overrides / data seed "
+                f"({ {k: before.get(k) for k in spec.comparable()} }); give another --out"
+            )
+    runs.write_text(path, yaml.safe_dump(asdict(spec), sort_keys=False))
+
+
+def run_sweep(
+    spec: SweepSpec, out: str | Path, log: Callable[[str], Any] = print, verbose: int = 0
+) -> list[dict[str, Any]]:
+    """Train and evaluate every (variant, seed), seed-major, writing the comparison after each run."""
+    root = Path(out)
+    _open_folder(spec, root)
+    jobs = [(variant, seed) for seed in spec.seeds for variant in spec.variants()]  # complete pairs first
+    records: list[RunRecord] = []
+
+    def done(record: RunRecord) -> None:
+        records.append(record)
+        status = "ok" if record.status == "ok" else f"FAILED ({record.reason})"
+        log(f"[{len(records)}/{len(jobs)}] {record.config}, seed {record.seed}: {status}")
+        write_results(root, spec, records)
+
+    if spec.workers == 1:
+        for variant, seed in jobs:
+            done(_job(spec, variant, seed, root, verbose))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // spec.workers)
+        log(f"{len(jobs)} runs on {spec.workers} worker processes, {threads} cores each")
+        with concurrent.futures.ProcessPoolExecutor(
+            spec.workers, multiprocessing.get_context("spawn"), _start_worker, (threads,)
+        ) as pool:
+            futures = [pool.submit(_job, spec, variant, seed, root, 0) for variant, seed in jobs]
+            for future in concurrent.futures.as_completed(futures):
+                done(future.result())
+    return compare(records, spec.baseline, spec.rank_by)
