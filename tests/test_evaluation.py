@@ -23,7 +23,8 @@ from cellseg.data.synthetic import make_samples
 from cellseg.inference import TiledPredictor, blend_window
 from cellseg.metrics import score_image
 from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
-from cellseg.trainer import load_run_config, train
+from cellseg.runs import load_run_config
+from cellseg.trainer import train
 
 
 def touching_pair() -> np.ndarray:

@@ -378,3 +378,10 @@ def test_import_cellseg_alone_reloads_every_saved_model_in_safe_mode(two_epoch_r
         "    print(m.loss.name, type(m.optimizer).__name__)\n"
     )
     assert out.split() == ["bce_dice", "Adam", "bce_dice", "Adam"]
+
+
+def test_resume_of_a_folder_that_is_no_run_says_so(capsys, tmp_path):
+    from cellseg.cli.train import main
+
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert f"{tmp_path} is not a cellseg run folder (no config.yaml)" in capsys.readouterr().err

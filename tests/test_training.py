@@ -212,7 +212,8 @@ def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_ov
     from cellseg.cli.plot_history import main as plot_history_main
     from cellseg.config import ModelConfig
     from cellseg.models import build_unet
-    from cellseg.trainer import compile_model, load_run_config
+    from cellseg.runs import load_run_config
+    from cellseg.trainer import compile_model
 
     sets = [f"--set={o}" for o in tiny_overrides]  # diagnostics are on by default
     code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cellseg import runs
+from cellseg.activations import parse_spec
 from cellseg.config import Config
 from cellseg.data import DataError, Sample, SampleRef, collect_samples
 from cellseg.data.readers import scan_samples
@@ -26,7 +27,6 @@ from cellseg.metrics import ImageScore, instance_counts, score_image, summarize
 from cellseg.models import load_model
 from cellseg.outputs import save_labels, save_overlay
 from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
-from cellseg.trainer import activation_label, load_run_config
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def load_predictor(
 ) -> tuple[TiledPredictor, Config]:
     """The run's best model (or ``model_path``, e.g. a snapshot), wrapped for whole-image prediction,
     and the config it was trained with."""
-    cfg = load_run_config(run_dir)
+    cfg = runs.load_run_config(run_dir)
     model = load_model(model_path or run_dir / runs.BEST_MODEL, compile=False)
     predictor = TiledPredictor(
         model,
@@ -204,7 +204,7 @@ def evaluate_run(
         metrics = {
             **summarize(scores),
             "run": str(run_dir),
-            "activation": activation_label(cfg),
+            "activation": parse_spec(cfg.model.activation)[0],
             "data": [str(d) for d in ([data] if isinstance(data, str | Path) else data)],
             "postprocess": params.to_dict(),
             "inference": dataclasses.asdict(options),

@@ -39,7 +39,6 @@ from cellseg.models import load_model
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, instances
 from cellseg.runs import label_of_spec
-from cellseg.trainer import load_run_config
 
 FORMAT_VERSION = "0.5.4"
 SAVED_MODEL = "saved_model.zip"
@@ -273,7 +272,7 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     if not (run_dir / runs.BEST_MODEL).is_file():
         raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
-    cfg = load_run_config(run_dir)
+    cfg = runs.load_run_config(run_dir)
     model = load_model(run_dir / runs.BEST_MODEL, compile=False)
     saved = run_dir / runs.POSTPROCESS
     params = PostprocessParams(**runs.read_json(saved)["params"]) if saved.is_file() else PostprocessParams()

@@ -14,7 +14,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cellseg.config import Config
 
 CONFIG = "config.yaml"
 HISTORY = "history.csv"
@@ -228,3 +231,21 @@ def run_label(run_dir: str | Path) -> str:
     import yaml
 
     return label_of_spec(yaml.safe_load((Path(run_dir) / CONFIG).read_text())["model"]["activation"])
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run was trained with; a missing or damaged one is named (ConfigError)."""
+    import yaml
+
+    from cellseg.config import ConfigError, config_from_dict
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a cellseg run folder (no {CONFIG})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: the run's config is damaged (not valid YAML: {exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the run's config is damaged (not a mapping of sections)")
+    return config_from_dict(raw, source=str(path))

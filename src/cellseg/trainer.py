@@ -36,7 +36,7 @@ from cellseg.callbacks import (
     Snapshots,
     StopOnNaN,
 )
-from cellseg.config import Config, TrainConfig, config_from_dict, save_config
+from cellseg.config import Config, TrainConfig, save_config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import (
     PreparedData,
@@ -305,7 +305,7 @@ def _reopen_run(
             f"{last}: the checkpoint cannot be read ({why}); delete {last.parent} "
             "to restart this run from epoch 1, or start a new run"
         ) from exc
-    planned = load_run_config(run_dir).train.epochs
+    planned = runs.load_run_config(run_dir).train.epochs
     if planned != cfg.train.epochs:
         if cfg.train.schedule == "cosine":  # the decay now spans the new length, as if planned so
             model.optimizer.learning_rate = make_schedule(cfg.train)
@@ -437,18 +437,3 @@ def write_summary(
         plot_run_history(rows, run_dir / runs.LOSS_PLOT, title=f"{summary['activation']} — {run_dir.name}")
     return summary
 
-
-def load_run_config(run_dir: str | Path) -> Config:
-    """The resolved config a run was trained with."""
-    import yaml
-
-    path = Path(run_dir) / runs.CONFIG
-    if not path.is_file():
-        raise TrainingError(f"{run_dir} is not a cellseg run folder (no {runs.CONFIG})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TrainingError(f"{path}: the run's config is damaged (not valid YAML: {exc})") from exc
-    if not isinstance(raw, dict):
-        raise TrainingError(f"{path}: the run's config is damaged (not a mapping of sections)")
-    return config_from_dict(raw, source=str(path))

@@ -42,12 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resume_config(run_dir: Path, overrides: list[str]):
-    from cellseg.trainer import load_run_config
-
     bad = [o for o in overrides if not o.startswith("train.epochs=")]
     if bad:
         raise ConfigError(f"--resume keeps the run's own config; only train.epochs may be changed, not {bad}")
-    cfg = load_run_config(run_dir)
+    cfg = runs.load_run_config(run_dir)
     for item in overrides:
         cfg.train.epochs = load_config(None, [item]).train.epochs
     return cfg
