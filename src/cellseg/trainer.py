@@ -436,4 +436,3 @@ def write_summary(
     if rows:
         plot_run_history(rows, run_dir / runs.LOSS_PLOT, title=f"{summary['activation']} — {run_dir.name}")
     return summary
-

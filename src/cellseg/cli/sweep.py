@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, help="runs trained at once, the cores split between them (default 1)"
     )
+    p.add_argument(
+        "--executor", choices=("local", "ray"),
+        help="where runs train: local processes (default) or a Ray cluster (pip install 'cellseg[ray]')",
+    )  # fmt: skip
+    p.add_argument(
+        "--address", help="Ray cluster address ('auto': the one this machine is in; default: start one here)"
+    )
     p.add_argument("--rank-by", help="figure to sort and test by (default best_val_iou)")
     p.add_argument("--out", type=Path, help="sweep folder (default sweeps/<sweep file name> or sweeps/sweep)")
     return p
@@ -58,6 +65,8 @@ def spec_from_args(args: argparse.Namespace):
         "grid": parse_grid(args.grid) if args.grid else None,
         "data_seed": args.data_seed,
         "workers": args.workers,
+        "executor": args.executor,
+        "address": args.address,
         "seeds": args.seeds,
         "data": args.data,
         "test_data": args.test_data,

@@ -2,12 +2,15 @@
 
 Runs are ordinary run folders named ``runs/<variant>_s<seed>``, so an interrupted sweep finds them again:
 finished runs are reused, interrupted ones resumed, runs that crashed retried. With ``workers`` > 1 the
-runs go to that many worker processes on this machine, the CPU cores split evenly between them.
+runs go to that many worker processes on this machine, the CPU cores split evenly between them. With the
+``ray`` executor every run is a Ray task reserving that share of a machine's CPUs, so a Ray cluster spreads
+the runs over its machines (the sweep folder and the data must then be on a file system they share).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -133,8 +136,37 @@ def _start_worker(threads: int) -> None:
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    with contextlib.suppress(RuntimeError):  # a reused (Ray) worker whose TensorFlow already runs
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _ray_job(spec: SweepSpec, variant: Variant, seed: int, root: str, threads: int) -> RunRecord:
+    _start_worker(threads)
+    return _job(spec, variant, seed, Path(root), 0)
+
+
+def _run_on_ray(
+    spec: SweepSpec,
+    jobs: list[tuple[Variant, int]],
+    root: Path,
+    threads: int,
+    done: Callable[[RunRecord], None],
+) -> None:
+    """Every run as a Ray task reserving ``threads`` CPUs, on the cluster at ``spec.address``."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("the ray executor needs Ray: pip install 'cellseg[ray]'") from exc
+    ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=threads)(_ray_job)
+        pending = [task.remote(spec, variant, seed, str(root.resolve()), threads) for variant, seed in jobs]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done(ray.get(ready[0]))
+    finally:
+        ray.shutdown()
 
 
 def _open_folder(spec: SweepSpec, root: Path) -> None:
@@ -165,11 +197,15 @@ def run_sweep(
         log(f"[{len(records)}/{len(jobs)}] {record.config}, seed {record.seed}: {status}")
         write_results(root, spec, records)
 
-    if spec.workers == 1:
+    threads = max(1, (os.cpu_count() or 1) // spec.workers)
+    if spec.executor == "ray":
+        where = f"the Ray cluster at {spec.address}" if spec.address else "a local Ray instance"
+        log(f"{len(jobs)} runs on {where}, {threads} CPUs each")
+        _run_on_ray(spec, jobs, root, threads, done)
+    elif spec.workers == 1:
         for variant, seed in jobs:
             done(_job(spec, variant, seed, root, verbose))
     else:
-        threads = max(1, (os.cpu_count() or 1) // spec.workers)
         log(f"{len(jobs)} runs on {spec.workers} worker processes, {threads} cores each")
         with concurrent.futures.ProcessPoolExecutor(
             spec.workers, multiprocessing.get_context("spawn"), _start_worker, (threads,)

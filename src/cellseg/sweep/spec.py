@@ -83,7 +83,9 @@ class SweepSpec:
     baseline: str = "relu"
     rank_by: str = "best_val_iou"
     data_seed: int = 0
-    workers: int = 1
+    workers: int = 1  # runs at once (local), or the share of each machine's CPUs a run reserves (ray)
+    executor: str = "local"  # local | ray
+    address: str | None = None  # ray: the cluster to join ("auto": this machine's); None starts one here
 
     def __post_init__(self) -> None:
         if not (self.configs or self.grid) or not self.seeds:
@@ -95,6 +97,8 @@ class SweepSpec:
             raise ConfigError(f"rank_by '{self.rank_by}' is not one of {', '.join(METRICS)}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"executor must be 'local' or 'ray', got '{self.executor}'")
         from cellseg.models import check_model_config
 
         for variant in self.variants():  # every config and value is checked before anything trains
