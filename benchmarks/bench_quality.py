@@ -7,7 +7,9 @@ Each recipe is trained as a user would (``scripts/train.py`` in a fresh process,
 "training minutes" of the recipe), or taken from ``--runs`` when already trained. Every snapshot the
 recipe keeps (``train.snapshot_every``) is then scored on the 38 held-out ``stage1_test`` images, its
 post-processing calibrated on the run's own validation images as ``evaluate.py`` does; the last row of a
-recipe is its best model scored by ``evaluate.py`` itself. Prints one table and each recipe's distance
+recipe is its best model scored by ``evaluate.py`` itself. With ``--runs``, training minutes are the
+run's own ``wall_seconds`` (from the start of ``train()``: without the 5 s of Python and TensorFlow
+start-up that a command adds). Prints one table and each recipe's distance
 from its targets, and writes ``quality.csv`` and ``quality.png`` (scores against training minutes).
 """
 
@@ -158,7 +160,7 @@ def main() -> int:
         summary = runs.read_json(run / runs.SUMMARY)
         final = {
             "model": f"best (epoch {summary['best_epoch']}, evaluate.py)",
-            "minutes": wall / 60 if wall is not None else max(minutes_at.values()),
+            "minutes": (wall if wall is not None else summary["wall_seconds"]) / 60,
             "val_dsb": runs.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
             "dsb_score": metrics["instance"]["dsb_score"],
             "ap_50": metrics["instance"]["ap_50"],

@@ -57,7 +57,7 @@ def test_run_folder_holds_everything(isru_run):
     split = json.loads((isru_run / runs.SPLIT).read_text())
     assert len(split["train"]) == 5 and len(split["val"]) == 1
     assert sum(summary["train_modalities"].values()) == 5
-    assert set(summary["train_modalities"]) <= {"fluorescence", "brightfield"}
+    assert set(summary["train_modalities"]) <= {"fluorescence", "stained"}  # synthetic brightfield has colour
 
 
 def test_snapshots_are_kept_every_n_epochs_and_reload(isru_run):
