@@ -10,7 +10,6 @@ written (read-only or full disk) is reported once and training goes on from the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import warnings
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellseg import runs
 from cellseg.data.sample import Sample, SampleRef
 
 #: Bump when the stored arrays change meaning, so old entries are decoded again.
@@ -67,33 +67,27 @@ class SampleCache:
             for r in refs
         ]
 
-    def _read(self, ref: SampleRef, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    def _read(self, ref: SampleRef, keys: tuple[str, ...], current: str) -> dict[str, np.ndarray] | None:
+        """The stored arrays if the entry exists, is whole, and has the ``current`` fingerprint."""
         path = self.entry(ref)
         if not path.is_file():
             return None
         try:
             with np.load(path) as stored:
-                if str(stored["fingerprint"]) != fingerprint(ref.sources):
+                if str(stored["fingerprint"]) != current:
                     return None
                 return {k: stored[k] for k in keys}
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
             return None  # damaged entry: decode again and overwrite it
 
-    def _write(self, ref: SampleRef, sample: Sample) -> None:
-        path = self.entry(ref)
+    def _write(self, ref: SampleRef, sample: Sample, current: str) -> None:
         labels = sample.labels
         if labels.max(initial=0) < 2**16:
             labels = labels.astype(np.uint16)  # a quarter of the bytes; int32 comes back on load
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(
-                tmp, fingerprint=np.array(fingerprint(ref.sources)), image=sample.image, labels=labels
-            )
-            os.replace(tmp, path)
+            with runs.atomic_path(self.entry(ref)) as tmp:
+                np.savez_compressed(tmp, fingerprint=np.array(current), image=sample.image, labels=labels)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # the folder may not even exist
-                tmp.unlink(missing_ok=True)
             if not self._write_failed:
                 self._write_failed = True
                 warnings.warn(
@@ -104,20 +98,23 @@ class SampleCache:
 
     def _loader(self, ref: SampleRef):
         def load() -> Sample:
-            stored = self._read(ref, ("image", "labels"))
+            current = fingerprint(
+                ref.sources
+            )  # taken before decoding: a file changed meanwhile is not hidden
+            stored = self._read(ref, ("image", "labels"), current)
             if stored is not None:
                 self.hits += 1
                 return Sample(ref.id, stored["image"], stored["labels"].astype(np.int32))
             self.misses += 1
             sample = ref.load()  # raises DataError naming the file; nothing is cached for it
-            self._write(ref, sample)
+            self._write(ref, sample, current)
             return sample
 
         return load
 
     def _image_loader(self, ref: SampleRef):
         def load_image() -> np.ndarray:
-            stored = self._read(ref, ("image",))
+            stored = self._read(ref, ("image",), fingerprint(ref.sources))
             return stored["image"] if stored is not None else ref.load_image()
 
         return load_image

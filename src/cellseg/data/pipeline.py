@@ -342,9 +342,8 @@ def train_dataset(
     make = _patch_maker(data, cfg, seed)
     pick = _image_picker(data, cfg, seed)
     shapes = tf.constant(data.train_shapes)
-    n = len(data.train_shapes)
+    n, channels = len(data.train_shapes), data.val_images.shape[-1]
     if not data.streaming:
-        channels = data.val_images.shape[-1]
         pixels, targets = tf.constant(data.train_pixels), tf.constant(data.train_target_pixels)
         offsets = tf.constant(data.train_offsets)
 
@@ -359,7 +358,7 @@ def train_dataset(
         ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)
         ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        refs, per_image, channels = data.train_refs, cfg.patches_per_image, data.val_images.shape[-1]
+        refs, per_image = data.train_refs, cfg.patches_per_image
 
         def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
             image = _image_array(refs[k].load_image(), channels, cfg.patch_size, refs[k].id)
