@@ -6,8 +6,10 @@ own validation images, never on the images being scored, and recorded in ``<run>
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,10 +82,14 @@ def calibrate(
     for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
         sample = ref.load()
         predicted.append((sample.labels, predictor(sample.image, ref.id)))
-    scored = [
-        (params, float(np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted])))
-        for params in grid(three_class)
-    ]
+
+    def mean_dsb(params: PostprocessParams) -> float:
+        return float(np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted]))
+
+    # SciPy / scikit-image release the GIL in labelling and watershed: threads give 1.7x on 2 cores
+    settings = grid(three_class)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        scored = list(zip(settings, pool.map(mean_dsb, settings), strict=True))
     best, score = max(scored, key=lambda pair: pair[1])  # first of equals: grid order
     return best, score, [{**params.to_dict(), "val_dsb_score": s} for params, s in scored]
 
