@@ -156,7 +156,7 @@ def main() -> int:
             print(f"  {run}: {wall / 60:.1f} min as a process")
         minutes_at = minutes_by_epoch(run, wall)
         recipe_rows = snapshot_rows(run, test_samples, minutes_at)
-        _, metrics = evaluate_run(run, str(test), out=args.out / "evaluation" / name, log=lambda _: None)
+        _, metrics = evaluate_run(run, str(test), out=args.out / "evaluation" / name)
         summary = runs.read_json(run / runs.SUMMARY)
         final = {
             "model": f"best (epoch {summary['best_epoch']}, evaluate.py)",

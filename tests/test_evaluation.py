@@ -128,7 +128,7 @@ def test_blend_window_favours_tile_centres_and_tile_size_is_checked():
 @pytest.fixture(scope="module", params=[1, 3], ids=["foreground", "three_class"])
 def tiny_run(request, tmp_path_factory) -> Path:
     cfg = load_config(None, [*TINY, f"model.num_classes={request.param}", "train.epochs=3"])
-    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0, log=lambda _: None).run_dir
+    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0).run_dir
 
 
 def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_run, tmp_path, capsys):
@@ -197,7 +197,6 @@ def test_evaluate_scores_real_dsb2018_test_images_at_native_size(tiny_run, dsb20
         tmp_path / "eval",
         tmp_path / "labels",
         InferenceOptions(tile=64, overlap=16),
-        log=lambda _: None,
     )
     assert metrics["images"] == 3 and metrics["n_true"] > 0
     for image_id, shape in sizes.items():

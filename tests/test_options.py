@@ -44,7 +44,6 @@ def test_mixed_precision_trains_saves_and_restores_the_global_policy(tmp_path, p
         load_config(None, [*TINY, f"train.precision={precision}", "model.activation=isru"]),
         out=tmp_path,
         verbose=0,
-        log=lambda _: None,
     )
     assert result.summary["stopped_reason"] == "completed"
     assert keras.config.dtype_policy().name == "float32", "the process-wide policy is restored"
@@ -72,6 +71,8 @@ def test_xla_with_op_determinism_is_refused_with_the_fix(tmp_path):
 
 
 MIRRORED = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # the trainer logs
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -90,7 +91,8 @@ def test_mirrored_strategy_replicates_over_logical_cpu_devices(tmp_path):
 
 
 MULTI_WORKER = """
-import json, os
+import json, logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 os.environ["TF_CONFIG"] = json.dumps(
     {{"cluster": {{"worker": ["localhost:{port}"]}}, "task": {{"type": "worker", "index": 0}}}}
 )

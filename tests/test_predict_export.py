@@ -34,7 +34,7 @@ from cellseg.trainer import train
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     cfg = load_config(None, [*TINY, "train.epochs=3"])
-    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0, log=lambda _: None).run_dir
+    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0).run_dir
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -1,6 +1,7 @@
 """End-to-end training through the CLI: run folder contract, reload, reproducibility, resume and NaN stop."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -93,6 +94,19 @@ def test_best_model_reloads_in_a_fresh_process(isru_run):
         "print(y.shape, float(y.min()) >= 0, float(y.max()) <= 1, m.loss.name)\n"
     )
     assert out.strip() == "(1, 64, 48, 1) True True bce_dice"
+
+
+def test_the_library_logs_its_progress_and_the_command_shows_it(capsys, caplog, tmp_path, tiny_overrides):
+    from cellseg.config import load_config
+    from cellseg.trainer import train
+
+    with caplog.at_level(logging.INFO, logger="cellseg"):
+        result = train(load_config(None, list(tiny_overrides)), out=tmp_path / "lib", verbose=0)
+    assert f"run folder: {result.run_dir}" in caplog.messages
+    assert any(m.startswith("model: U-Net depth") for m in caplog.messages)
+    sets = [f"--set={o}" for o in tiny_overrides]
+    code, out = train_cli(capsys, "--out", str(tmp_path / "cli"), "--quiet", *sets)
+    assert code == 0 and any(line.startswith("run folder: ") for line in out), out
 
 
 def test_tensorboard_logs_are_written(capsys, tmp_path, tiny_overrides):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from cellseg.metrics import ImageScore, instance_counts, score_image, summarize
 from cellseg.models import load_model
 from cellseg.outputs import save_labels, save_overlay
 from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,6 @@ def postprocess_params(
     cfg: Config,
     options: InferenceOptions,
     recalibrate: bool = False,
-    log: Callable[[str], Any] = print,
 ) -> PostprocessParams:
     """The run's recorded post-processing, calibrated on its validation images first if needed."""
     path = run_dir / runs.POSTPROCESS
@@ -108,7 +110,7 @@ def postprocess_params(
         saved = runs.read_json(path)
         if saved["inference"] == dataclasses.asdict(options):
             return PostprocessParams(**saved["params"])
-        log("inference options differ from the recorded calibration: calibrating again")
+        logger.info("inference options differ from the recorded calibration: calibrating again")
     samples = validation_samples(run_dir, cfg)
     params, best, table = calibrate(predictor, samples, cfg.model.num_classes == 3)
     runs.write_json(
@@ -122,7 +124,7 @@ def postprocess_params(
         },
     )
     knobs = ", ".join(f"{k} {v}" for k, v in params.to_dict().items())
-    log(f"post-processing chosen on {len(samples)} validation images (DSB score {best:.3f}): {knobs}")
+    logger.info(f"post-processing chosen on {len(samples)} validation images (DSB score {best:.3f}): {knobs}")
     return params
 
 
@@ -171,7 +173,7 @@ def _score_images(
         scores.append(score_image(ref.id, sample.labels, pred))
         pixels += pred.size
         lap("score")
-        save_overlay(out / "overlays" / f"{ref.id}.png", sample.image, pred, sample.labels)
+        save_overlay(out / runs.OVERLAYS / f"{ref.id}.png", sample.image, pred, sample.labels)
         if labels_dir is not None:
             save_labels(labels_dir / f"{ref.id}.png", pred)
         lap("write")
@@ -186,7 +188,6 @@ def evaluate_run(
     options: InferenceOptions = InferenceOptions(),
     layout: str = "auto",
     recalibrate: bool = False,
-    log: Callable[[str], Any] = print,
 ) -> tuple[Path, dict[str, Any]]:
     """Score ``run_dir``'s best model on the annotated images under ``data``.
 
@@ -199,8 +200,8 @@ def evaluate_run(
         raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
     refs = scan_samples(data, layout)  # fail on a bad data path before loading anything
     predictor, cfg = load_predictor(run_dir, options)
-    params = postprocess_params(run_dir, predictor, cfg, options, recalibrate, log)
-    out = Path(out) if out is not None else run_dir / "evaluation"
+    params = postprocess_params(run_dir, predictor, cfg, options, recalibrate)
+    out = Path(out) if out is not None else run_dir / runs.EVALUATION
     # everything is written to staging folders and moved into place only once all images succeeded
     with contextlib.ExitStack() as stack:
         stage = stack.enter_context(runs.staged_outputs(out))
@@ -220,6 +221,6 @@ def evaluate_run(
             "prediction_megapixels_per_second": round(pixels / 1e6 / timer["predict"], 3),
             "peak_memory_mb": round(peak_memory_mb(), 1),
         }
-        runs.write_json(stage / "metrics.json", metrics)
-        write_per_image(stage / "per_image.csv", scores)
+        runs.write_json(stage / runs.METRICS, metrics)
+        write_per_image(stage / runs.PER_IMAGE, scores)
     return out, metrics

@@ -97,7 +97,7 @@ def _cover(path: Path, raw: np.ndarray, output: np.ndarray, params: PostprocessP
 def _metrics(run_dir: Path) -> dict[str, Any]:
     summary = runs.read_json(run_dir / runs.SUMMARY)
     found = {"best_val_iou": summary["best_val_iou"], "best_val_dice": summary["best_val_dice"]}
-    saved = run_dir / "evaluation" / "metrics.json"
+    saved = run_dir / runs.EVALUATION / runs.METRICS
     if saved.is_file():
         metrics = runs.read_json(saved)
         found["test"] = {

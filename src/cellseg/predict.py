@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,11 +92,11 @@ def predict_images(
     out: str | Path,
     options: InferenceOptions | None = None,
     label_format: str = "png",
-    log: Callable[[str], Any] = print,
 ) -> PredictionReport:
     """Segment and measure ``images`` with ``run_dir``'s best model; write the outputs into ``out``.
 
-    An image that cannot be read is reported (``log`` and ``summary.csv``) and skipped; the others go on.
+    An image that cannot be read is reported (on the progress bar and in ``summary.csv``) and skipped; the
+    others go on.
     """
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
@@ -104,7 +104,7 @@ def predict_images(
     if not (run_dir / runs.BEST_MODEL).is_file():
         raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
     predictor, cfg = load_predictor(run_dir, options)
-    params = postprocess_params(run_dir, predictor, cfg, options, log=log)
+    params = postprocess_params(run_dir, predictor, cfg, options)
     report = PredictionReport()
     start = time.perf_counter()
     for path in tqdm(images, desc="segment", unit="img", disable=None):
@@ -120,7 +120,7 @@ def predict_images(
         labels = instances(predictor(image, path.stem), params)
         table = nucleus_table(labels, image)
         save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
-        save_overlay(out / "overlays" / f"{path.stem}.png", image, labels)
+        save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
         runs.write_csv(out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
         areas = [r["area"] for r in table]
         report.megapixels += labels.size / 1e6

@@ -30,6 +30,12 @@ LOSS_PLOT = "loss_curve.png"
 DIAGNOSTICS = "diagnostics.csv"  # optional per-layer training diagnostics (train.diagnostics)
 SNAPSHOTS = "snapshots"  # snapshots/epoch_NNN.keras every train.snapshot_every epochs (time-to-quality)
 POSTPROCESS = "postprocess.json"  # post-processing chosen on the validation images (evaluate.py)
+TENSORBOARD = "tensorboard"  # TensorBoard logs (train.tensorboard)
+FAILED = "failed.json"  # why a sweep's run failed, with the traceback (removed when it succeeds)
+EVALUATION = "evaluation"  # evaluate.py's default output folder, holding:
+METRICS = "metrics.json"  # the summary metrics
+PER_IMAGE = "per_image.csv"  # one row of scores per image
+OVERLAYS = "overlays"  # <id>.png: predicted outlines over the image (also written by predict.py)
 
 #: The Keras logs copied into history.csv each epoch.
 METRIC_COLUMNS = ("loss", "val_loss", "iou", "val_iou", "dice", "val_dice")

@@ -8,6 +8,7 @@ The run folder holds the resolved ``config.yaml``, ``split.json``, ``history.csv
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import platform
@@ -16,7 +17,6 @@ import sys
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ from cellseg.data.pipeline import (
 from cellseg.losses import BinaryDice, ForegroundIoU, make_loss
 from cellseg.models import build_unet, check_model_config, load_model
 from cellseg.plots import plot_run_history
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -176,18 +178,19 @@ def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
     return checkpoint
 
 
-def _prepare_data(cfg: Config, log: Callable[[str], Any]) -> PreparedData:
+def _prepare_data(cfg: Config) -> PreparedData:
     samples, source = collect_samples(cfg)
-    log(f"data: {source}")
+    logger.info(f"data: {source}")
     data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.data_seed)
-    log(
+    logger.info(
         f"split: {len(data.train_ids)} training images"
         f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "
         f"({len(data.val_images)} patches)"
         + (f"; {len(data.skipped)} bad samples skipped" if data.skipped else "")
     )
     kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.train_modalities).most_common())
-    log(f"training modalities: {kinds}" + (f" (balance {cfg.data.balance})" if cfg.data.balance else ""))
+    balance = f" (balance {cfg.data.balance})" if cfg.data.balance else ""
+    logger.info(f"training modalities: {kinds}{balance}")
     return data
 
 
@@ -196,7 +199,6 @@ def train(
     out: str | Path = "runs",
     resume: str | Path | None = None,
     verbose: int | None = None,
-    log: Callable[[str], Any] = print,
     run_name: str | None = None,
 ) -> RunResult:
     """Train (or continue training) and return the run folder and its summary.
@@ -205,7 +207,8 @@ def train(
     sweep names its runs so an interrupted sweep finds them again).
 
     ``verbose`` is Keras's per-epoch output (None: a progress bar on a terminal, one line per epoch
-    otherwise, 0: none); ``log`` receives the few lines saying what the run uses and where it writes.
+    otherwise, 0: none). The few lines saying what the run uses and where it writes are logged
+    (``cellseg.trainer``, INFO); the command-line tools show them.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -214,16 +217,16 @@ def train(
     cfg = _absolute_paths(cfg)
     checkpoint = read_checkpoint(Path(resume), cfg.train.epochs) if resume is not None else None
     _seed_everything(cfg)
-    data = _prepare_data(cfg, log)
+    data = _prepare_data(cfg)
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(cfg.train.precision)  # layers built (or loaded) from here on use it
     try:
         strategy = make_strategy(cfg.train)
         if cfg.train.distribute != "none":
-            log(f"distribute: {cfg.train.distribute}, {strategy.num_replicas_in_sync} replicas")
+            logger.info(f"distribute: {cfg.train.distribute}, {strategy.num_replicas_in_sync} replicas")
         with strategy.scope():
-            opened = _open_run(cfg, data, out, resume, checkpoint, run_name, log)
-        return _fit(cfg, data, opened, start, verbose, log)
+            opened = _open_run(cfg, data, out, resume, checkpoint, run_name)
+        return _fit(cfg, data, opened, start, verbose)
     finally:
         keras.config.set_dtype_policy(policy)
 
@@ -244,11 +247,10 @@ def _open_run(
     resume: str | Path | None,
     checkpoint: Checkpoint | None,
     run_name: str | None,
-    log: Callable[[str], Any],
 ) -> _OpenRun:
     """A new run folder with a fresh model, or the run being resumed with its last checkpoint."""
     if resume is not None:
-        opened = _reopen_run(cfg, data, Path(resume), checkpoint, log)
+        opened = _reopen_run(cfg, data, Path(resume), checkpoint)
     else:
         if run_name is None:
             run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
@@ -260,11 +262,11 @@ def _open_run(
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves no half-made run behind
             raise
-    log(
+    logger.info(
         f"model: U-Net depth {cfg.model.depth}, activation {activation_label(cfg)}, "
         f"{opened.model.count_params():,} params"
     )
-    log(f"run folder: {opened.run_dir}")
+    logger.info(f"run folder: {opened.run_dir}")
     return opened
 
 
@@ -277,9 +279,7 @@ def _start_run(cfg: Config, data: PreparedData, run_dir: Path) -> _OpenRun:
     return opened
 
 
-def _reopen_run(
-    cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Checkpoint | None, log: Callable[[str], Any]
-) -> _OpenRun:
+def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Checkpoint | None) -> _OpenRun:
     """The resumed run's last checkpoint, or, if no epoch had finished, a fresh start in its folder."""
     split_path = run_dir / runs.SPLIT
     if split_path.is_file() and runs.read_json(split_path, "train/validation split")["val"] != data.val_ids:
@@ -289,7 +289,7 @@ def _reopen_run(
     runs.truncate_history(run_dir, done)
     runs.truncate_history(run_dir, done, runs.DIAGNOSTICS)
     if checkpoint is None:
-        log(f"{run_dir}: no epoch had finished; restarting it from epoch 1")
+        logger.info(f"{run_dir}: no epoch had finished; restarting it from epoch 1")
         (run_dir / runs.BEST_MODEL).unlink(missing_ok=True)
         return _start_run(cfg, data, run_dir)
     if not split_path.is_file():
@@ -309,17 +309,15 @@ def _reopen_run(
     if planned != cfg.train.epochs:
         if cfg.train.schedule == "cosine":  # the decay now spans the new length, as if planned so
             model.optimizer.learning_rate = make_schedule(cfg.train)
-        log(f"extending {run_dir} from {planned} to {cfg.train.epochs} epochs")
+        logger.info(f"extending {run_dir} from {planned} to {cfg.train.epochs} epochs")
         save_config(cfg, run_dir / runs.CONFIG)
-    log(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
+    logger.info(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
     return _OpenRun(run_dir, model, done, checkpoint.best_val_loss, checkpoint.wall_seconds)
 
 
-def _fit(
-    cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int, log: Callable[[str], Any]
-) -> RunResult:
+def _fit(cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int) -> RunResult:
     try:
-        return _fit_and_summarize(cfg, data, opened, start, verbose, log)
+        return _fit_and_summarize(cfg, data, opened, start, verbose)
     except runs.WriteError as exc:
         raise TrainingError(
             f"{exc}. Fix that, then continue with: python scripts/train.py --resume {opened.run_dir}"
@@ -327,7 +325,7 @@ def _fit(
 
 
 def _fit_and_summarize(
-    cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int, log: Callable[[str], Any]
+    cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int
 ) -> RunResult:
     run_dir, model, done = opened.run_dir, opened.model, opened.done
     nan_guard = StopOnNaN()
@@ -349,7 +347,7 @@ def _fit_and_summarize(
     if cfg.train.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=3, min_lr=1e-6))
     if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard"))
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / runs.TENSORBOARD))
     if cfg.train.diagnostics:
         probe = slice(0, cfg.train.batch_size)  # a fixed batch of validation patches
         targets = one_hot_targets(data.val_masks[probe], data.num_classes).numpy()
@@ -381,7 +379,7 @@ def _fit_and_summarize(
             else "No epoch finished, so no model was saved."
         )
         fixes = "a lower train.learning_rate" + ("" if cfg.model.batch_norm else " or model.batch_norm=true")
-        log(f"training stopped: the loss became NaN/inf at {nan_guard.where}. {kept} Try {fixes}.")
+        logger.warning(f"training stopped: the loss became NaN/inf at {nan_guard.where}. {kept} Try {fixes}.")
     first = round(first_step[0], 2) if first_step else None  # seconds from train() being called
     summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where, first)
     return RunResult(run_dir, summary)

@@ -3,7 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from typing import Any
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a line is logged (tests and notebooks replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Show the library's progress lines on stdout, bare, as the commands' output.
+
+    The library only logs (``logging.getLogger(__name__)``); it is the commands that decide to show it.
+    Calling this again changes the level and keeps one handler.
+    """
+    logger = logging.getLogger("cellseg")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        logger.addHandler(_StdoutHandler())
+    logger.setLevel(level)
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """What a command reports as one ``error:`` line, not a traceback: bad config, data, files, values."""
+    from cellseg.config import ConfigError
+    from cellseg.data import DataError
+
+    return (ConfigError, DataError, OSError, ValueError)
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:

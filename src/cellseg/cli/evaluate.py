@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from cellseg.cli import add_inference_options, inference_options
+from cellseg.cli import add_inference_options, inference_options, input_errors, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,17 +44,15 @@ def _fmt(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellseg.config import ConfigError
-    from cellseg.data import DataError
+    setup_logging()
     from cellseg.evaluation import evaluate_run
-    from cellseg.trainer import TrainingError
 
     options = inference_options(args)
     try:
         out, m = evaluate_run(
             args.run, args.data, args.out, args.save_labels, options, args.layout, args.recalibrate
         )
-    except (ConfigError, DataError, TrainingError, OSError, ValueError) as exc:  # OSError: disk full
+    except input_errors() as exc:  # OSError: disk full
         print(f"error: {exc}", file=sys.stderr)
         return 2
     inst, pix = m["instance"], m["pixel"]

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellseg.cli import input_errors, setup_logging
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -42,14 +44,12 @@ def _validate(package: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellseg.config import ConfigError
-    from cellseg.data import DataError
+    setup_logging()
     from cellseg.export import export_run
-    from cellseg.trainer import TrainingError
 
     try:
         package = export_run(args.run, args.out, args.zip, args.author, args.github_user)
-    except (ConfigError, DataError, TrainingError, OSError, ValueError) as exc:
+    except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = _validate(package)

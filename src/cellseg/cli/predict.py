@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import add_inference_options, inference_options
+from cellseg.cli import add_inference_options, inference_options, input_errors, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,16 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellseg.config import ConfigError
-    from cellseg.data import DataError
+    setup_logging()
     from cellseg.predict import find_images, predict_images
-    from cellseg.trainer import TrainingError
 
     options = inference_options(args)
     try:
         images = find_images(args.inputs)
         report = predict_images(args.run, images, args.out, options, args.label_format)
-    except (ConfigError, DataError, TrainingError, OSError, ValueError) as exc:
+    except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     done = len(report.rows) - len(report.failed)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cellseg.cli import setup_logging
 from cellseg.config import ConfigError
 
 
@@ -85,6 +86,7 @@ def spec_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         spec = spec_from_args(args)
         out = args.out or Path("sweeps") / (args.sweep.stem if args.sweep else "sweep")

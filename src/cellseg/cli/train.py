@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cellseg import runs
+from cellseg.cli import setup_logging
 from cellseg.config import ConfigError, load_config
 
 
@@ -53,6 +54,7 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging()
     if args.list_activations:
         from cellseg.activations import markdown_table
 

@@ -7,14 +7,13 @@ folder holds ``sweep.yaml`` (what was asked), ``runs/<variant>_s<seed>/`` (ordin
 and the figures.
 """
 
-from cellseg.sweep.execute import FAILED, run_one, run_sweep
+from cellseg.sweep.execute import run_one, run_sweep
 from cellseg.sweep.report import COMPARISON_CSV, COMPARISON_MD, RUNS_TABLE, RunRecord, compare, markdown
 from cellseg.sweep.spec import METRICS, SweepSpec, Variant, load_sweep_file, parse_grid
 
 __all__ = [
     "COMPARISON_CSV",
     "COMPARISON_MD",
-    "FAILED",
     "METRICS",
     "RUNS_TABLE",
     "RunRecord",

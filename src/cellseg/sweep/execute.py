@@ -12,12 +12,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import multiprocessing
 import os
 import shutil
 import statistics
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from cellseg.config import ConfigError
 from cellseg.sweep.report import RunRecord, compare, write_results
 from cellseg.sweep.spec import SweepSpec, Variant
 
-FAILED = "failed.json"
+logger = logging.getLogger(__name__)
+
 SPEC = "sweep.yaml"
 
 
@@ -49,7 +51,6 @@ def run_one(
     root: Path,
     train: Callable[..., Any],
     evaluate: Callable[[Path], dict[str, float]],
-    log: Callable[[str], Any],
 ) -> RunRecord:
     """Train (or reuse, or resume) one run and collect its figures; a failure is recorded, not raised."""
     name = f"{variant.name}_s{seed}"
@@ -59,16 +60,16 @@ def run_one(
     record = RunRecord(variant.name, label, seed, "ok", run_dir=str(run_dir))
     try:
         if (run_dir / runs.SUMMARY).is_file():
-            log(f"{name}: finished earlier, reused")
+            logger.info(f"{name}: finished earlier, reused")
         elif (run_dir / runs.STATE).is_file():
-            log(f"{name}: resuming")
+            logger.info(f"{name}: resuming")
             train(cfg, out=root / "runs", resume=run_dir)
         else:
             if run_dir.exists():  # started, but crashed or was killed before its first epoch ended
                 shutil.rmtree(run_dir)
-            log(f"{name}: training")
+            logger.info(f"{name}: training")
             train(cfg, out=root / "runs", run_name=name)
-        (run_dir / FAILED).unlink(missing_ok=True)
+        (run_dir / runs.FAILED).unlink(missing_ok=True)
         summary = runs.read_json(run_dir / runs.SUMMARY)
         record.params = summary["params"]
         if summary["stopped_reason"] != "completed":
@@ -79,8 +80,8 @@ def run_one(
     except Exception as exc:
         record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_json(run_dir / FAILED, {"reason": record.reason, "traceback": traceback.format_exc()})
-        log(f"{name}: FAILED ({record.reason})")
+        runs.write_json(run_dir / runs.FAILED, {"reason": record.reason, "traceback": traceback.format_exc()})
+        logger.warning(f"{name}: FAILED ({record.reason})")
     return record
 
 
@@ -88,7 +89,7 @@ def _test_images(run_dir: Path) -> dict[str, float]:
     """Per-image DSB scores of the run's held-out evaluation (``evaluation/per_image.csv``)."""
     import csv
 
-    with (run_dir / "evaluation" / "per_image.csv").open() as f:
+    with (run_dir / runs.EVALUATION / runs.PER_IMAGE).open() as f:
         return {row["id"]: float(row["dsb_score"]) for row in csv.DictReader(f)}
 
 
@@ -100,14 +101,14 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
 
     def evaluate(run_dir: Path) -> dict[str, float]:
         predictor, cfg = load_predictor(run_dir, options)
-        postprocess_params(run_dir, predictor, cfg, options, log=lambda _: None)
+        postprocess_params(run_dir, predictor, cfg, options)
         figures = {"val_dsb_score": runs.read_json(run_dir / runs.POSTPROCESS)["val_dsb_score"]}
         if spec.test_data is not None:
-            saved = run_dir / "evaluation" / "metrics.json"
+            saved = run_dir / runs.EVALUATION / runs.METRICS
             if saved.is_file():
                 metrics = runs.read_json(saved)
             else:
-                metrics = evaluate_run(run_dir, spec.test_data, options=options, log=lambda _: None)[1]
+                metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
             figures["test_dsb_score"] = metrics["instance"]["dsb_score"]
             figures["test_ap_50"] = metrics["instance"]["ap_50"]
             figures["test_pixel_iou"] = metrics["pixel"]["iou"]
@@ -116,17 +117,32 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     return evaluate
 
 
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Only warnings from these loggers: a sweep says one line per run, which their lines would drown."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [one.level for one in loggers]
+    for one in loggers:
+        one.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for one, level in zip(loggers, levels, strict=True):
+            one.setLevel(level)
+
+
 def _job(spec: SweepSpec, variant: Variant, seed: int, root: Path, verbose: int) -> RunRecord:
     """One run, start to finish, in whatever process runs it (keeps that process's graph small)."""
     import keras
 
     from cellseg.trainer import train
 
-    quiet_train = functools.partial(train, verbose=verbose, log=lambda _: None)
-    try:
-        return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec), lambda _: None)
-    finally:
-        keras.backend.clear_session()
+    with _quiet("cellseg.trainer", "cellseg.evaluation"):
+        try:
+            quiet_train = functools.partial(train, verbose=verbose)
+            return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec))
+        finally:
+            keras.backend.clear_session()
 
 
 def _start_worker(threads: int) -> None:
@@ -182,9 +198,7 @@ def _open_folder(spec: SweepSpec, root: Path) -> None:
     runs.write_text(path, yaml.safe_dump(asdict(spec), sort_keys=False))
 
 
-def run_sweep(
-    spec: SweepSpec, out: str | Path, log: Callable[[str], Any] = print, verbose: int = 0
-) -> list[dict[str, Any]]:
+def run_sweep(spec: SweepSpec, out: str | Path, verbose: int = 0) -> list[dict[str, Any]]:
     """Train and evaluate every (variant, seed), seed-major, writing the comparison after each run."""
     root = Path(out)
     _open_folder(spec, root)
@@ -194,19 +208,19 @@ def run_sweep(
     def done(record: RunRecord) -> None:
         records.append(record)
         status = "ok" if record.status == "ok" else f"FAILED ({record.reason})"
-        log(f"[{len(records)}/{len(jobs)}] {record.config}, seed {record.seed}: {status}")
+        logger.info(f"[{len(records)}/{len(jobs)}] {record.config}, seed {record.seed}: {status}")
         write_results(root, spec, records)
 
     threads = max(1, (os.cpu_count() or 1) // spec.workers)
     if spec.executor == "ray":
         where = f"the Ray cluster at {spec.address}" if spec.address else "a local Ray instance"
-        log(f"{len(jobs)} runs on {where}, {threads} CPUs each")
+        logger.info(f"{len(jobs)} runs on {where}, {threads} CPUs each")
         _run_on_ray(spec, jobs, root, threads, done)
     elif spec.workers == 1:
         for variant, seed in jobs:
             done(_job(spec, variant, seed, root, verbose))
     else:
-        log(f"{len(jobs)} runs on {spec.workers} worker processes, {threads} cores each")
+        logger.info(f"{len(jobs)} runs on {spec.workers} worker processes, {threads} cores each")
         with concurrent.futures.ProcessPoolExecutor(
             spec.workers, multiprocessing.get_context("spawn"), _start_worker, (threads,)
         ) as pool:
