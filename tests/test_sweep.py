@@ -35,7 +35,8 @@ def tiny_sweep(tmp_path_factory) -> Path:
 
 
 def test_sweep_writes_table_runs_and_figures_with_real_numbers(tiny_sweep, capsys):
-    for name in ("comparison.csv", "comparison.md", "runs.csv", "val_loss.png", "scores.png", "sweep.yaml"):
+    tables = ("comparison.csv", "comparison.md", "runs.csv", "sweep.yaml")
+    for name in (*tables, "val_loss.png", "scores.png", "differences.png"):
         assert (tiny_sweep / name).is_file(), name
     run_rows = read_csv(tiny_sweep / "runs.csv")
     assert sorted((r["config"], r["seed"]) for r in run_rows) == sorted(

@@ -125,6 +125,23 @@ def test_seeded_runs_are_reproducible(capsys, tmp_path, tiny_overrides):
         assert [r[key] for r in ha] == [r[key] for r in hb]
 
 
+def test_data_reused_between_runs_trains_exactly_like_freshly_prepared_data(caplog, tmp_path, tiny_overrides):
+    from cellseg.config import load_config
+    from cellseg.trainer import train
+
+    def cfg(seed: int):  # one data set and split (data.seed), as in a sweep
+        return load_config(None, [*tiny_overrides, f"seed={seed}", "data.seed=0"])
+
+    fresh = train(cfg(1), out=tmp_path / "fresh", verbose=0)
+    train(cfg(0), out=tmp_path / "first", verbose=0, reuse_data=True)
+    with caplog.at_level(logging.INFO, logger="cellseg"):
+        reused = train(cfg(1), out=tmp_path / "reused", verbose=0, reuse_data=True)
+    assert "data: reused from the previous run in this process" in caplog.messages
+    ha, hb = runs.read_history(fresh.run_dir), runs.read_history(reused.run_dir)
+    for key in ("loss", "val_loss", "val_iou"):
+        assert [r[key] for r in ha] == [r[key] for r in hb]
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_overrides):
     sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("train.epochs")] + [
         "--set=train.epochs=5"

@@ -112,6 +112,37 @@ def plot_score_bars(rows: list[dict], keys: dict[str, str], path: str | Path, ti
     save_figure(fig, path)
 
 
+def plot_differences(
+    rows: list[dict], intervals: dict[str, str], path: str | Path, baseline: str, title: str = ""
+) -> None:
+    """Forest plot: each variant's difference from the baseline with its 95 % intervals, best on top.
+
+    ``rows`` hold ``label``, ``vs_baseline_p_holm`` and, for each prefix of ``intervals`` (prefix -> legend),
+    ``<prefix>_diff`` / ``_ci_low`` / ``_ci_high``. Each row is annotated with its Holm-corrected p-value, so
+    the figure says which differences the data can separate from the baseline's seed-to-seed noise.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * len(rows)), constrained_layout=True)
+    step = 0.5 / max(1, len(intervals))
+    for j, (prefix, name) in enumerate(intervals.items()):
+        y = np.arange(len(rows)) + (j - (len(intervals) - 1) / 2) * step
+        diff = np.array([r.get(f"{prefix}_diff", math.nan) for r in rows], dtype=float)
+        low = np.array([r.get(f"{prefix}_ci_low", math.nan) for r in rows], dtype=float)
+        high = np.array([r.get(f"{prefix}_ci_high", math.nan) for r in rows], dtype=float)
+        err = np.nan_to_num(np.stack([diff - low, high - diff]))
+        ax.errorbar(diff, y, xerr=err, fmt="o", capsize=3, label=name)
+    for i, r in enumerate(rows):
+        p = r.get("vs_baseline_p_holm", math.nan)
+        text = "" if math.isnan(p) else f"p(Holm) {p:.2f}"
+        ax.annotate(text, (1.01, i), xycoords=("axes fraction", "data"), va="center", fontsize="small")
+    ax.axvline(0.0, color="grey", lw=1)
+    ax.set_yticks(np.arange(len(rows)), [r["label"] for r in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # best (first) on top
+    ax.set(xlabel=f"difference from {baseline} (95 % interval)", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / (1 + len(rows))), fontsize="small")
+    save_figure(fig, path)
+
+
 def _bound(value: float) -> str:
     return ("∞" if value > 0 else "-∞") if abs(value) > 100 else f"{value:.3g}"
 

@@ -178,7 +178,22 @@ def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
     return checkpoint
 
 
-def _prepare_data(cfg: Config) -> PreparedData:
+#: The last run's prepared data and what it was prepared from, kept for ``train(reuse_data=True)``.
+_kept: tuple[tuple[str, int, int], PreparedData] | None = None
+
+
+def _prepare_data(cfg: Config, reuse: bool = False) -> PreparedData:
+    """Decode, split and pack the data; with ``reuse``, the previous run's when prepared alike.
+
+    Preparation is deterministic (explicitly seeded, no global random state), so a reused copy gives the
+    run exactly what preparing again would, unless files changed since, which is why it is opt-in.
+    """
+    global _kept
+    key = (repr(cfg.data), cfg.data_seed, cfg.model.num_classes)
+    if reuse and _kept is not None and _kept[0] == key:
+        logger.info("data: reused from the previous run in this process")
+        return _kept[1]
+    _kept = None  # free the old copy before preparing a new one
     samples, source = collect_samples(cfg)
     logger.info(f"data: {source}")
     data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.data_seed)
@@ -191,6 +206,8 @@ def _prepare_data(cfg: Config) -> PreparedData:
     kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.train_modalities).most_common())
     balance = f" (balance {cfg.data.balance})" if cfg.data.balance else ""
     logger.info(f"training modalities: {kinds}{balance}")
+    if reuse:
+        _kept = (key, data)
     return data
 
 
@@ -200,6 +217,7 @@ def train(
     resume: str | Path | None = None,
     verbose: int | None = None,
     run_name: str | None = None,
+    reuse_data: bool = False,
 ) -> RunResult:
     """Train (or continue training) and return the run folder and its summary.
 
@@ -209,6 +227,9 @@ def train(
     ``verbose`` is Keras's per-epoch output (None: a progress bar on a terminal, one line per epoch
     otherwise, 0: none). The few lines saying what the run uses and where it writes are logged
     (``cellseg.trainer``, INFO); the command-line tools show them.
+
+    ``reuse_data`` keeps the prepared data in this process and reuses it for the next run that prepares
+    the same data the same way (a sweep's runs all do): on the full DSB2018 set that saves ~15 s a run.
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -217,7 +238,7 @@ def train(
     cfg = _absolute_paths(cfg)
     checkpoint = read_checkpoint(Path(resume), cfg.train.epochs) if resume is not None else None
     _seed_everything(cfg)
-    data = _prepare_data(cfg)
+    data = _prepare_data(cfg, reuse_data)
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(cfg.train.precision)  # layers built (or loaded) from here on use it
     try:

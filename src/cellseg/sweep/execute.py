@@ -139,7 +139,7 @@ def _job(spec: SweepSpec, variant: Variant, seed: int, root: Path, verbose: int)
 
     with _quiet("cellseg.trainer", "cellseg.evaluation"):
         try:
-            quiet_train = functools.partial(train, verbose=verbose)
+            quiet_train = functools.partial(train, verbose=verbose, reuse_data=True)
             return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec))
         finally:
             keras.backend.clear_session()

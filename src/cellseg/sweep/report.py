@@ -19,6 +19,7 @@ COMPARISON_CSV = "comparison.csv"
 COMPARISON_MD = "comparison.md"
 VAL_LOSS_PLOT = "val_loss.png"
 SCORES_PLOT = "scores.png"
+DIFFERENCES_PLOT = "differences.png"
 
 
 @dataclass
@@ -175,7 +176,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
 
 def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list[dict[str, Any]]:
     """runs.csv, comparison.csv / .md and the figures, from the runs so far."""
-    from cellseg.plots import plot_histories, plot_score_bars
+    from cellseg.plots import plot_differences, plot_histories, plot_score_bars
 
     records = sorted(records, key=lambda r: (r.seed, r.config))  # parallel workers finish in any order
     runs.write_csv(root / RUNS_TABLE, [r.row() for r in records])
@@ -194,4 +195,11 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
         if spec.test_data is not None:
             keys["test_dsb_score"] = "test DSB score"
         plot_score_bars([r for r in rows if r["ok"]], keys, root / SCORES_PLOT, title="scores per activation")
+    compared = [r for r in rows if r["vs_baseline_verdict"] != "baseline" and r["vs_baseline_seeds"]]
+    if compared:
+        intervals = {"vs_baseline": f"Δ {spec.rank_by} over seeds (t)"}
+        if spec.test_data is not None:
+            intervals["test_dsb"] = "Δ test DSB score over test images (bootstrap)"
+        title = f"against {spec.baseline}, seeds {spec.seeds}"
+        plot_differences(compared, intervals, root / DIFFERENCES_PLOT, spec.baseline, title=title)
     return rows
