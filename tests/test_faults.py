@@ -130,9 +130,8 @@ def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(capsys, tmp_pat
 def test_a_run_whose_validation_diverges_exits_non_zero_and_says_so(capsys, tmp_path):
     sets = [*SETS, "--set=train.optimizer=sgd", "--set=train.learning_rate=1e6", "--set=train.epochs=1"]
     sets += ["--set=model.depth=3", "--set=model.base_filters=16"]  # the tiny net stays finite
-    sets += [
-        "--set=seed=1"
-    ]  # seeded runs repeat exactly: this one's training loss stays finite, val_loss not
+    # seeded runs repeat exactly: with seed 1 the training loss stays finite and val_loss does not
+    sets += ["--set=seed=1"]
     code, out, err = train_cli(capsys, "--out", str(tmp_path), *sets)
     assert code == 1
     assert "no model was saved" in err

@@ -98,9 +98,8 @@ class SampleCache:
 
     def _loader(self, ref: SampleRef):
         def load() -> Sample:
-            current = fingerprint(
-                ref.sources
-            )  # taken before decoding: a file changed meanwhile is not hidden
+            # taken before decoding, so a file that changes meanwhile is not hidden behind a fresh entry
+            current = fingerprint(ref.sources)
             stored = self._read(ref, ("image", "labels"), current)
             if stored is not None:
                 self.hits += 1
