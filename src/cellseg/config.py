@@ -85,6 +85,8 @@ class DataConfig:
     channels: Literal[1, 3] = 3
     foreground_bias: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     balance: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))  # modality balance
+    nucleus_size: float | None = field(default=None, metadata=POSITIVE)  # px; None: native scale
+    equalize: bool = False  # local histogram equalisation (CLAHE) of every network input
     on_bad_sample: Literal["error", "skip"] = "error"
     stream: bool | None = None
     memory_limit_mb: int = field(default=2048, metadata=_bounded(1))

@@ -59,6 +59,8 @@ def load_predictor(
         overlap=options.overlap,
         batch_size=options.batch_size,
         flips=options.flips,
+        nucleus_size=cfg.data.nucleus_size,
+        equalize=cfg.data.equalize,
     )
     return predictor, cfg
 
@@ -128,8 +130,9 @@ def postprocess_params(
     return params
 
 
-def write_per_image(path: Path, scores: list[ImageScore]) -> None:
-    runs.write_csv(path, [s.row() for s in scores])
+def write_per_image(path: Path, scores: list[ImageScore], zooms: list[float]) -> None:
+    """Each image's scores, and the zoom it was predicted at (1 unless the run sets data.nucleus_size)."""
+    runs.write_csv(path, [{**s.row(), "zoom": round(z, 4)} for s, z in zip(scores, zooms, strict=True)])
 
 
 def peak_memory_mb() -> float:
@@ -145,10 +148,11 @@ def _score_images(
     params: PostprocessParams,
     out: Path,
     labels_dir: Path | None,
-) -> tuple[list[ImageScore], dict[str, float], int]:
+) -> tuple[list[ImageScore], list[float], dict[str, float], int]:
     """Predict, post-process and score every image, writing overlays (and labels) as it goes.
 
-    Returns the scores, seconds spent per stage, and the number of pixels predicted.
+    Returns the scores, the zoom each image was predicted at, seconds spent per stage, and the number
+    of pixels predicted.
     """
     timer = {"read": 0.0, "predict": 0.0, "postprocess": 0.0, "score": 0.0, "write": 0.0}
     clock = time.perf_counter()
@@ -159,7 +163,7 @@ def _score_images(
         timer[stage] += now - clock
         clock = now
 
-    scores, pixels = [], 0
+    scores, zooms, pixels = [], [], 0
     for ref in tqdm(refs, desc="evaluate", unit="img", disable=None):
         sample = ref.load()
         size = sample.image.shape[:2]
@@ -167,6 +171,7 @@ def _score_images(
             raise DataError(f"{ref.id}: mask size {sample.labels.shape} differs from image size {size}")
         lap("read")
         probs = predictor(sample.image, ref.id)
+        zooms.append(probs.factor)
         lap("predict")
         pred = instances(probs, params)
         lap("postprocess")
@@ -177,7 +182,7 @@ def _score_images(
         if labels_dir is not None:
             save_labels(labels_dir / f"{ref.id}.png", pred)
         lap("write")
-    return scores, timer, pixels
+    return scores, zooms, timer, pixels
 
 
 def evaluate_run(
@@ -206,7 +211,7 @@ def evaluate_run(
     with contextlib.ExitStack() as stack:
         stage = stack.enter_context(runs.staged_outputs(out))
         labels_stage = None if labels_dir is None else stack.enter_context(runs.staged_outputs(labels_dir))
-        scores, timer, pixels = _score_images(refs, predictor, params, stage, labels_stage)
+        scores, zooms, timer, pixels = _score_images(refs, predictor, params, stage, labels_stage)
         seconds = sum(timer.values())
         metrics = {
             **summarize(scores),
@@ -222,5 +227,5 @@ def evaluate_run(
             "peak_memory_mb": round(peak_memory_mb(), 1),
         }
         runs.write_json(stage / runs.METRICS, metrics)
-        write_per_image(stage / runs.PER_IMAGE, scores)
+        write_per_image(stage / runs.PER_IMAGE, scores, zooms)
     return out, metrics

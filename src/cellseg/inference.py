@@ -1,9 +1,11 @@
-"""Whole-image prediction at native resolution: overlapping tiles, batched, blended, optionally flipped.
+"""Whole-image prediction: overlapping tiles, batched, blended, optionally flipped, optionally zoomed.
 
-Nothing is resized: an image is reflect-padded up to at least one tile, cut into tiles that overlap by
-``overlap`` pixels, and the tile predictions are averaged with weights that fall off towards each tile's
-border, where a U-Net with zero padding sees least context. Every tile has the same shape, so the
-prediction function is traced once, whatever the image sizes.
+An image is reflect-padded up to at least one tile, cut into tiles that overlap by ``overlap`` pixels,
+and the tile predictions are averaged with weights that fall off towards each tile's border, where a
+U-Net with zero padding sees least context. Every tile has the same shape, so the prediction function
+is traced once, whatever the image sizes. A model trained with ``data.nucleus_size`` predicts on the
+image zoomed so its nuclei have that width (estimated from the model's own output, see
+:func:`cellseg.data.scale.estimate_factor`); its output is zoomed back to the image's size.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from cellseg.data.pipeline import grid_starts, pad_to
-from cellseg.data.sample import normalize, to_channels
+from cellseg.data.sample import network_input
+from cellseg.data.scale import estimate_factor, resize
 from cellseg.postprocess import Probabilities
 
 
@@ -24,11 +27,11 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)[..., None].astype(np.float32)
 
 
-def probabilities(output: np.ndarray) -> Probabilities:
+def probabilities(output: np.ndarray, factor: float = 1.0) -> Probabilities:
     """The model's (H, W, K) output as foreground (and, for the three-class head, interior) maps."""
     if output.shape[-1] == 1:
-        return Probabilities(output[..., 0])
-    return Probabilities(1.0 - output[..., 0], output[..., 1])
+        return Probabilities(output[..., 0], factor=factor)
+    return Probabilities(1.0 - output[..., 0], output[..., 1], factor=factor)
 
 
 class TiledPredictor:
@@ -36,6 +39,8 @@ class TiledPredictor:
 
     ``multiple`` is 2**depth of the U-Net: the tile size must be divisible by it. ``flips`` averages the
     predictions of the four horizontal / vertical flips (test-time augmentation, 4x the work).
+    ``nucleus_size`` and ``equalize`` are the run's ``data.nucleus_size`` (None: predict at the native
+    scale) and ``data.equalize``.
     """
 
     def __init__(
@@ -47,6 +52,8 @@ class TiledPredictor:
         overlap: int = 32,
         batch_size: int = 8,
         flips: bool = False,
+        nucleus_size: float | None = None,
+        equalize: bool = False,
     ) -> None:
         if tile % multiple:
             raise ValueError(f"tile size {tile} must be a multiple of {multiple} (2**model.depth)")
@@ -54,6 +61,7 @@ class TiledPredictor:
             raise ValueError(f"overlap {overlap} must be in [0, {tile // 2}) for tile size {tile}")
         self.channels, self.tile, self.overlap = channels, tile, overlap
         self.batch_size, self.flips = batch_size, flips
+        self.nucleus_size, self.equalize = nucleus_size, equalize
         self.window = blend_window(tile, overlap)
         spec = tf.TensorSpec([None, tile, tile, channels], tf.float32)
         self._predict = tf.function(lambda x: model(x, training=False), input_signature=[spec])
@@ -92,5 +100,21 @@ class TiledPredictor:
         return (total / weight)[:h, :w]
 
     def __call__(self, image: np.ndarray, name: str = "image") -> Probabilities:
-        """Probability maps for a raw image (any dtype), normalised exactly as in training."""
-        return probabilities(self.predict_normalized(normalize(to_channels(image, self.channels, name))))
+        """Probability maps for a raw image (any dtype), prepared exactly as in training, at its size."""
+        outputs: dict[float, np.ndarray] = {}
+
+        def output_at(factor: float) -> np.ndarray:
+            if factor not in outputs:
+                x = network_input(image, self.channels, name, factor, self.equalize)
+                outputs[factor] = self.predict_normalized(x)
+            return outputs[factor]
+
+        if self.nucleus_size is None:
+            return probabilities(output_at(1.0))
+
+        def nuclei_at(factor: float) -> np.ndarray:
+            probs = probabilities(output_at(factor))
+            return (probs.foreground if probs.interior is None else probs.interior) > 0.5
+
+        factor = estimate_factor(nuclei_at, self.nucleus_size)
+        return probabilities(resize(output_at(factor), factor, size=image.shape[:2]), factor)

@@ -206,6 +206,12 @@ def _prepare_data(cfg: Config, reuse: bool = False) -> PreparedData:
     kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.train_modalities).most_common())
     balance = f" (balance {cfg.data.balance})" if cfg.data.balance else ""
     logger.info(f"training modalities: {kinds}{balance}")
+    if cfg.data.nucleus_size is not None:
+        low, mid, high = np.percentile(data.train_factors, [0, 50, 100])
+        logger.info(
+            f"nucleus size {cfg.data.nucleus_size:g} px: training images zoomed x{low:.2f} to x{high:.2f} "
+            f"(median x{mid:.2f})"
+        )
     if reuse:
         _kept = (key, data)
     return data

@@ -19,15 +19,8 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
-from cellseg.data.sample import (
-    DataError,
-    Sample,
-    SampleRef,
-    modality,
-    normalize,
-    target_map,
-    to_channels,
-)
+from cellseg.data.sample import DataError, Sample, SampleRef, modality, network_input, target_map
+from cellseg.data.scale import annotated_nuclei, factor_for, nucleus_width, resize_labels
 
 T = TypeVar("T", Sample, SampleRef)
 
@@ -58,6 +51,7 @@ class PreparedData:
     train_target_pixels: np.ndarray | None = None  # (sum of H x W, 1) uint8 target maps, the same way
     train_offsets: np.ndarray | None = None  # (N + 1,) int64 first row of each image in the two buffers
     train_modalities: list[str] = field(default_factory=list)  # each training image's (see sample.modality)
+    train_factors: list[float] = field(default_factory=list)  # each training image's zoom (data.nucleus_size)
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
     train_targets: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) target maps
     skipped: list[dict[str, str]] = field(default_factory=list)  # bad samples skipped: id and reason
@@ -112,17 +106,27 @@ def pad_to(array: np.ndarray, height: int, width: int | None = None) -> np.ndarr
     return np.pad(array, pad, mode="reflect" if min(array.shape[:2]) > 1 else "edge")
 
 
-def _image_array(image: np.ndarray, channels: int, patch: int, name: str) -> np.ndarray:
-    """The float32 network input for an image: its channels, normalised, padded up to a patch."""
-    return pad_to(normalize(to_channels(image, channels, name)), patch)
+def _image_array(image: np.ndarray, cfg: DataConfig, name: str, factor: float = 1.0) -> np.ndarray:
+    """The float32 network input for an image (see :func:`network_input`), padded up to a patch."""
+    return pad_to(network_input(image, cfg.channels, name, factor, cfg.equalize), cfg.patch_size)
 
 
-def _arrays(sample: Sample, channels: int, patch: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    image = _image_array(sample.image, channels, patch, sample.id)  # rejects bad channel layouts first
+def _arrays(
+    sample: Sample, cfg: DataConfig, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A checked sample's network input, target map, instance labels and zoom, all at the zoomed size.
+
+    With ``cfg.nucleus_size`` the zoom brings the sample's annotated nuclei to that width; else it is 1.
+    """
+    factor = 1.0
+    if cfg.nucleus_size is not None:
+        factor = factor_for(nucleus_width(annotated_nuclei(sample.labels, num_classes)), cfg.nucleus_size)
+    image = _image_array(sample.image, cfg, sample.id, factor)  # rejects bad channel layouts first
     size = sample.image.shape[:2]
     if size != sample.labels.shape:
         raise DataError(f"{sample.id}: mask size {sample.labels.shape} differs from image {size}")
-    return image, pad_to(target_map(sample.labels, num_classes)[..., None], patch)
+    labels = resize_labels(sample.labels, factor)
+    return image, pad_to(target_map(labels, num_classes)[..., None], cfg.patch_size), labels, factor
 
 
 def one_hot_targets(masks: tf.Tensor | np.ndarray, num_classes: int) -> tf.Tensor:
@@ -149,6 +153,7 @@ class _Loaded:
     target: np.ndarray
     centres: np.ndarray
     modality: str
+    factor: float  # zoom applied to image and target (data.nucleus_size)
 
     @property
     def id(self) -> str:
@@ -177,16 +182,16 @@ class _Loader:
     def _load(self, ref: Sample | SampleRef) -> _Loaded | None:
         try:
             sample = ref.load()
-            image, target = _arrays(sample, self.cfg.channels, self.cfg.patch_size, self.num_classes)
+            image, target, labels, factor = _arrays(sample, self.cfg, self.num_classes)
         except DataError as exc:
             if self.cfg.on_bad_sample == "error":
                 raise DataError(f"{exc} (set data.on_bad_sample: skip to leave bad samples out)") from exc
             warnings.warn(f"skipping sample {ref.id}: {exc}", stacklevel=3)
             self.skipped.append({"id": ref.id, "reason": str(exc)})
             return None
-        centres = np.round([r.centroid for r in measure.regionprops(sample.labels)]).reshape(-1, 2)
+        centres = np.round([r.centroid for r in measure.regionprops(labels)]).reshape(-1, 2)
         self.held += image.size * np.dtype(TRAIN_DTYPE).itemsize  # as held for training
-        item = _Loaded(ref, image, target, centres, modality(sample.image, sample.labels))
+        item = _Loaded(ref, image, target, centres, modality(sample.image, sample.labels), factor)
         self.kept.append(item)
         if self.streaming:  # over budget: stream every image from disk instead
             for kept in self.kept:
@@ -200,7 +205,7 @@ class _Loader:
     def image_of(self, item: _Loaded) -> np.ndarray:
         if item.image is not None:
             return item.image
-        return _image_array(item.ref.load_image(), self.cfg.channels, self.cfg.patch_size, item.id)
+        return _image_array(item.ref.load_image(), self.cfg, item.id, item.factor)
 
 
 def prepare(
@@ -256,6 +261,7 @@ def _assemble(train: list[_Loaded], val: list[_Loaded], load: _Loader, source: s
         skipped=load.skipped,
         num_classes=load.num_classes,
         train_modalities=[item.modality for item in train],
+        train_factors=[item.factor for item in train],
     )
     if load.streaming:
         data.train_refs = [item.ref for item in train]
@@ -361,7 +367,7 @@ def train_dataset(
         refs, per_image = data.train_refs, cfg.patches_per_image
 
         def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
-            image = _image_array(refs[k].load_image(), channels, cfg.patch_size, refs[k].id)
+            image = _image_array(refs[k].load_image(), cfg, refs[k].id, data.train_factors[k])
             return image, data.train_targets[k]
 
         def patches_of(c: tf.Tensor) -> tf.data.Dataset:

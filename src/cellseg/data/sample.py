@@ -92,6 +92,33 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nda
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
+def equalize(image: np.ndarray, tile: int = 64) -> np.ndarray:
+    """Local histogram equalisation (CLAHE) of a [0, 1] image, channel by channel, over ``tile`` px tiles.
+
+    A dim nucleus beside bright ones is nearly black after a global normalisation; equalised within
+    its neighbourhood it stands out as much as they do.
+    """
+    import cv2
+
+    grid = (max(1, image.shape[1] // tile), max(1, image.shape[0] // tile))
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=grid)
+    levels = np.round(image * 255).astype(np.uint8)
+    out = np.stack([clahe.apply(np.ascontiguousarray(levels[..., c])) for c in range(image.shape[-1])], -1)
+    return out.astype(np.float32) / 255
+
+
+def network_input(
+    image: np.ndarray, channels: int, name: str = "image", factor: float = 1.0, local: bool = False
+) -> np.ndarray:
+    """A raw image as the network sees it, in training and prediction alike: its channels, zoomed by
+    ``factor`` (nucleus size normalisation, see :mod:`cellseg.data.scale`), normalised to [0, 1] and,
+    with ``local`` (``data.equalize``), equalised locally."""
+    from cellseg.data.scale import resize
+
+    normalized = normalize(resize(to_channels(image, channels, name), factor))
+    return equalize(normalized) if local else normalized
+
+
 MODALITIES = ("fluorescence", "brightfield", "stained")
 
 

@@ -1,0 +1,108 @@
+"""Nucleus size normalisation: rescale every image so its nuclei have about the same width in pixels.
+
+Nucleus widths in DSB2018 span tenfold (8 to 100 px), more than a small U-Net trained for minutes
+learns to cover. With ``data.nucleus_size`` set, training images are rescaled by their annotated nucleus
+width, and at prediction the width is estimated from the model's own output (:func:`estimate_factor`),
+so the network only ever has to segment nuclei of one size. The width measure is the same on both
+sides: twice the largest inscribed radius of each separated nucleus (area-weighted median), read off
+the nucleus *interior* for the three-class head and off the foreground otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+#: Rescaling factors are kept within these bounds: a 256 px image grows to 1024 px at most.
+MIN_FACTOR, MAX_FACTOR = 0.2, 4.0
+
+
+def nucleus_width(nuclei: np.ndarray) -> float | None:
+    """Typical width (px) of the separated nuclei in a boolean mask, None when there are none.
+
+    Twice the largest distance-to-background inside each connected nucleus, medianed over nucleus
+    pixels: a large nucleus counts more than a fragment, and touching nuclei are measured apart as
+    long as the mask separates them.
+    """
+    components, n = ndi.label(nuclei)
+    if n == 0:
+        return None
+    distance = ndi.distance_transform_edt(nuclei)
+    radius = np.asarray(ndi.maximum(distance, components, np.arange(1, n + 1)))
+    area = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(radius)
+    cumulative = np.cumsum(area[order])
+    return float(2 * radius[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def annotated_nuclei(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The mask :func:`nucleus_width` measures for instance labels: what the model's head predicts."""
+    nuclei = labels > 0
+    if num_classes == 3:
+        nuclei &= ~find_boundaries(labels, mode="inner")
+    return nuclei
+
+
+def factor_for(width: float | None, target: float) -> float:
+    """The zoom that brings nuclei of ``width`` to ``target`` px; 1 when there is no nucleus."""
+    if width is None or width <= 0:
+        return 1.0
+    return float(np.clip(target / width, MIN_FACTOR, MAX_FACTOR))
+
+
+def resized_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
+    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
+
+
+def resize(array: np.ndarray, factor: float, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image (H, W[, C]) zoomed by ``factor`` (or to ``size``, (H, W)): area-averaged when shrinking."""
+    h, w = size or resized_shape(array.shape, factor)
+    if (h, w) == array.shape[:2]:
+        return array
+    shrink = h * w < array.shape[0] * array.shape[1]
+    out = cv2.resize(array, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out[..., None] if array.ndim == 3 and out.ndim == 2 else out
+
+
+def resize_labels(labels: np.ndarray, factor: float) -> np.ndarray:
+    """Instance labels zoomed by ``factor`` with nearest-neighbour sampling, so no label is invented."""
+    h, w = resized_shape(labels.shape, factor)
+    if (h, w) == labels.shape:
+        return labels
+    return cv2.resize(labels.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def estimate_factor(
+    nuclei_at: Callable[[float], np.ndarray],
+    target: float,
+    start: float = 0.25,
+    passes: int = 3,
+    tolerance: float = 1.2,
+) -> float:
+    """The zoom for an unannotated image, found by predicting, measuring and zooming again.
+
+    ``nuclei_at(factor)`` is the model's nucleus mask for the image zoomed by ``factor``. Each pass
+    measures the nuclei and zooms towards ``target``, until a pass would change the zoom by less than
+    ``tolerance`` times. It starts zoomed *out*: a model shown nuclei much wider than it was trained on
+    cuts them into fragments about as wide as ``target``, which would look like the right zoom, while
+    nuclei shown too small are still measured about right. On the 66 validation images of the DSB2018
+    recipe, this gets within 2x of the annotated zoom on all and within 1.3x on 58; starting at the
+    native scale instead left 100 px nuclei unzoomed.
+    """
+    factor = start
+    for _ in range(passes):
+        width = nucleus_width(nuclei_at(factor))
+        if width is None:
+            if factor == start != 1.0:  # nuclei too small to see zoomed out: look at the native scale
+                factor = 1.0
+                continue
+            return factor
+        new = factor_for(width / factor, target)
+        if max(new / factor, factor / new) < tolerance:
+            return factor
+        factor = new
+    return factor
