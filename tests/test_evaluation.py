@@ -90,6 +90,15 @@ def test_small_objects_are_removed_and_labels_are_sequential():
     assert pred.max() == 1 and pred[15, 15] == 1 and pred[3, 3] == 0
 
 
+def test_minimum_size_counts_pixels_as_the_network_saw_them():
+    fg = np.zeros((40, 40), np.float32)
+    fg[10:20, 10:20] = 1  # 100 px in the image: 25 px to a network that saw it zoomed x0.5
+    params = PostprocessParams(split="none", min_size=50)
+    assert instances(Probabilities(fg), params).max() == 1
+    assert instances(Probabilities(fg, factor=0.5), params).max() == 0
+    assert instances(Probabilities(fg, factor=2.0), params).max() == 1
+
+
 def test_calibration_grid_fits_each_head():
     assert {p.split for p in grid(three_class=False)} == {"distance", "none"}
     assert {p.split for p in grid(three_class=True)} == {"interior", "none"}
@@ -125,9 +134,13 @@ def test_blend_window_favours_tile_centres_and_tile_size_is_checked():
 # ------------------------------------------------------------------------------- evaluate.py
 
 
-@pytest.fixture(scope="module", params=[1, 3], ids=["foreground", "three_class"])
+@pytest.fixture(
+    scope="module",
+    params=[["model.num_classes=1"], ["model.num_classes=3"], ["model.num_classes=3", "data.nucleus_size=6"]],
+    ids=["foreground", "three_class", "three_class_zoomed"],
+)
 def tiny_run(request, tmp_path_factory) -> Path:
-    cfg = load_config(None, [*TINY, f"model.num_classes={request.param}", "train.epochs=3"])
+    cfg = load_config(None, [*TINY, *request.param, "train.epochs=3"])
     return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0).run_dir
 
 
@@ -146,7 +159,9 @@ def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_
     assert set(metrics["pixel"]) >= {"iou", "dice", "precision", "recall"}
     with (out / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {"id", "dsb_score", "ap_50", "pq", "pixel_iou", "tp_50"} <= set(rows[0])
+    assert len(rows) == 3 and {"id", "dsb_score", "ap_50", "pq", "pixel_iou", "tp_50", "zoom"} <= set(rows[0])
+    if load_run_config(tiny_run).data.nucleus_size is None:
+        assert {float(r["zoom"]) for r in rows} == {1.0}
     assert len(list((out / "overlays").glob("*.png"))) == 3
     # the saved labels are the scored prediction: re-scoring them gives the same numbers
     for row in rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,16 @@ def test_the_model_test_catches_a_package_whose_output_does_not_match(tiny_run, 
 def test_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert export_main(["--run", str(tmp_path), "--out", str(tmp_path / "pkg")]) == 2
     assert "no model.keras" in capsys.readouterr().err
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_export_refuses_a_run_whose_preprocessing_bioimageio_cannot_describe(tiny_run, tmp_path, capsys):
+    run = tmp_path / "equalized"
+    shutil.copytree(tiny_run, run)
+    config = run / runs.CONFIG
+    config.write_text(config.read_text().replace("equalize: false", "equalize: true"))
+    assert export_main(["--run", str(run), "--out", str(tmp_path / "pkg")]) == 2
+    assert "data.equalize: true" in capsys.readouterr().err
     assert not (tmp_path / "pkg").exists()
 
 

@@ -110,6 +110,17 @@ def _metrics(run_dir: Path) -> dict[str, Any]:
     return found
 
 
+def _scale_note(cfg: Config) -> str:
+    if cfg.data.nucleus_size is None:
+        return ""
+    return f"""
+Scale: the model was trained on images zoomed so that their nuclei are about {cfg.data.nucleus_size:g} px
+wide (twice the largest inscribed radius of a nucleus interior). Zoom an image by that width over its own
+nuclei's width before prediction, and the output back; no bioimage.io operation describes this.
+cellseg's `scripts/predict.py` estimates each image's zoom from the model's output and applies it.
+"""
+
+
 def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict[str, Any]) -> str:
     activation = label_of_spec(cfg.model.activation)
     heads = {1: "one sigmoid channel: foreground probability",
@@ -138,7 +149,7 @@ grey level into every channel; RGBA: drop alpha), any size whose sides are multi
 Preprocessing (declared in rdf.yaml, exactly as in training): `scale_range` over y, x and channel jointly
 per image, percentiles {LOW_PERCENTILE} and {HIGH_PERCENTILE}, then `clip` to [0, 1]. The one difference:
 cellseg maps an image whose two percentiles are equal to zeros; `scale_range` divides by eps there.
-
+{_scale_note(cfg)}
 ## Output
 `{OUTPUT_ID}`: {heads[cfg.model.num_classes]}, same y / x size as the input.
 
@@ -273,6 +284,11 @@ def export_run(
     if not (run_dir / runs.BEST_MODEL).is_file():
         raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
     cfg = runs.load_run_config(run_dir)
+    if cfg.data.equalize:
+        raise ValueError(
+            f"{run_dir} was trained on locally equalised images (data.equalize: true), which bioimage.io "
+            "preprocessing cannot describe; export a run trained without it"
+        )
     model = load_model(run_dir / runs.BEST_MODEL, compile=False)
     saved = run_dir / runs.POSTPROCESS
     params = PostprocessParams(**runs.read_json(saved)["params"]) if saved.is_file() else PostprocessParams()

@@ -37,7 +37,7 @@ class PostprocessParams:
     split: Literal["none", "distance", "interior"] = "distance"
     min_distance: int = 4  # px between distance-transform peaks (split: distance)
     seed_threshold: float = 0.5  # interior probability of a seed (split: interior)
-    min_size: int = 10  # px; smaller objects are dropped
+    min_size: int = 10  # px as the network saw them (times zoom^2 on the image); smaller objects are dropped
 
     def to_dict(self) -> dict[str, float | int | str]:
         return dataclasses.asdict(self)
@@ -68,16 +68,17 @@ def instances(probs: Probabilities, params: PostprocessParams) -> np.ndarray:
     unreached = label(mask & (labels == 0))  # blobs without a seed stay whole
     labels = np.where(unreached > 0, unreached + labels.max(), labels)
     labels = labels.astype(np.int32)
-    labels[np.bincount(labels.ravel())[labels] < params.min_size] = 0  # background is never that small
+    min_size = params.min_size / probs.factor**2  # in the image's pixels: zoomed-in nuclei cover fewer
+    labels[np.bincount(labels.ravel())[labels] < min_size] = 0  # background is never that small
     return relabel_sequential(labels)[0]
 
 
 def grid(three_class: bool) -> list[PostprocessParams]:
     """Candidate settings searched on the validation images."""
-    thresholds = (0.3, 0.4, 0.5, 0.6, 0.7)
-    sizes = (5, 15, 30)
+    thresholds = (0.4, 0.5, 0.6, 0.7, 0.8)
+    sizes = (10, 30, 60)
     if three_class:
-        splits = [PostprocessParams(split="interior", seed_threshold=s) for s in (0.3, 0.5, 0.7)] + [
+        splits = [PostprocessParams(split="interior", seed_threshold=s) for s in (0.5, 0.7, 0.85)] + [
             PostprocessParams(split="none")
         ]
     else:

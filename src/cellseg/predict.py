@@ -115,9 +115,11 @@ def predict_images(
         except DataError as exc:
             report.failed.append((path, str(exc)))
             tqdm.write(f"skipped: {exc}")
-            report.rows.append({**row, "nuclei": 0, "mean_area": "", "seconds": "", "error": str(exc)})
+            failure = {"nuclei": 0, "mean_area": "", "zoom": "", "seconds": "", "error": str(exc)}
+            report.rows.append({**row, **failure})
             continue
-        labels = instances(predictor(image, path.stem), params)
+        probs = predictor(image, path.stem)
+        labels = instances(probs, params)
         table = nucleus_table(labels, image)
         save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
         save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
@@ -131,6 +133,7 @@ def predict_images(
                 "width": labels.shape[1],
                 "nuclei": len(table),
                 "mean_area": round(sum(areas) / len(areas), 1) if areas else 0.0,
+                "zoom": round(probs.factor, 4),
                 "seconds": round(time.perf_counter() - began, 3),
                 "error": "",
             }
