@@ -19,7 +19,7 @@ import numpy as np
 from common import machine
 
 from cellseg.data.readers import scan_samples
-from cellseg.data.scale import annotated_nuclei, factor_for, nucleus_width
+from cellseg.data.scale import annotated_factor
 from cellseg.evaluation import InferenceOptions, load_predictor, validation_samples
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     ratios, seconds = [], []
     for ref in samples:
         sample = ref.load()
-        truth = factor_for(nucleus_width(annotated_nuclei(sample.labels, cfg.model.num_classes)), size)
+        truth = annotated_factor(sample.labels, cfg.model.num_classes, size)
         start = time.perf_counter()
         estimate = predictor(sample.image, ref.id).factor
         seconds.append(time.perf_counter() - start)

@@ -26,7 +26,7 @@ class Probabilities:
 
     foreground: np.ndarray  # (H, W) float32
     interior: np.ndarray | None = None  # (H, W) float32, three-class head only
-    factor: float = 1.0  # the zoom the image was predicted at (data.nucleus_size), for the record
+    factor: float = 1.0  # the zoom the image was predicted at (data.nucleus_size); min_size counts at it
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from skimage import measure
 from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
 from cellseg.data.sample import DataError, Sample, SampleRef, modality, network_input, target_map
-from cellseg.data.scale import annotated_nuclei, factor_for, nucleus_width, resize_labels
+from cellseg.data.scale import annotated_factor, resize_labels
 
 T = TypeVar("T", Sample, SampleRef)
 
@@ -120,7 +120,7 @@ def _arrays(
     """
     factor = 1.0
     if cfg.nucleus_size is not None:
-        factor = factor_for(nucleus_width(annotated_nuclei(sample.labels, num_classes)), cfg.nucleus_size)
+        factor = annotated_factor(sample.labels, num_classes, cfg.nucleus_size)
     image = _image_array(sample.image, cfg, sample.id, factor)  # rejects bad channel layouts first
     size = sample.image.shape[:2]
     if size != sample.labels.shape:

@@ -6,8 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
+
+from cellseg.data.scale import resize
 
 
 class DataError(ValueError):
@@ -98,8 +101,6 @@ def equalize(image: np.ndarray, tile: int = 64) -> np.ndarray:
     A dim nucleus beside bright ones is nearly black after a global normalisation; equalised within
     its neighbourhood it stands out as much as they do.
     """
-    import cv2
-
     grid = (max(1, image.shape[1] // tile), max(1, image.shape[0] // tile))
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=grid)
     levels = np.round(image * 255).astype(np.uint8)
@@ -113,8 +114,6 @@ def network_input(
     """A raw image as the network sees it, in training and prediction alike: its channels, zoomed by
     ``factor`` (nucleus size normalisation, see :mod:`cellseg.data.scale`), normalised to [0, 1] and,
     with ``local`` (``data.equalize``), equalised locally."""
-    from cellseg.data.scale import resize
-
     normalized = normalize(resize(to_channels(image, channels, name), factor))
     return equalize(normalized) if local else normalized
 

@@ -56,6 +56,11 @@ def factor_for(width: float | None, target: float) -> float:
     return float(np.clip(target / width, MIN_FACTOR, MAX_FACTOR))
 
 
+def annotated_factor(labels: np.ndarray, num_classes: int, target: float) -> float:
+    """The zoom that brings an annotated image's nuclei to ``target`` px: what training applies."""
+    return factor_for(nucleus_width(annotated_nuclei(labels, num_classes)), target)
+
+
 def resized_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
     return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
 
