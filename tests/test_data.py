@@ -1,5 +1,6 @@
 """Synthetic generator, split, patch pipeline and file readers (with their bad-input errors)."""
 
+import keras
 import numpy as np
 import pytest
 from skimage import io as skio
@@ -16,8 +17,9 @@ from cellseg.data.pipeline import (
     val_dataset,
 )
 from cellseg.data.readers import read_samples
-from cellseg.data.sample import modality, normalize
+from cellseg.data.sample import dark_nuclei, modality, network_input, normalize
 from cellseg.data.synthetic import make_sample, make_samples
+from cellseg.inference import TiledPredictor
 
 SYN = SyntheticConfig(num_images=6, image_size=128)
 
@@ -134,7 +136,14 @@ def test_albumentations_stream_is_reproducible_and_changes_patches():
     heavy = DataConfig(
         patch_size=32,
         augment=AugmentConfig(
-            scale=0.3, brightness_contrast=0.3, blur=1.0, noise=1.0, colour=1.0, invert=0.5
+            scale=0.3,
+            brightness_contrast=0.3,
+            blur=1.0,
+            noise=1.0,
+            colour=1.0,
+            invert=0.5,
+            gamma=1.0,
+            illumination=1.0,
         ),
     )
     a = [x for x, _ in train_dataset(data, heavy, 4, seed=1).take(3).as_numpy_iterator()]
@@ -356,3 +365,46 @@ def test_modality_of_real_dsb2018_images(dsb2018):
     from_look = [modality(ref.load_image()) for ref in refs]
     assert with_masks == from_look
     assert with_masks.count("fluorescence") == 31 and with_masks.count("stained") == 7
+
+
+def test_bright_nuclei_polarity_inverts_dark_nuclei_images_only():
+    samples = make_samples(SyntheticConfig(num_images=2, image_size=96), seed=0)  # fluorescence, brightfield
+    for sample in samples:
+        plain = network_input(sample.image, 3)
+        bright = network_input(sample.image, 3, bright_nuclei=True)
+        nuclei = sample.labels > 0
+        dark = dark_nuclei(sample.image)
+        assert dark == (plain[nuclei].mean() < plain[~nuclei].mean())
+        inverted = network_input(-sample.image.astype(np.float32), 3)  # any inversion: 255 - x, max - x
+        np.testing.assert_allclose(bright, inverted if dark else plain, atol=1e-6)
+        assert bright[nuclei].mean() > bright[~nuclei].mean() + 0.2  # nuclei always the bright side
+    assert [dark_nuclei(s.image) for s in samples] == [False, True]
+
+
+def test_polarity_applies_to_training_images_and_to_prediction():
+    cfg = DataConfig(patch_size=32, polarity="bright_nuclei", val_fraction=0.5)
+    samples = make_samples(SyntheticConfig(num_images=2, image_size=96), seed=0)
+    data = prepare([samples[1]], [samples[0]], cfg, "synthetic")  # train on the brightfield image
+    image, target = data.train_image(0)
+    nuclei = target[..., 0] > 0
+    assert image[nuclei].mean() > image[~nuclei].mean()
+
+    inputs = keras.Input((None, None, 3))  # 'model': foreground probability = the image's first channel
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))
+    brightfield = samples[1]
+    as_is = TiledPredictor(model, 3, 8, tile=64)(brightfield.image).foreground
+    bright = TiledPredictor(model, 3, 8, tile=64, bright_nuclei=True)(brightfield.image).foreground
+    fg = brightfield.labels > 0
+    assert as_is[fg].mean() < as_is[~fg].mean() and bright[fg].mean() > bright[~fg].mean()
+
+
+def test_polarity_of_real_dsb2018_images_follows_their_masks(dsb2018):
+    from cellseg.data.readers import scan_samples
+
+    inverted = 0
+    for ref in scan_samples(str(dsb2018 / "stage1_test")):  # 31 fluorescence, 7 stained-tissue images
+        sample = ref.load()
+        inverted += dark_nuclei(sample.image)
+        x = network_input(sample.image, 3, bright_nuclei=True).mean(axis=-1)
+        assert x[sample.labels > 0].mean() > x[sample.labels == 0].mean(), ref.id
+    assert inverted == 7

@@ -70,6 +70,8 @@ class AugmentConfig:
     noise: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     colour: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     invert: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    gamma: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    illumination: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
 
 
 @dataclass
@@ -87,6 +89,7 @@ class DataConfig:
     balance: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))  # modality balance
     nucleus_size: float | None = field(default=None, metadata=POSITIVE)  # px; None: native scale
     equalize: bool = False  # local histogram equalisation (CLAHE) of every network input
+    polarity: Literal["as_is", "bright_nuclei"] = "as_is"  # bright_nuclei: invert dark-nuclei images
     on_bad_sample: Literal["error", "skip"] = "error"
     stream: bool | None = None
     memory_limit_mb: int = field(default=2048, metadata=_bounded(1))

@@ -61,6 +61,7 @@ def load_predictor(
         flips=options.flips,
         nucleus_size=cfg.data.nucleus_size,
         equalize=cfg.data.equalize,
+        bright_nuclei=cfg.data.polarity == "bright_nuclei",
     )
     return predictor, cfg
 

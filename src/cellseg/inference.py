@@ -39,8 +39,8 @@ class TiledPredictor:
 
     ``multiple`` is 2**depth of the U-Net: the tile size must be divisible by it. ``flips`` averages the
     predictions of the four horizontal / vertical flips (test-time augmentation, 4x the work).
-    ``nucleus_size`` and ``equalize`` are the run's ``data.nucleus_size`` (None: predict at the native
-    scale) and ``data.equalize``.
+    ``nucleus_size``, ``equalize`` and ``bright_nuclei`` are the run's ``data.nucleus_size`` (None:
+    predict at the native scale), ``data.equalize`` and ``data.polarity == "bright_nuclei"``.
     """
 
     def __init__(
@@ -54,6 +54,7 @@ class TiledPredictor:
         flips: bool = False,
         nucleus_size: float | None = None,
         equalize: bool = False,
+        bright_nuclei: bool = False,
     ) -> None:
         if tile % multiple:
             raise ValueError(f"tile size {tile} must be a multiple of {multiple} (2**model.depth)")
@@ -61,7 +62,7 @@ class TiledPredictor:
             raise ValueError(f"overlap {overlap} must be in [0, {tile // 2}) for tile size {tile}")
         self.channels, self.tile, self.overlap = channels, tile, overlap
         self.batch_size, self.flips = batch_size, flips
-        self.nucleus_size, self.equalize = nucleus_size, equalize
+        self.nucleus_size, self.equalize, self.bright_nuclei = nucleus_size, equalize, bright_nuclei
         self.window = blend_window(tile, overlap)
         spec = tf.TensorSpec([None, tile, tile, channels], tf.float32)
         self._predict = tf.function(lambda x: model(x, training=False), input_signature=[spec])
@@ -105,7 +106,7 @@ class TiledPredictor:
 
         def output_at(factor: float) -> np.ndarray:
             if factor not in outputs:
-                x = network_input(image, self.channels, name, factor, self.equalize)
+                x = network_input(image, self.channels, name, factor, self.equalize, self.bright_nuclei)
                 outputs[factor] = self.predict_normalized(x)
             return outputs[factor]
 

@@ -108,7 +108,8 @@ def pad_to(array: np.ndarray, height: int, width: int | None = None) -> np.ndarr
 
 def _image_array(image: np.ndarray, cfg: DataConfig, name: str, factor: float = 1.0) -> np.ndarray:
     """The float32 network input for an image (see :func:`network_input`), padded up to a patch."""
-    return pad_to(network_input(image, cfg.channels, name, factor, cfg.equalize), cfg.patch_size)
+    bright = cfg.polarity == "bright_nuclei"
+    return pad_to(network_input(image, cfg.channels, name, factor, cfg.equalize, bright), cfg.patch_size)
 
 
 def _arrays(
