@@ -27,6 +27,8 @@ from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
 from cellseg.config import load_config
 from cellseg.data import DataError
+from cellseg.data.sample import dark_nuclei, to_channels
+from cellseg.evaluation import validation_samples
 from cellseg.outputs import NUCLEUS_COLUMNS
 from cellseg.predict import find_images
 from cellseg.trainer import train
@@ -203,3 +205,20 @@ def test_sample_tensors_are_viewable_images(tiny_run, tmp_path):
     sample = tifffile.imread(out / "sample_input.tif")
     np.testing.assert_array_equal(sample, np.load(out / "test_input.npy"))
     assert skio.imread(out / "cover.png").shape[1] == 2 * skio.imread(out / "cover.png").shape[0]
+
+
+def test_export_of_a_bright_nuclei_run_asks_for_inverted_dark_nuclei_images(tiny_run, tmp_path):
+    from cellseg.export import export_run
+
+    run = tmp_path / "bright"
+    shutil.copytree(tiny_run, run)
+    config = run / runs.CONFIG
+    config.write_text(config.read_text().replace("polarity: as_is", "polarity: bright_nuclei"))
+    out = export_run(run, tmp_path / "pkg")
+    assert "Invert images with dark nuclei" in (out / "README.md").read_text()
+    assert "Polarity" not in (export_run(tiny_run, tmp_path / "plain") / "README.md").read_text()
+    image = validation_samples(run, runs.load_run_config(run))[0].load().image
+    raw = np.load(out / "test_input.npy")[0]
+    plain = to_channels(image, 3).astype(np.float32)
+    expected = plain.max() - plain if dark_nuclei(image) else plain
+    np.testing.assert_array_equal(raw, expected[: raw.shape[0], : raw.shape[1]])

@@ -32,7 +32,7 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import Config
-from cellseg.data.sample import normalize, to_channels
+from cellseg.data.sample import dark_nuclei, normalize, to_channels
 from cellseg.evaluation import validation_samples
 from cellseg.inference import probabilities
 from cellseg.models import load_model
@@ -57,12 +57,15 @@ def _sha256(path: Path) -> str:
 
 
 def test_image(run_dir: Path, cfg: Config, size: int = 256) -> np.ndarray:
-    """A raw (unnormalised) crop of the run's first validation image, (1, H, W, C) float32.
+    """A raw (unnormalised) crop of the run's first validation image, (1, H, W, C) float32, inverted
+    if the run inverts dark-nuclei images (data.polarity) and it is one.
 
     Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
     """
     image = validation_samples(run_dir, cfg)[0].load().image
     raw = to_channels(image, cfg.data.channels).astype(np.float32)
+    if cfg.data.polarity == "bright_nuclei" and dark_nuclei(image):
+        raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images
     multiple = 2**cfg.model.depth
     h, w = (min(size, s) // multiple * multiple for s in raw.shape[:2])
     if not h or not w:
@@ -121,6 +124,17 @@ cellseg's `scripts/predict.py` estimates each image's zoom from the model's outp
 """
 
 
+def _polarity_note(cfg: Config) -> str:
+    if cfg.data.polarity != "bright_nuclei":
+        return ""
+    return """
+Polarity: the model was trained on bright nuclei on a dark background. Invert images with dark nuclei on
+a light background (brightfield, H&E or haematoxylin stained tissue) before prediction, e.g. Fiji's
+Edit > Invert: any inversion gives the same input after `scale_range`. cellseg's `scripts/predict.py`
+recognises such images and inverts them itself.
+"""
+
+
 def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict[str, Any]) -> str:
     activation = label_of_spec(cfg.model.activation)
     heads = {1: "one sigmoid channel: foreground probability",
@@ -149,7 +163,7 @@ grey level into every channel; RGBA: drop alpha), any size whose sides are multi
 Preprocessing (declared in rdf.yaml, exactly as in training): `scale_range` over y, x and channel jointly
 per image, percentiles {LOW_PERCENTILE} and {HIGH_PERCENTILE}, then `clip` to [0, 1]. The one difference:
 cellseg maps an image whose two percentiles are equal to zeros; `scale_range` divides by eps there.
-{_scale_note(cfg)}
+{_scale_note(cfg)}{_polarity_note(cfg)}
 ## Output
 `{OUTPUT_ID}`: {heads[cfg.model.num_classes]}, same y / x size as the input.
 
