@@ -142,8 +142,6 @@ def test_albumentations_stream_is_reproducible_and_changes_patches():
             noise=1.0,
             colour=1.0,
             invert=0.5,
-            gamma=1.0,
-            illumination=1.0,
         ),
     )
     a = [x for x, _ in train_dataset(data, heavy, 4, seed=1).take(3).as_numpy_iterator()]

@@ -70,8 +70,6 @@ class AugmentConfig:
     noise: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     colour: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     invert: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
-    gamma: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
-    illumination: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
 
 
 @dataclass

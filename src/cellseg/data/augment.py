@@ -15,8 +15,6 @@ import numpy as np
 
 from cellseg.config import AugmentConfig
 
-ILLUMINATION_MODES = ("linear", "corner", "gaussian")
-
 
 def build_transform(cfg: AugmentConfig) -> A.Compose | None:
     """The albumentations pipeline the config asks for, or None when it asks for none."""
@@ -29,11 +27,6 @@ def build_transform(cfg: AugmentConfig) -> A.Compose | None:
     if cfg.brightness_contrast:
         limit = cfg.brightness_contrast
         steps.append(A.RandomBrightnessContrast(limit, limit, p=0.8))
-    if cfg.gamma:  # dim nuclei beside bright ones sit low on the normalised scale
-        steps.append(A.RandomGamma(gamma_limit=(50, 200), p=cfg.gamma))
-    if cfg.illumination:  # uneven lighting: one side or one spot of the field dimmer than the rest
-        modes = [A.Illumination(mode=m, intensity_range=(0.05, 0.2)) for m in ILLUMINATION_MODES]
-        steps.append(A.OneOf(modes, p=cfg.illumination))
     if cfg.colour:  # stain and colour variation between labs, scanners and protocols
         steps.append(
             A.OneOf(
