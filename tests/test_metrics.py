@@ -133,3 +133,17 @@ def test_summary_averages_dsb_over_images_and_pools_counts() -> None:
     assert summary["pixel"]["iou"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no images"):
         summarize([])
+
+
+def test_area_ratio_says_how_much_smaller_matched_nuclei_are_drawn() -> None:
+    truth = two_nuclei()  # two 10x10 nuclei
+    shrunk = canvas()
+    shrunk[3:11, 3:11] = 1  # 64 of 100 px: IoU 0.64, matched
+    shrunk[21:29, 21:29] = 2
+    shrunk[35:38, 35:38] = 3  # a false positive does not count
+    row = scores(truth, shrunk)
+    assert row["area_ratio"] == pytest.approx(0.64)
+    missed = score_image("b", two_nuclei(), canvas())  # nothing matched: no ratio
+    assert math.isnan(missed.row()["area_ratio"])
+    pooled = summarize([score_image("a", truth, shrunk), score_image("c", truth, truth), missed])
+    assert pooled["instance"]["area_ratio"] == pytest.approx((128 + 200) / 400)

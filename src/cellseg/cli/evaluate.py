@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{m['images']} images, {m['n_true']} true / {m['n_pred']} predicted nuclei in {m['seconds']:.1f} s\n"
         f"DSB score {_fmt(inst['dsb_score'])}  AP50 {_fmt(inst['ap_50'])}  AP75 {_fmt(inst['ap_75'])}  "
-        f"PQ {_fmt(inst['pq'])}  pixel IoU {_fmt(pix['iou'])}  Dice {_fmt(pix['dice'])}"
+        f"PQ {_fmt(inst['pq'])}  pixel IoU {_fmt(pix['iou'])}  Dice {_fmt(pix['dice'])}  "
+        f"area ratio {_fmt(inst['area_ratio'])}"
     )
     print(out)
     return 0
