@@ -175,6 +175,13 @@ def test_validation_patches_are_fixed_and_cover_validation_images():
     np.testing.assert_array_equal(a, data.val_images)
 
 
+def test_pipelines_run_without_tf_data_autotuning():
+    """Autotuning's model thread delayed the end of fit by up to a minute (benchmarks/bench_teardown.py)."""
+    data = prepared()
+    assert not train_dataset(data, DataConfig(patch_size=32), 4, seed=1).options().autotune.enabled
+    assert not val_dataset(data, 4).options().autotune.enabled
+
+
 def test_small_images_are_padded_up_to_the_patch_size():
     small = [
         Sample(f"s{i}", np.full((20, 24), 100 + i, np.uint8), np.ones((20, 24), np.int32)) for i in range(3)

@@ -8,6 +8,7 @@ The split is by image, never by patch, so no validation pixel is ever seen in tr
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +27,23 @@ T = TypeVar("T", Sample, SampleRef)
 
 #: How training images are held in memory (see :class:`PreparedData`).
 TRAIN_DTYPE = np.float16
+
+#: Patches made in parallel, and batches made ahead: fixed, because tf.data's autotuning is off (see
+#: :func:`without_autotune`). The pipeline still makes patches far faster than training uses them.
+PARALLEL_CALLS = os.cpu_count() or 1
+PREFETCH_BATCHES = 4
+
+
+def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset with tf.data's autotuning switched off.
+
+    Autotuning runs a model thread per iterator whose optimisation period doubles up to a minute, and
+    deleting the iterator waits for that thread: at the end of ``fit`` the training iterator took up to
+    a minute to go (TensorFlow 2.21; ``benchmarks/bench_teardown.py``), a tenth of the 10-minute recipe.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 @dataclass
@@ -363,7 +381,7 @@ def train_dataset(
             return make(image, mask, h, w, k, i)
 
         ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)
-        ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(sample, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
     else:
         refs, per_image = data.train_refs, cfg.patches_per_image
 
@@ -380,11 +398,13 @@ def train_dataset(
 
         ds = tf.data.Dataset.range(start_patch // per_image, np.iinfo(np.int64).max // per_image)
         ds = ds.interleave(
-            patches_of, cycle_length=min(8, n), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            patches_of, cycle_length=min(8, n), num_parallel_calls=PARALLEL_CALLS, deterministic=True
         )
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES))
 
 
 def val_dataset(data: PreparedData, batch_size: int) -> tf.data.Dataset:
     masks = one_hot_targets(data.val_masks, data.num_classes)
-    return tf.data.Dataset.from_tensor_slices((data.val_images, masks)).batch(batch_size).cache()
+    return without_autotune(
+        tf.data.Dataset.from_tensor_slices((data.val_images, masks)).batch(batch_size).cache()
+    )
