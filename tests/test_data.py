@@ -397,8 +397,9 @@ def test_polarity_applies_to_training_images_and_to_prediction():
     inputs = keras.Input((None, None, 3))  # 'model': foreground probability = the image's first channel
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))
     brightfield = samples[1]
-    as_is = TiledPredictor(model, 3, 8, tile=64)(brightfield.image).foreground
-    bright = TiledPredictor(model, 3, 8, tile=64, bright_nuclei=True)(brightfield.image).foreground
+    tiles = {"tile": 64, "overlap": 16}
+    as_is = TiledPredictor(model, 3, 8, **tiles)(brightfield.image).foreground
+    bright = TiledPredictor(model, 3, 8, **tiles, bright_nuclei=True)(brightfield.image).foreground
     fg = brightfield.labels > 0
     assert as_is[fg].mean() < as_is[~fg].mean() and bright[fg].mean() > bright[~fg].mean()
 
