@@ -289,6 +289,10 @@ def test_bad_samples_are_skipped_before_the_split(tmp_path):
             "activation 'relu' has no option(s) ['alpha']",
         ),
         (["--set", "model.activation=mishh"], "unknown activation 'mishh'"),
+        (
+            ["--set", "data.channels=1", "--set", "data.augment.colour=0.3"],
+            "set data.augment.colour=0 or data.channels=3",
+        ),
     ],
 )
 def test_bad_configs_fail_before_any_data_is_prepared(capsys, tmp_path, args, message):

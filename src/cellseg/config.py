@@ -186,6 +186,12 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
             f"{multiple} (the U-Net halves it {cfg.model.depth} times), "
             f"e.g. data.patch_size={fits or multiple}"
         )
+    if cfg.data.channels == 1 and cfg.data.augment.colour:
+        where = origins.get("data.augment.colour") or origins.get("data.channels") or "config"
+        raise ConfigError(
+            f"{where}: data.augment.colour changes hue and colour balance, which a grey network input "
+            "(data.channels: 1) has none of; set data.augment.colour=0 or data.channels=3"
+        )
     return cfg
 
 
