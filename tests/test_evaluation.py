@@ -155,11 +155,20 @@ def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["images"] == 3
     assert [r["iou_threshold"] for r in metrics["per_threshold"]][::9] == [0.5, 0.95]
-    assert set(metrics["instance"]) == {"dsb_score", "ap_50", "ap_75", "pq", "mean_matched_iou"}
+    assert set(metrics["instance"]) == {"dsb_score", "ap_50", "ap_75", "pq", "mean_matched_iou", "area_ratio"}
     assert set(metrics["pixel"]) >= {"iou", "dice", "precision", "recall"}
     with (out / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {"id", "dsb_score", "ap_50", "pq", "pixel_iou", "tp_50", "zoom"} <= set(rows[0])
+    assert len(rows) == 3 and {
+        "id",
+        "dsb_score",
+        "ap_50",
+        "pq",
+        "pixel_iou",
+        "tp_50",
+        "zoom",
+        "area_ratio",
+    } <= set(rows[0])
     if load_run_config(tiny_run).data.nucleus_size is None:
         assert {float(r["zoom"]) for r in rows} == {1.0}
     assert len(list((out / "overlays").glob("*.png"))) == 3
