@@ -17,21 +17,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from common import DSB2018, machine
 
+from cellseg.data import Sample, SampleRef
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
 from cellseg.evaluation import InferenceOptions, load_predictor, postprocess_params, validation_samples
+from cellseg.inference import TiledPredictor
 from cellseg.metrics import score_image, summarize
-from cellseg.postprocess import PostprocessParams, instances
+from cellseg.postprocess import PostprocessParams, Probabilities, instances
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
-def predicted(predictor, refs) -> list[tuple[str, np.ndarray, object, str]]:
+#: One scored image: id, true labels, the model's probabilities, modality.
+Predicted = tuple[str, np.ndarray, Probabilities, str]
+
+
+def predicted(predictor: TiledPredictor, refs: Sequence[Sample | SampleRef]) -> list[Predicted]:
     """(id, true labels, probabilities, modality) of every image."""
     out = []
     for ref in refs:
@@ -41,7 +48,7 @@ def predicted(predictor, refs) -> list[tuple[str, np.ndarray, object, str]]:
     return out
 
 
-def summary(items, params: PostprocessParams) -> dict[str, float]:
+def summary(items: list[Predicted], params: PostprocessParams) -> dict[str, float]:
     m = summarize([score_image(i, labels, instances(probs, params)) for i, labels, probs, _ in items])
     return {
         "images": m["images"],
