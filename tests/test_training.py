@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -55,10 +56,42 @@ def test_run_folder_holds_everything(isru_run):
     assert summary["activation"] == "isru" and summary["epochs_run"] == 2
     assert summary["data_source"].startswith("synthetic")
     assert summary["best_val_loss"] == min(r["val_loss"] for r in rows)
+    assert summary["kept_epoch"] == summary["best_epoch"]  # train.keep_model: val_loss, the default
     split = json.loads((isru_run / runs.SPLIT).read_text())
     assert len(split["train"]) == 5 and len(split["val"]) == 1
     assert sum(summary["train_modalities"].values()) == 5
     assert set(summary["train_modalities"]) <= {"fluorescence", "stained"}  # synthetic brightfield has colour
+
+
+@pytest.mark.parametrize(("keep", "kept"), [("val_loss", 1.0), ("last", 2.0)])
+def test_model_keeper_keeps_the_lowest_val_loss_or_the_last_epoch(tmp_path, keep, kept):
+    import keras
+
+    from cellseg.callbacks import ModelKeeper, StopOnNaN
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    keeper = ModelKeeper(tmp_path / "model.keras", StopOnNaN(), keep)
+    keeper.set_model(model)
+    for epoch, val_loss in enumerate((1.0, 2.0, math.nan)):  # weights = epoch number; the 3rd diverged
+        model.layers[0].kernel.assign(np.full((2, 1), epoch + 1.0))
+        keeper.on_epoch_end(epoch, {"val_loss": val_loss})
+    saved = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert saved.layers[0].kernel.numpy()[0, 0] == kept
+    assert keeper.best == 1.0
+
+
+def test_keep_last_keeps_the_final_epoch(tmp_path, tiny_overrides):
+    import keras
+
+    overrides = [*tiny_overrides, "train.epochs=3", "train.keep_model=last"]  # later --set wins
+    code = main(["--out", str(tmp_path), "--quiet", *[f"--set={o}" for o in overrides]])
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / runs.SUMMARY).read_text())["kept_epoch"] == 3
+    kept = keras.saving.load_model(run_dir / runs.BEST_MODEL, compile=False)
+    last = keras.saving.load_model(run_dir / runs.LAST_MODEL, compile=False)
+    for a, b in zip(kept.get_weights(), last.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_snapshots_are_kept_every_n_epochs_and_reload(isru_run):

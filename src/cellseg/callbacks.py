@@ -47,19 +47,28 @@ class StopOnNaN(keras.callbacks.Callback):
         self._check(logs, "val_loss", f"epoch {epoch + 1}, in validation (val_loss)")
 
 
-class BestModelSaver(keras.callbacks.Callback):
-    """Save the model whenever val_loss improves on ``best``, atomically, so the last best survives."""
+class ModelKeeper(keras.callbacks.Callback):
+    """Save the model the run keeps (``model.keras``), atomically, so the previous one survives a kill.
 
-    def __init__(self, path: Path, best: float = math.inf) -> None:
+    ``keep`` is ``train.keep_model``: ``val_loss`` saves whenever validation loss improves on ``best``;
+    ``last`` saves after every finished epoch. ``best`` (the lowest validation loss) is tracked either
+    way, for ``summary.json`` and ``--resume``. A diverged epoch is never kept.
+    """
+
+    def __init__(
+        self, path: Path, nan_guard: StopOnNaN, keep: str = "val_loss", best: float = math.inf
+    ) -> None:
         super().__init__()
-        self.path, self.best = path, best
+        self.path, self.nan_guard, self.keep, self.best = path, nan_guard, keep, best
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("val_loss", math.nan))
-        if math.isfinite(loss) and loss < self.best:
+        if not math.isfinite(loss) or self.nan_guard.where is not None:
+            return
+        if self.keep == "last" or loss < self.best:
             with runs.atomic_path(self.path) as tmp:
                 self.model.save(tmp)
-            self.best = loss
+        self.best = min(self.best, loss)
 
 
 class HistoryWriter(keras.callbacks.Callback):
@@ -93,7 +102,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     killed, the state on disk names an epoch whose model is complete.
     """
 
-    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, best: BestModelSaver) -> None:
+    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, best: ModelKeeper) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.nan_guard = nan_guard

@@ -128,6 +128,7 @@ class TrainConfig:
     deterministic: bool = True
     tensorboard: bool = False
     snapshot_every: int = field(default=0, metadata=_bounded(0))  # 0: no snapshots
+    keep_model: Literal["val_loss", "last"] = "val_loss"  # which epoch model.keras holds
     diagnostics: bool = True  # per-layer dead units, activation statistics, gradient norms per epoch
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"  # a Keras dtype policy
     jit_compile: bool | Literal["auto"] = "auto"

@@ -1,8 +1,8 @@
 """Train a U-Net from a :class:`Config` and leave a complete run folder behind.
 
 The run folder holds the resolved ``config.yaml``, ``split.json``, ``history.csv`` (one row per epoch),
-``model.keras`` (best by val_loss), ``checkpoint/`` (for ``--resume``), ``summary.json`` and
-``loss_curve.png``. See :mod:`cellseg.runs` for the names.
+``model.keras`` (the epoch ``train.keep_model`` picks), ``checkpoint/`` (for ``--resume``),
+``summary.json`` and ``loss_curve.png``. See :mod:`cellseg.runs` for the names.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import cellseg
 from cellseg import runs
 from cellseg.activations import parse_spec
 from cellseg.callbacks import (
-    BestModelSaver,
     Diagnostics,
     HistoryWriter,
+    ModelKeeper,
     ResumeCheckpoint,
     Snapshots,
     StopOnNaN,
@@ -356,7 +356,7 @@ def _fit_and_summarize(
 ) -> RunResult:
     run_dir, model, done = opened.run_dir, opened.model, opened.done
     nan_guard = StopOnNaN()
-    best = BestModelSaver(run_dir / runs.BEST_MODEL, opened.best_val_loss)
+    best = ModelKeeper(run_dir / runs.BEST_MODEL, nan_guard, cfg.train.keep_model, opened.best_val_loss)
     callbacks: list[keras.callbacks.Callback] = [
         nan_guard,
         HistoryWriter(run_dir, nan_guard),
@@ -424,6 +424,7 @@ def write_summary(
     rows = runs.read_history(run_dir) if (run_dir / runs.HISTORY).exists() else []
     finite = [r for r in rows if math.isfinite(r["val_loss"])]
     best = min(finite, key=lambda r: r["val_loss"]) if finite else None
+    kept = (finite[-1] if cfg.train.keep_model == "last" else best) if finite else None
     final = rows[-1] if rows else None
     summary = {
         "activation": activation_label(cfg),
@@ -432,6 +433,7 @@ def write_summary(
         "epochs_run": len(rows),
         "epochs_planned": cfg.train.epochs,
         "best_epoch": best["epoch"] if best else None,
+        "kept_epoch": kept["epoch"] if kept else None,  # the epoch model.keras holds (train.keep_model)
         "best_val_loss": best["val_loss"] if best else None,
         "best_val_iou": best["val_iou"] if best else None,
         "best_val_dice": best["val_dice"] if best else None,

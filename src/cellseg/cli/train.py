@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; best val_loss "
             f"{s['best_val_loss']:.4f} (epoch {s['best_epoch']}), val IoU {s['best_val_iou']:.3f}, "
-            f"val Dice {s['best_val_dice']:.3f}"
+            f"val Dice {s['best_val_dice']:.3f}; model.keras holds epoch {s['kept_epoch']}"
             + ("" if s["stopped_reason"] == "completed" else f"; stopped early: {s['stopped_reason']}")
         )
     print(result.run_dir)
