@@ -302,3 +302,16 @@ def test_ray_executor_runs_a_sweep_on_a_local_ray_cluster(tmp_path):
         summary = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
         assert float(row["best_val_iou"]) == pytest.approx(summary["best_val_iou"])
         assert (Path(row["run_dir"]) / runs.BEST_MODEL).is_file()
+
+
+def test_cpu_budget_is_a_sweep_workers_share_not_the_whole_machine(monkeypatch):
+    import os
+
+    from cellseg.parallel import available_cores, cpu_budget
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_budget() == available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what _start_worker gives each of N workers
+    assert cpu_budget() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert cpu_budget() == available_cores()

@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from cellseg.inference import TiledPredictor
 from cellseg.metrics import ImageScore, instance_counts, score_image, summarize
 from cellseg.models import load_model
 from cellseg.outputs import save_labels, save_overlay
+from cellseg.parallel import cpu_budget
 from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def calibrate(
 
     # SciPy / scikit-image release the GIL in labelling and watershed: threads give 1.7x on 2 cores
     settings = grid(three_class)
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(cpu_budget()) as pool:
         scored = list(zip(settings, pool.map(mean_dsb, settings), strict=True))
     best, score = max(scored, key=lambda pair: pair[1])  # first of equals: grid order
     return best, score, [{**params.to_dict(), "val_dsb_score": s} for params, s in scored]

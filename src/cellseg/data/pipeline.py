@@ -8,7 +8,6 @@ The split is by image, never by patch, so no validation pixel is ever seen in tr
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,15 +21,16 @@ from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
 from cellseg.data.sample import DataError, Sample, SampleRef, modality, network_input, target_map
 from cellseg.data.scale import annotated_factor, resize_labels
+from cellseg.parallel import cpu_budget
 
 T = TypeVar("T", Sample, SampleRef)
 
 #: How training images are held in memory (see :class:`PreparedData`).
 TRAIN_DTYPE = np.float16
 
-#: Patches made in parallel, and batches made ahead: fixed, because tf.data's autotuning is off (see
-#: :func:`without_autotune`). The pipeline still makes patches far faster than training uses them.
-PARALLEL_CALLS = os.cpu_count() or 1
+#: Batches made ahead: fixed, because tf.data's autotuning is off (see :func:`without_autotune`); patches
+#: are made by :func:`cellseg.parallel.cpu_budget` threads. The pipeline still makes patches far faster
+#: than training uses them.
 PREFETCH_BATCHES = 4
 
 
@@ -381,7 +381,7 @@ def train_dataset(
             return make(image, mask, h, w, k, i)
 
         ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)
-        ds = ds.map(sample, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
+        ds = ds.map(sample, num_parallel_calls=cpu_budget(), deterministic=True)
     else:
         refs, per_image = data.train_refs, cfg.patches_per_image
 
@@ -398,7 +398,7 @@ def train_dataset(
 
         ds = tf.data.Dataset.range(start_patch // per_image, np.iinfo(np.int64).max // per_image)
         ds = ds.interleave(
-            patches_of, cycle_length=min(8, n), num_parallel_calls=PARALLEL_CALLS, deterministic=True
+            patches_of, cycle_length=min(8, n), num_parallel_calls=cpu_budget(), deterministic=True
         )
     return without_autotune(ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES))
 

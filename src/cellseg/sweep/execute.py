@@ -27,6 +27,7 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import ConfigError
+from cellseg.parallel import available_cores
 from cellseg.sweep.report import RunRecord, compare, write_results
 from cellseg.sweep.spec import SweepSpec, Variant
 
@@ -211,7 +212,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, verbose: int = 0) -> list[dict[s
         logger.info(f"[{len(records)}/{len(jobs)}] {record.config}, seed {record.seed}: {status}")
         write_results(root, spec, records)
 
-    threads = max(1, (os.cpu_count() or 1) // spec.workers)
+    threads = max(1, available_cores() // spec.workers)
     if spec.executor == "ray":
         where = f"the Ray cluster at {spec.address}" if spec.address else "a local Ray instance"
         logger.info(f"{len(jobs)} runs on {where}, {threads} CPUs each")
