@@ -7,10 +7,11 @@ Each recipe is trained as a user would (``scripts/train.py`` in a fresh process,
 "training minutes" of the recipe), or taken from ``--runs`` when already trained. Every snapshot the
 recipe keeps (``train.snapshot_every``) is then scored on the 38 held-out ``stage1_test`` images, its
 post-processing calibrated on the run's own validation images as ``evaluate.py`` does; the last row of a
-recipe is its best model scored by ``evaluate.py`` itself. With ``--runs``, training minutes are the
-run's own ``wall_seconds`` (from the start of ``train()``: without the 5 s of Python and TensorFlow
-start-up that a command adds). Prints one table and each recipe's distance
-from its targets, and writes ``quality.csv`` and ``quality.png`` (scores against training minutes).
+recipe is the model it keeps (``model.keras``, see ``train.keep_model``) scored by ``evaluate.py``
+itself. With ``--runs``, training minutes are the run's own ``wall_seconds`` (from the start of
+``train()``: without the 5 s of Python and TensorFlow start-up that a command adds). Prints one table
+and each recipe's distance from its targets, and writes ``quality.csv`` and ``quality.png`` (scores
+against training minutes).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def main() -> int:
         _, metrics = evaluate_run(run, str(test), out=args.out / "evaluation" / name)
         summary = runs.read_json(run / runs.SUMMARY)
         final = {
-            "model": f"best (epoch {summary['best_epoch']}, evaluate.py)",
+            "model": f"kept (epoch {summary.get('kept_epoch', summary['best_epoch'])}, evaluate.py)",
             "minutes": (wall if wall is not None else summary["wall_seconds"]) / 60,
             "val_dsb": runs.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
             "dsb_score": metrics["instance"]["dsb_score"],
@@ -178,7 +179,7 @@ def main() -> int:
               + " | ".join(f"{r[c]:.3f}" for c in COLUMNS) + " |")  # fmt: skip
     print()
     for name, target in TARGETS.items():
-        final = [r for r in rows if r["recipe"] == name and r["model"].startswith("best")]
+        final = [r for r in rows if r["recipe"] == name and r["model"].startswith("kept")]
         if not final:
             continue
         gaps = [f"minutes {final[0]['minutes']:.1f} (target <= {target['minutes']})"]
