@@ -1,7 +1,7 @@
 """Time to quality: held-out DSB2018 scores of the real-scale recipes against minutes of training.
 
     python benchmarks/bench_quality.py [--recipes configs/dsb2018.yaml configs/dsb2018_long.yaml]
-                                       [--runs RUN_DIR ...] [--out benchmarks/results/quality]
+                                       [--runs RUN_DIR|- ...] [--out benchmarks/results/quality]
 
 Each recipe is trained as a user would (``scripts/train.py`` in a fresh process, whose wall time is the
 "training minutes" of the recipe), or taken from ``--runs`` when already trained. Every snapshot the
@@ -128,7 +128,9 @@ def main() -> int:
         default=[ROOT / "configs/dsb2018.yaml", ROOT / "configs/dsb2018_long.yaml"],
     )
     p.add_argument(
-        "--runs", nargs="+", type=Path, help="finished runs of the recipes, in the same order (skip training)"
+        "--runs",
+        nargs="+",
+        help="finished runs of the recipes, in the same order (skip training); - trains that recipe",
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/quality")
     args = p.parse_args()  # fmt: skip
@@ -147,7 +149,7 @@ def main() -> int:
         test_samples.append(sample)
     print(f"{machine()}; held-out: {len(test_samples)} images of {test}")
     rows: list[dict] = []
-    given = args.runs or [None] * len(args.recipes)
+    given = [None if r == "-" else Path(r) for r in args.runs] if args.runs else [None] * len(args.recipes)
     for recipe, run in zip(args.recipes, given, strict=True):
         name = recipe.stem
         wall = None
