@@ -111,6 +111,10 @@ def test_predictor_zooms_to_the_nucleus_size_and_answers_at_the_image_size():
     assert probs.foreground.shape == (300, 300)
     assert np.mean((probs.foreground > 0.5) == nuclei) > 0.98
     assert TiledPredictor(model, 3, 8, tile=64, overlap=16)(image).factor == 1.0
+    given = predictor.at_zoom(image, probs.factor)  # a zoom given instead of estimated: the same maps
+    assert given.factor == probs.factor
+    np.testing.assert_array_equal(given.foreground, probs.foreground)
+    assert predictor.at_zoom(image, 0.5).foreground.shape == (300, 300)
 
 
 def test_equalisation_lifts_a_dim_nucleus_far_from_bright_ones():

@@ -100,14 +100,24 @@ class TiledPredictor:
                 weight[y : y + self.tile, x : x + self.tile] += self.window
         return (total / weight)[:h, :w]
 
+    def _output(self, image: np.ndarray, factor: float, name: str) -> np.ndarray:
+        """Model output for a raw image zoomed by ``factor``, prepared exactly as in training."""
+        x = network_input(image, self.channels, name, factor, self.equalize, self.bright_nuclei)
+        return self.predict_normalized(x)
+
+    def at_zoom(self, image: np.ndarray, factor: float, name: str = "image") -> Probabilities:
+        """Probability maps for a raw image predicted at a zoom given, not estimated (e.g. the zoom its
+        masks give: ``benchmarks/bench_zoom.py`` measures what the estimate costs), at its size."""
+        output = self._output(image, factor, name)
+        return probabilities(resize(output, factor, size=image.shape[:2]), factor)
+
     def __call__(self, image: np.ndarray, name: str = "image") -> Probabilities:
         """Probability maps for a raw image (any dtype), prepared exactly as in training, at its size."""
         outputs: dict[float, np.ndarray] = {}
 
         def output_at(factor: float) -> np.ndarray:
             if factor not in outputs:
-                x = network_input(image, self.channels, name, factor, self.equalize, self.bright_nuclei)
-                outputs[factor] = self.predict_normalized(x)
+                outputs[factor] = self._output(image, factor, name)
             return outputs[factor]
 
         if self.nucleus_size is None:
