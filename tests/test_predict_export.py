@@ -207,6 +207,20 @@ def test_sample_tensors_are_viewable_images(tiny_run, tmp_path):
     assert skio.imread(out / "cover.png").shape[1] == 2 * skio.imread(out / "cover.png").shape[0]
 
 
+def test_export_readme_reports_the_validation_scores_of_the_epoch_exported(tiny_run, tmp_path):
+    from cellseg.export import export_run
+
+    run = tmp_path / "kept_last"  # as keep_model: last leaves it when another epoch had the best val_loss
+    shutil.copytree(tiny_run, run)
+    summary = runs.read_json(run / runs.SUMMARY)
+    kept = 3 if summary["best_epoch"] != 3 else 2
+    runs.write_json(run / runs.SUMMARY, {**summary, "kept_epoch": kept})
+    row = runs.read_history(run)[kept - 1]
+    readme = (export_run(run, tmp_path / "pkg") / "README.md").read_text()
+    assert f"foreground IoU {row['val_iou']:.3f},\n  Dice {row['val_dice']:.3f}" in readme
+    assert f"epoch {kept}, the one exported" in readme
+
+
 def test_export_of_a_bright_nuclei_run_asks_for_inverted_dark_nuclei_images(tiny_run, tmp_path):
     from cellseg.export import export_run
 

@@ -10,7 +10,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -56,7 +56,11 @@ class ModelKeeper(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, path: Path, nan_guard: StopOnNaN, keep: str = "val_loss", best: float = math.inf
+        self,
+        path: Path,
+        nan_guard: StopOnNaN,
+        keep: Literal["val_loss", "last"] = "val_loss",
+        best: float = math.inf,
     ) -> None:
         super().__init__()
         self.path, self.nan_guard, self.keep, self.best = path, nan_guard, keep, best

@@ -99,7 +99,9 @@ def _cover(path: Path, raw: np.ndarray, output: np.ndarray, params: PostprocessP
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
     summary = runs.read_json(run_dir / runs.SUMMARY)
-    found = {"best_val_iou": summary["best_val_iou"], "best_val_dice": summary["best_val_dice"]}
+    kept = summary.get("kept_epoch", summary["best_epoch"])  # runs before train.keep_model: the best
+    row = next(r for r in runs.read_history(run_dir) if r["epoch"] == kept)
+    found = {"epoch": kept, "val_iou": row["val_iou"], "val_dice": row["val_dice"]}
     saved = run_dir / runs.EVALUATION / runs.METRICS
     if saved.is_file():
         metrics = runs.read_json(saved)
@@ -172,8 +174,8 @@ with a marker watershed, which no bioimage.io operation describes. The settings 
 its validation images: {knobs} (see cellseg's `postprocess.py`; `scripts/predict.py` applies them).
 
 ## Validation
-- Validation images of the training split: foreground IoU {metrics["best_val_iou"]:.3f},
-  Dice {metrics["best_val_dice"]:.3f} (patches at threshold 0.5, best epoch).
+- Validation images of the training split: foreground IoU {metrics["val_iou"]:.3f},
+  Dice {metrics["val_dice"]:.3f} (patches at threshold 0.5, epoch {metrics["epoch"]}, the one exported).
 {test_line}
 - `test_input.npy` is a raw crop of a validation image; `test_output.npy` is this model's output on it,
   which the bioimage.io model test reproduces with the SavedModel weights and TensorFlow alone.
