@@ -162,7 +162,7 @@ def main() -> int:
         _, metrics = evaluate_run(run, str(test), out=args.out / "evaluation" / name)
         summary = runs.read_json(run / runs.SUMMARY)
         final = {
-            "model": f"kept (epoch {summary.get('kept_epoch', summary['best_epoch'])}, evaluate.py)",
+            "model": f"kept (epoch {runs.kept_epoch(summary)}, evaluate.py)",
             "minutes": (wall if wall is not None else summary["wall_seconds"]) / 60,
             "val_dsb": runs.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
             "dsb_score": metrics["instance"]["dsb_score"],

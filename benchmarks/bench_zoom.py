@@ -25,7 +25,7 @@ from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
 from cellseg.data.scale import annotated_factor
 from cellseg.evaluation import InferenceOptions, load_predictor, postprocess_params, validation_samples
-from cellseg.metrics import score_image
+from cellseg.metrics import instance_counts
 from cellseg.postprocess import instances
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         row = f"| {ref.id[:12]} | {kind} | {truth:.2f} | {estimated.factor:.2f} | {ratios[-1]:.2f} |"
         if params:
             pair = [
-                float(score_image(ref.id, sample.labels, instances(probs, params)).instances.ap().mean())
+                float(instance_counts(sample.labels, instances(probs, params)).ap().mean())
                 for probs in (estimated, predictor.at_zoom(sample.image, truth, ref.id))
             ]
             for key in ("all", kind):

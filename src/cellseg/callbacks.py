@@ -106,11 +106,11 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     killed, the state on disk names an epoch whose model is complete.
     """
 
-    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, best: ModelKeeper) -> None:
+    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, keeper: ModelKeeper) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.nan_guard = nan_guard
-        self.best = best
+        self.keeper = keeper
         (run_dir / runs.LAST_MODEL).parent.mkdir(exist_ok=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -119,7 +119,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         with runs.atomic_path(self.run_dir / runs.LAST_MODEL) as tmp:
             self.model.save(tmp)
         runs.write_json(
-            self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.best.best)}
+            self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.keeper.best)}
         )
 
 

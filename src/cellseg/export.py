@@ -99,7 +99,7 @@ def _cover(path: Path, raw: np.ndarray, output: np.ndarray, params: PostprocessP
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
     summary = runs.read_json(run_dir / runs.SUMMARY)
-    kept = summary.get("kept_epoch", summary["best_epoch"])  # runs before train.keep_model: the best
+    kept = runs.kept_epoch(summary)
     row = next(r for r in runs.read_history(run_dir) if r["epoch"] == kept)
     found = {"epoch": kept, "val_iou": row["val_iou"], "val_dice": row["val_dice"]}
     saved = run_dir / runs.EVALUATION / runs.METRICS

@@ -34,6 +34,11 @@ def probabilities(output: np.ndarray, factor: float = 1.0) -> Probabilities:
     return Probabilities(1.0 - output[..., 0], output[..., 1], factor=factor)
 
 
+def _zoomed_back(output: np.ndarray, factor: float, image: np.ndarray) -> Probabilities:
+    """Probability maps of an output predicted on ``image`` zoomed by ``factor``, at the image's size."""
+    return probabilities(resize(output, factor, size=image.shape[:2]), factor)
+
+
 class TiledPredictor:
     """Predict images of any size with a fully convolutional model.
 
@@ -108,8 +113,7 @@ class TiledPredictor:
     def at_zoom(self, image: np.ndarray, factor: float, name: str = "image") -> Probabilities:
         """Probability maps for a raw image predicted at a zoom given, not estimated (e.g. the zoom its
         masks give: ``benchmarks/bench_zoom.py`` measures what the estimate costs), at its size."""
-        output = self._output(image, factor, name)
-        return probabilities(resize(output, factor, size=image.shape[:2]), factor)
+        return _zoomed_back(self._output(image, factor, name), factor, image)
 
     def __call__(self, image: np.ndarray, name: str = "image") -> Probabilities:
         """Probability maps for a raw image (any dtype), prepared exactly as in training, at its size."""
@@ -128,4 +132,4 @@ class TiledPredictor:
             return (probs.foreground if probs.interior is None else probs.interior) > 0.5
 
         factor = estimate_factor(nuclei_at, self.nucleus_size)
-        return probabilities(resize(output_at(factor), factor, size=image.shape[:2]), factor)
+        return _zoomed_back(output_at(factor), factor, image)

@@ -130,6 +130,11 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def kept_epoch(summary: dict[str, Any]) -> int | None:
+    """The epoch a run's ``model.keras`` holds; runs from before ``train.keep_model`` kept the best."""
+    return summary.get("kept_epoch", summary["best_epoch"])
+
+
 def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / SNAPSHOTS / f"epoch_{epoch:03d}.keras"
 

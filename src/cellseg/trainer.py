@@ -356,12 +356,12 @@ def _fit_and_summarize(
 ) -> RunResult:
     run_dir, model, done = opened.run_dir, opened.model, opened.done
     nan_guard = StopOnNaN()
-    best = ModelKeeper(run_dir / runs.BEST_MODEL, nan_guard, cfg.train.keep_model, opened.best_val_loss)
+    keeper = ModelKeeper(run_dir / runs.BEST_MODEL, nan_guard, cfg.train.keep_model, opened.best_val_loss)
     callbacks: list[keras.callbacks.Callback] = [
         nan_guard,
         HistoryWriter(run_dir, nan_guard),
-        best,
-        ResumeCheckpoint(run_dir, nan_guard, best),
+        keeper,
+        ResumeCheckpoint(run_dir, nan_guard, keeper),
     ]
     if cfg.train.snapshot_every:
         callbacks.append(Snapshots(run_dir, cfg.train.snapshot_every, cfg.train.epochs, nan_guard))
@@ -401,7 +401,8 @@ def _fit_and_summarize(
         runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
     if nan_guard.where is not None:
         kept = (
-            f"The best model so far is kept in {run_dir / runs.BEST_MODEL}."
+            f"{run_dir / runs.BEST_MODEL} holds the model kept before it "
+            f"(train.keep_model: {cfg.train.keep_model})."
             if (run_dir / runs.BEST_MODEL).is_file()
             else "No epoch finished, so no model was saved."
         )
