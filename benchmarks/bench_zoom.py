@@ -35,11 +35,12 @@ def main() -> None:
     p.add_argument("--data", nargs="+", help="annotated folder(s); default: the run's validation images")
     p.add_argument("--score", action="store_true", help="DSB score at the estimated and the annotated zoom")
     args = p.parse_args()
-    predictor, cfg = load_predictor(args.run, InferenceOptions())
+    options = InferenceOptions()
+    predictor, cfg = load_predictor(args.run, options)
     size = cfg.data.nucleus_size
     if size is None:
         raise SystemExit(f"{args.run} was trained at the native scale (data.nucleus_size: null)")
-    params = postprocess_params(args.run, predictor, cfg, InferenceOptions()) if args.score else None
+    params = postprocess_params(args.run, predictor, cfg, options) if args.score else None
     samples = scan_samples(args.data, "auto") if args.data else validation_samples(args.run, cfg)
     print(f"{machine()}; run {args.run}, nucleus size {size:g} px, {len(samples)} images")
     scored = " DSB at estimated zoom | DSB at annotated zoom |" if params else ""
