@@ -45,7 +45,7 @@ def main() -> None:
         model.fit(ds.take(2), verbose=0)  # trace, compile the fused kernels, warm up
         return lambda: model.fit(ds, verbose=0)
 
-    print(f"machine: {machine()}, TensorFlow {tf.__version__}")
+    print(machine())
     print(
         f"default U-Net, {patch} px patches, batch {batch}, {args.steps} steps per run, "
         f"median of {args.repeats}"

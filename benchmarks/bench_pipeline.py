@@ -49,7 +49,7 @@ def main() -> None:
     train, val = split_samples(scan_samples(str(root)), cfg.data.val_fraction, cfg.seed)
     in_memory = prepare(train, val, cfg.data, "dsb2018 stage1_train")
     streamed = prepare(train, val, replace(cfg.data, stream=True), "dsb2018 stage1_train")
-    print(f"machine: {machine()}, TensorFlow {tf.__version__}")
+    print(machine())
     print(
         f"data: {len(train)} training images from {root}, "
         f"read and checked in {time.perf_counter() - start:.1f} s"

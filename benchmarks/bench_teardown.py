@@ -49,9 +49,7 @@ def main() -> None:
     data = prepare(samples[:6], samples[6:], cfg, "synthetic")
     autotune = tf.data.Options()
     autotune.autotune.enabled = True
-    print(
-        f"{machine()}, TensorFlow {tf.__version__}; a batch every 0.1 s for {args.seconds:.0f} s, then delete"
-    )
+    print(f"{machine()}; a batch every 0.1 s for {args.seconds:.0f} s, then delete")
     print("| pipeline | trial | batches | deletion s |")
     print("|---|---|---|---|")
     for trial in range(1, args.trials + 1):

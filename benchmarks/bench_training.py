@@ -2,6 +2,7 @@
 baseline, the options for bigger machines, and start-up time.
 
     python benchmarks/bench_training.py [--steps 10] [--repeats 5] [--skip-startup]
+    python benchmarks/bench_training.py --kernels [--steps 10] [--repeats 2]
 
 1. Utilisation: the default U-Net (ReLU) trained through cellseg's real pipeline (training patches cut and
    flipped on the fly from the images in memory) against a plain ``model.fit`` of the same architecture
@@ -12,6 +13,12 @@ baseline, the options for bigger machines, and start-up time.
    a GPU), ``mixed_float16`` (GPU) and ``train.distribute: mirrored`` (more than one GPU).
 3. Start-up: ``train.py --help`` (must not import TensorFlow) and the time to the first training step of
    ``train.py`` with the default config, in fresh processes.
+
+4. ``--kernels``: precision x oneDNN on this machine, for the DSB2018 recipe as a user runs it: fresh
+   ``train.py --config configs/dsb2018.yaml`` processes (oneDNN is fixed when TensorFlow is imported), each
+   2 epochs of ``--steps`` steps, timed by the second epoch in ``history.csv``. Rows: float32 and
+   mixed_bfloat16 with oneDNN off and on, and the defaults (``precision: auto``, oneDNN as cellseg sets it);
+   the ratio of the defaults to the fastest float32 row is the check of issue 22 (>= 0.95).
 
 Candidates run interleaved (A B A B ...), median of the repeats, as wall-clock and process-CPU-time ratios.
 Uses DSB2018 stage1_train when present, else the synthetic default data.
@@ -41,6 +48,7 @@ from cellseg.activations import Elementwise
 from cellseg.config import Config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
+from cellseg.hardware import ONEDNN_VAR, read_cpu
 from cellseg.models import build_unet, conv_flops
 from cellseg.trainer import compile_model, make_strategy
 
@@ -58,14 +66,6 @@ def builtin_relu_copy(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(model, clone_function=clone)
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def fit_runner(cfg: Config, data, steps: int, make_model=None):
     """A function training ``steps`` steps through the real pipeline (warmed up and traced already)."""
     keras.config.set_dtype_policy(cfg.train.precision)
@@ -75,6 +75,71 @@ def fit_runner(cfg: Config, data, steps: int, make_model=None):
     ds = train_dataset(data, cfg.data, cfg.train.batch_size, cfg.seed)
     model.fit(ds, steps_per_epoch=2, verbose=0)
     return lambda: model.fit(ds, steps_per_epoch=steps, verbose=0)
+
+
+def recipe_epoch_seconds(data: Path, steps: int, env: dict[str, str], overrides: list[str]) -> dict:
+    """Seconds of epoch 2 of the DSB2018 recipe in a fresh ``train.py`` process, with what it chose."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["--config", str(ROOT / "configs/dsb2018.yaml"), "--data", str(data), "--out", tmp, "--quiet"]
+        sets = ["train.epochs=2", f"train.steps_per_epoch={steps}", "train.snapshot_every=0", *overrides]
+        for item in sets:
+            args += ["--set", item]
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/train.py"), *args], capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"train.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        run = Path(proc.stdout.strip().splitlines()[-1])
+        epoch2 = (run / "history.csv").read_text().strip().splitlines()[-1].split(",")
+        header = (run / "history.csv").read_text().splitlines()[0].split(",")
+        machine = json.loads((run / "summary.json").read_text())["machine"]
+    losses = {k: float(epoch2[header.index(k)]) for k in ("loss", "val_loss")}
+    return {"seconds": float(epoch2[header.index("seconds")]), "machine": machine, **losses}
+
+
+def kernel_table(steps: int, repeats: int) -> None:
+    """Precision x oneDNN for the DSB2018 recipe, and the defaults against the fastest float32 setting."""
+    data = DSB2018 / "stage1_train" if DSB2018.is_dir() else None
+    if data is None:
+        raise SystemExit(f"--kernels trains the DSB2018 recipe and needs {DSB2018 / 'stage1_train'}")
+    base = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, "CELLSEG_ONEDNN_DEFAULT")}
+    rows = {"defaults (precision auto, oneDNN as cellseg sets it)": (base, [])}
+    for precision in ("float32", "mixed_bfloat16"):
+        for onednn in ("off", "on"):
+            env = {**base, ONEDNN_VAR: "1" if onednn == "on" else "0"}
+            rows[f"{precision}, oneDNN {onednn}"] = (env, [f"train.precision={precision}"])
+    results: dict[str, list[dict]] = {name: [] for name in rows}
+    for _ in range(repeats):
+        for name, (env, overrides) in rows.items():
+            results[name].append(recipe_epoch_seconds(data, steps, env, overrides))
+    default = results[next(iter(rows))][0]["machine"]
+    print(machine())
+    print(
+        f"configs/dsb2018.yaml on {data.name}, epoch 2 of {steps} steps (batch 8) in a fresh train.py "
+        f"process, median of {repeats}, interleaved"
+    )
+    print("| setting | precision used | oneDNN | s / epoch | s / step | ratio to defaults |")
+    print("|---|---|---|---|---|---|")
+    medians = {name: statistics.median(r["seconds"] for r in runs) for name, runs in results.items()}
+    first = next(iter(medians.values()))
+    for name, runs in results.items():
+        used = runs[0]["machine"]
+        print(
+            f"| {name} | {used['precision']} | {'on' if used['onednn'] else 'off'} | {medians[name]:.1f} | "
+            f"{medians[name] / steps:.2f} | {first / medians[name]:.2f} |"
+        )
+    for name, runs in results.items():  # train.deterministic: repeats of one setting must agree exactly
+        same = all((r["loss"], r["val_loss"]) == (runs[0]["loss"], runs[0]["val_loss"]) for r in runs)
+        print(f"{name}: epoch-2 loss {runs[0]['loss']:.6f}, val_loss {runs[0]['val_loss']:.6f}; "
+              f"repeats {'bit-identical' if same else 'DIFFER'}")  # fmt: skip
+    off, on = results["float32, oneDNN off"][0], results["float32, oneDNN on"][0]
+    gaps = ", ".join(f"{k} {abs(on[k] / off[k] - 1):.2e}" for k in ("loss", "val_loss"))
+    print(f"oneDNN against Eigen kernels, same seed, float32, after 2 epochs: relative difference {gaps}")
+    best = min(medians[n] for n in rows if n.startswith("float32"))
+    print(
+        f"defaults ({default['precision']}, oneDNN {'on' if default['onednn'] else 'off'}) against the "
+        f"fastest float32 setting: speed ratio {best / first:.3f} (target >= 0.95)"
+    )
 
 
 def startup() -> None:
@@ -103,7 +168,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-startup", action="store_true")
+    p.add_argument("--kernels", action="store_true", help="only the precision x oneDNN table (section 4)")
     args = p.parse_args()
+    if args.kernels:
+        kernel_table(args.steps, args.repeats)
+        return
     cfg = Config()
     if DSB2018.is_dir():
         cfg.data.path = str(DSB2018 / "stage1_train")
@@ -134,7 +203,7 @@ def main() -> None:
     }
     gpus = tf.config.list_physical_devices("GPU")
     options = {
-        "  + train.precision: mixed_bfloat16": ("precision", "mixed_bfloat16", cpu_has_bf16() or bool(gpus)),
+        "  + train.precision: mixed_bfloat16": ("precision", "mixed_bfloat16", read_cpu().bf16 or bool(gpus)),
         "  + train.precision: mixed_float16": ("precision", "mixed_float16", bool(gpus)),
         "  + train.distribute: mirrored": ("distribute", "mirrored", len(gpus) > 1),
     }
@@ -145,7 +214,7 @@ def main() -> None:
         option_cfg = replace(cfg, train=replace(cfg.train, **{key: value}))
         with make_strategy(option_cfg.train).scope():
             candidates[name] = fit_runner(option_cfg, data, args.steps)
-    print(f"machine: {machine()}, TensorFlow {tf.__version__}, data: {source}")
+    print(f"{machine()}\ndata: {source}")
     print(
         f"default U-Net, {patch} px patches, batch {batch}, {args.steps} steps per run, median of "
         f"{args.repeats}; {flops / 1e9:.2f} GFLOP per training patch (3x forward)"

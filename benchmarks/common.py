@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -44,5 +43,12 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> di
     }
 
 
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+def machine(precision: str = "auto") -> str:
+    """The machine line of :func:`cellseg.hardware.this_machine` (CPU, features, GPU, precision, oneDNN),
+    with the Python and TensorFlow versions: every benchmark prints it with its figures."""
+    import tensorflow as tf
+
+    from cellseg.hardware import this_machine
+
+    versions = f"Python {platform.python_version()}, TensorFlow {tf.__version__}"
+    return f"{this_machine(precision).line()}; {versions}"

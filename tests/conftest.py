@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,25 @@ def run_python(code: str, cwd: Path | None = None, timeout: int = 240) -> str:
     )
     assert proc.returncode == 0, f"fresh process failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+@contextlib.contextmanager
+def held_by_another_process(run_dir: Path) -> Iterator[int]:
+    """Another process holds ``run_dir``'s training lock for the block (then is SIGKILLed); yields its PID."""
+    import subprocess
+
+    code = "import sys, time\nfrom cellseg import runs\nwith runs.locked(sys.argv[1]):\n"
+    code += "    print('held', flush=True)\n    time.sleep(600)\n"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()  # the kernel releases the lock: no stale lock file is left to block anyone
+        holder.wait()
 
 
 def write_paired(root: Path, seed: int, count: int, size: int) -> Path:

@@ -96,7 +96,7 @@ def test_bad_files_are_still_named_and_never_cached(tmp_path):
     png.write_bytes(png.read_bytes()[:40])
     cache = SampleCache(tmp_path / "cache")
     (ref,) = cache.wrap(scan_samples(str(data)))
-    with pytest.raises(DataError, match=r"a\.png: cannot read image"):
+    with pytest.raises(DataError, match=r"a\.png: not a readable image"):
         ref.load()
     assert not cache.entry(ref).exists()
 

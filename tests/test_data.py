@@ -240,7 +240,7 @@ def test_bad_inputs_name_the_file_and_the_problem(tmp_path):
     write_dsb(tmp_path / "corrupt", "z")
     png = tmp_path / "corrupt" / "z" / "images" / "z.png"
     png.write_bytes(png.read_bytes()[:40])
-    with pytest.raises(DataError, match=r"z.png: cannot read image"):
+    with pytest.raises(DataError, match=r"z.png: not a readable image"):
         read_samples(str(tmp_path / "corrupt"))
     write_dsb(tmp_path / "stack", "s")
     skio.imsave(
@@ -310,13 +310,13 @@ def test_bad_samples_stop_loading_or_are_skipped_and_recorded(tmp_path):
     png = root / "img2" / "images" / "img2.png"
     png.write_bytes(png.read_bytes()[:50])
     refs = scan_samples(str(root))
-    with pytest.raises(DataError, match=r"img2\.png: cannot read image.*data\.on_bad_sample: skip"):
+    with pytest.raises(DataError, match=r"img2\.png: not a readable image.*data\.on_bad_sample: skip"):
         prepare(refs[:4], refs[4:], DataConfig(patch_size=32), "disk")
     with pytest.warns(UserWarning, match="skipping sample img2"):
         data = prepare(refs[:4], refs[4:], DataConfig(patch_size=32, on_bad_sample="skip"), "disk")
     assert data.train_ids == ["img0", "img1", "img3"]
     assert data.skipped == [{"id": "img2", "reason": data.skipped[0]["reason"]}]
-    assert "cannot read image" in data.skipped[0]["reason"]
+    assert "not a readable image" in data.skipped[0]["reason"]
 
 
 def test_images_of_mixed_sizes_are_held_unpadded_and_patches_are_windows_of_one_image():
@@ -414,3 +414,15 @@ def test_polarity_of_real_dsb2018_images_follows_their_masks(dsb2018):
         x = network_input(sample.image, 3, bright_nuclei=True).mean(axis=-1)
         assert x[sample.labels > 0].mean() > x[sample.labels == 0].mean(), ref.id
     assert inverted == 7
+
+
+def test_a_text_file_named_png_is_refused_in_one_line_without_install_advice(tmp_path):
+    from cellseg.data.readers import read_image
+
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image\n")
+    with pytest.raises(DataError) as info:
+        read_image(fake)
+    message = str(info.value)
+    assert message == f"{fake}: not a readable image (no image decoder recognises its contents)"
+    assert "\n" not in message and "pip install" not in message

@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, run_python, write_paired
+from conftest import ROOT, TINY, held_by_another_process, run_python, write_paired
 from skimage import io as skio
 
 from cellseg import runs
@@ -135,10 +135,43 @@ def test_a_run_whose_validation_diverges_exits_non_zero_and_says_so(capsys, tmp_
     code, out, err = train_cli(capsys, "--out", str(tmp_path), *sets)
     assert code == 1
     assert "no model was saved" in err
-    assert any("NaN/inf" in line and "No epoch finished, so no model was saved" in line for line in out)
+    assert any("non-finite" in line and "No epoch finished, so no model was saved" in line for line in out)
     run_dir = only_run(tmp_path)
     assert not (run_dir / runs.BEST_MODEL).exists()
-    assert json.loads((run_dir / runs.SUMMARY).read_text())["stopped_reason"].startswith("non-finite loss")
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+    assert summary["stopped_reason"].startswith("non-finite val_loss")
+
+
+def test_a_run_that_diverges_but_stays_finite_fails_and_keeps_no_diverged_model(capsys, tmp_path):
+    sets = [*SETS, "--set=train.optimizer=sgd", "--set=train.learning_rate=1e6", "--set=train.epochs=3"]
+    code, out, _err = train_cli(capsys, "--out", str(tmp_path), *sets)
+    assert code == 1, "a diverged run is no success"
+    summary = json.loads((only_run(tmp_path) / runs.SUMMARY).read_text())
+    assert summary["stopped_reason"].startswith(("diverged at epoch", "non-finite")), summary
+    assert any(line.startswith("training stopped:") for line in out)
+    history = only_run(tmp_path) / runs.HISTORY
+    rows = runs.read_history(only_run(tmp_path)) if history.is_file() else []
+    assert all(r["val_loss"] < 1e3 for r in rows), "no diverged epoch is logged as finished"
+
+
+def test_divergence_is_judged_against_the_first_epoch():
+    from cellseg.callbacks import StopOnDivergence
+
+    guard = StopOnDivergence()
+    guard.set_model(keras.Sequential())
+    for epoch, (loss, val_loss) in enumerate([(0.9, 1.2), (0.5, 3.0), (0.4, 40.0)]):  # overconfidence
+        guard.on_epoch_end(epoch, {"loss": loss, "val_loss": val_loss})
+    assert guard.where is None, "a validation loss 33x the first epoch's is not divergence"
+    guard.on_epoch_end(3, {"loss": 0.4, "val_loss": 3e18})
+    assert guard.reason == "diverged at epoch 4: val_loss 3e+18, over 1000x the first epoch's 1.2"
+    first = StopOnDivergence()
+    first.set_model(keras.Sequential())
+    first.on_epoch_end(0, {"loss": 3.5e9, "val_loss": 1.0})
+    assert first.reason == "diverged at epoch 1: loss 3.5e+09, over 1e+06, far beyond a sound loss"
+    resumed = StopOnDivergence({"loss": 2e7, "val_loss": 1.0})  # a first epoch that had blown up already
+    resumed.set_model(keras.Sequential())
+    resumed.on_epoch_end(4, {"loss": 2e6, "val_loss": 1.0})
+    assert resumed.reason is not None and "loss 2e+06" in resumed.reason
 
 
 def test_images_with_nan_pixels_are_rejected_by_name(capsys, tmp_path):
@@ -195,10 +228,11 @@ def test_damaged_checkpoint_files_are_named_with_the_way_out(capsys, two_epoch_r
 
     state.write_text(good_state)
     last = run_dir / runs.LAST_MODEL
-    last.write_bytes(last.read_bytes()[:1000])  # truncated
-    code, _, err = train_cli(capsys, "--resume", str(run_dir), "--set", "train.epochs=3")
-    assert code == 2 and f"{last}: the checkpoint cannot be read" in err
+    last.write_bytes(last.read_bytes()[:-1000])  # truncated: its zip directory is gone
+    code, out, err = train_cli(capsys, "--resume", str(run_dir), "--set", "train.epochs=3")
+    assert code == 2 and f"{last}: the checkpoint is damaged (truncated" in err
     assert "File not found" not in err
+    assert not any(line.startswith("data:") for line in out), "checked before any data is read"
 
     # the way out that the message gives works: without a checkpoint the run restarts from epoch 1
     for path in (state, last):
@@ -208,12 +242,31 @@ def test_damaged_checkpoint_files_are_named_with_the_way_out(capsys, two_epoch_r
     assert [r["epoch"] for r in runs.read_history(run_dir)] == [1, 2, 3]
 
 
+def test_a_second_process_on_a_run_is_refused_naming_the_holder(capsys, two_epoch_run):
+    with held_by_another_process(two_epoch_run) as pid:
+        code, _, err = train_cli(capsys, "--resume", str(two_epoch_run), "--set", "train.epochs=3")
+        assert code == 2 and f"being trained by another process (PID {pid})" in err
+        assert [r["epoch"] for r in runs.read_history(two_epoch_run)] == [1, 2], "nothing was touched"
+    code, _, _ = train_cli(capsys, "--resume", str(two_epoch_run), "--set", "train.epochs=3")
+    assert code == 0 and [r["epoch"] for r in runs.read_history(two_epoch_run)] == [1, 2, 3]
+
+
+def test_training_time_and_process_starts_survive_a_resume(capsys, two_epoch_run):
+    state = json.loads((two_epoch_run / runs.STATE).read_text())
+    assert state["wall_seconds"] > 0 and state["session_starts"] == [1]
+    code, _, _ = train_cli(capsys, "--resume", str(two_epoch_run), "--set", "train.epochs=3")
+    assert code == 0
+    summary = json.loads((two_epoch_run / runs.SUMMARY).read_text())
+    assert summary["session_starts"] == [1, 3], "epoch 3 began a process (it traced the graph)"
+    assert summary["wall_seconds"] > state["wall_seconds"], "the first process's time is kept"
+
+
 def test_extending_a_run_updates_its_config_and_continues_the_schedule(capsys, two_epoch_run, tmp_path):
     run_dir = two_epoch_run
     code, _, err = train_cli(capsys, "--resume", str(run_dir), "--set", "train.epochs=1")
     assert code == 2 and "train.epochs=1 is below the 2 epochs" in err
-    code, _, _ = train_cli(capsys, "--resume", str(run_dir), "--set", "train.epochs=4")
-    assert code == 0
+    code, out, _ = train_cli(capsys, "--resume", str(run_dir), "--set", "train.epochs=4")
+    assert code == 0 and f"extending {run_dir} from 2 to 4 epochs" in out
     assert load_config(run_dir / runs.CONFIG).train.epochs == 4
     assert json.loads((run_dir / runs.SUMMARY).read_text())["epochs_planned"] == 4
     # from epoch 3 on, the cosine schedule is the one of a run planned for 4 epochs from the start
@@ -237,10 +290,22 @@ def test_failed_evaluation_leaves_earlier_outputs_untouched(capsys, two_epoch_ru
     png = image_file(data, 2)
     png.write_bytes(png.read_bytes()[:60])  # the last image is corrupt: evaluation fails there
     assert evaluate_main([*args, "--overlap", "4"]) == 2
-    assert f"{png}: cannot read image" in capsys.readouterr().err
+    assert f"{png}: not a readable image" in capsys.readouterr().err
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before, "no new overlay sits beside the previous metrics.json"
     assert temporaries(tmp_path) == []
+
+
+def test_evaluation_of_images_without_masks_fails_before_calibrating(capsys, two_epoch_run, tmp_path):
+    data = write_paired(tmp_path / "test", seed=9, count=3, size=64)
+    dsb = tmp_path / "dsb"
+    for image in sorted((data / "images").iterdir()):  # the DSB2018 layout, masks folders missing
+        (dsb / image.stem / "images").mkdir(parents=True)
+        image.rename(dsb / image.stem / "images" / image.name)
+    code = evaluate_main(["--run", str(two_epoch_run), "--data", str(dsb), "--tile", "32", "--overlap", "8"])
+    assert code == 2
+    assert "3 of 3 images have no masks" in capsys.readouterr().err
+    assert not (two_epoch_run / runs.POSTPROCESS).exists(), "nothing was calibrated or written"
 
 
 def test_a_run_trained_on_a_relative_path_evaluates_from_elsewhere(tmp_path):
@@ -293,6 +358,9 @@ def test_bad_samples_are_skipped_before_the_split(tmp_path):
             ["--set", "data.channels=1", "--set", "data.augment.colour=0.3"],
             "set data.augment.colour=0 or data.channels=3",
         ),
+        (["--set", "train.learning_rate=nan"], "'train.learning_rate' = nan must be a finite number"),
+        (["--set", "train.learning_rate=inf"], "'train.learning_rate' = inf must be a finite number"),
+        (["--set", "seed=-1"], "'seed' = -1 must be in [0, inf)"),
     ],
 )
 def test_bad_configs_fail_before_any_data_is_prepared(capsys, tmp_path, args, message):

@@ -36,7 +36,8 @@ from cellseg.trainer import train
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    cfg = load_config(None, [*TINY, "train.epochs=3"])
+    """The quick start's ISRU run (an activation with options), tiny."""
+    cfg = load_config("configs/isru.yaml", [*TINY, "train.epochs=3"])
     return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0).run_dir
 
 
@@ -74,7 +75,9 @@ def test_predict_segments_measures_and_reports_unreadable_images(tiny_run, tmp_p
     code = predict_main([*args, "--out", str(out), "--tile", "32", "--overlap", "8", "--format", "tif"])
     captured = capsys.readouterr()
     assert code == 1, "one image could not be read"
-    assert "broken.png: cannot read image" in captured.err and "1 of 5 images" in captured.err
+    assert "broken.png: not a readable image" in captured.err and "1 of 5 images" in captured.err
+    failed = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].count("broken.png") == 1, "one line, naming the file once"
     assert "4 images segmented" in captured.out and "MP/s" in captured.out
     summary = read_csv(out / "summary.csv")
     assert [r["image"] for r in summary] == [*(p.stem for p in images), "grey16", "broken"]
@@ -85,7 +88,7 @@ def test_predict_segments_measures_and_reports_unreadable_images(tiny_run, tmp_p
         assert labels.shape == (int(row["height"]), int(row["width"]))
         table = read_csv(out / "nuclei" / f"{row['image']}.csv")
         assert list(table[0] if table else NUCLEUS_COLUMNS.values()) == list(NUCLEUS_COLUMNS.values())
-        assert len(table) == int(row["nuclei"]) == len(np.unique(labels)) - 1
+        assert len(table) == int(row["nuclei"]) == len(np.unique(labels[labels > 0]))
         for nucleus in table:  # each row measures its own label
             mask = labels == int(nucleus["label"])
             assert int(nucleus["area"]) == mask.sum()
@@ -156,6 +159,7 @@ def test_export_passes_bioimageio_validation_and_model_test_without_cellseg(tiny
     assert "bioimage.io validation: valid-format" in printed and printed.strip().endswith("pkg.zip")
     rdf = yaml.safe_load((out / "rdf.yaml").read_text())
     assert rdf["format_version"].startswith("0.5")
+    assert rdf["name"] == "cellseg nucleus U-Net isru(alpha 1_0)", "only letters, digits and _+- () allowed"
     assert rdf["weights"]["tensorflow_saved_model_bundle"]["parent"] == "keras_v3"
     assert [p["id"] for p in rdf["inputs"][0]["preprocessing"]] == ["scale_range", "clip"]
     assert "## Validation" in (out / "README.md").read_text()
@@ -167,6 +171,12 @@ def test_export_passes_bioimageio_validation_and_model_test_without_cellseg(tiny
         assert "cellseg imported False" in report, "the SavedModel ran with TensorFlow alone"
     report = bioimageio_check(out / "rdf.yaml", "keras_v3", pre="import cellseg\n")
     assert "test passed" in report, "the .keras parent runs where cellseg is installed"
+
+
+def test_zip_packages_of_dotted_names_do_not_overwrite_each_other(tiny_run, tmp_path):
+    for name in ("relu.s0", "relu.s1"):
+        assert export_main(["--run", str(tiny_run), "--out", str(tmp_path / name), "--zip"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.zip")) == ["relu.s0.zip", "relu.s1.zip"]
 
 
 @needs_bioimageio

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, held_by_another_process
 
 from cellseg import runs
 from cellseg.cli.plot_history import main as plot_history_main
@@ -81,6 +81,22 @@ def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_sweep, 
     assert len(read_csv(sweep / "runs.csv")) == 6
 
 
+def test_a_run_another_process_is_training_is_skipped_and_left_alone(tiny_sweep, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep, sweep)
+    busy = sweep / "runs" / "isru_s1"
+    (busy / runs.SUMMARY).unlink()  # as if another sweep were still training it
+    before = {p: p.read_bytes() for p in busy.rglob("*") if p.is_file() and p.name != runs.LOCK}
+    with held_by_another_process(busy) as pid:
+        code = sweep_main(["--configs", *CONFIGS, "--seeds", "0", "1", "--out", str(sweep), *TINY_SETS])
+    assert code == 1
+    assert f"being trained by another process (PID {pid})" in capsys.readouterr().out
+    after = {p: p.read_bytes() for p in busy.rglob("*") if p.is_file() and p.name != runs.LOCK}
+    assert after == before and not (busy / runs.FAILED).exists()
+    rows = {(r["config"], r["seed"]): r for r in read_csv(sweep / "runs.csv")}
+    assert rows["isru", "1"]["status"] == "failed" and rows["relu", "1"]["status"] == "ok"
+
+
 def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path, capsys):
     broken = tmp_path / "binary_step.yaml"
     broken.write_text(f"extends: {ROOT / 'configs/base.yaml'}\nmodel:\n  activation: binary_step\n")
@@ -105,6 +121,13 @@ def test_failed_runs_are_reported_and_the_sweep_goes_on(tmp_path, capsys):
     assert table["diverging"]["ok"] == "0" and "non-finite loss" in table["diverging"]["failed"]
     assert list(table)[-1] != "relu", "failed configs sort last"
     assert "failed: seed 0: non-finite loss" in (out / "comparison.md").read_text()
+    code = sweep_main(  # diverged but finite: reported as diverged too
+        ["--configs", CONFIGS[0], "--seeds", "0", "--out", str(tmp_path / "finite"), *TINY_SETS,
+         "--set=train.optimizer=sgd", "--set=train.learning_rate=1e6"]
+    )  # fmt: skip
+    assert code == 1
+    (row,) = read_csv(tmp_path / "finite" / "runs.csv")
+    assert row["status"] == "failed" and row["reason"].startswith(("diverged", "non-finite")), row
 
 
 def test_a_resumed_sweep_must_use_the_same_data_and_overrides(tiny_sweep, tmp_path):

@@ -67,10 +67,10 @@ def test_run_folder_holds_everything(isru_run):
 def test_model_keeper_keeps_the_lowest_val_loss_or_the_last_epoch(tmp_path, keep, kept):
     import keras
 
-    from cellseg.callbacks import ModelKeeper, StopOnNaN
+    from cellseg.callbacks import ModelKeeper, StopOnDivergence
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    keeper = ModelKeeper(tmp_path / "model.keras", StopOnNaN(), keep)
+    keeper = ModelKeeper(tmp_path / "model.keras", StopOnDivergence(), keep)
     keeper.set_model(model)
     for epoch, val_loss in enumerate((1.0, 2.0, math.nan)):  # weights = epoch number; the 3rd diverged
         model.layers[0].kernel.assign(np.full((2, 1), epoch + 1.0))
@@ -219,7 +219,7 @@ def test_nan_loss_stops_cleanly_with_a_message(capsys, tmp_path, tiny_overrides)
     ]  # fmt: skip
     code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)
     assert code == 1
-    assert any("loss became NaN/inf" in line for line in out)
+    assert any("training stopped: non-finite loss at" in line for line in out)
     summary = json.loads((Path(out[-1]) / runs.SUMMARY).read_text())
     assert summary["stopped_reason"].startswith("non-finite loss at epoch")
     if (Path(out[-1]) / runs.HISTORY).exists():
@@ -272,7 +272,7 @@ def test_trains_on_real_dsb2018_images(capsys, tmp_path, tiny_overrides, dsb2018
 def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_overrides):
     import keras
 
-    from cellseg.callbacks import Diagnostics, StopOnNaN
+    from cellseg.callbacks import Diagnostics, StopOnDivergence
     from cellseg.cli.plot_history import main as plot_history_main
     from cellseg.config import ModelConfig
     from cellseg.models import build_unet
@@ -301,7 +301,10 @@ def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_ov
     conv.set_weights([kernel, bias])
     rng = np.random.default_rng(0)
     probe = Diagnostics(
-        tmp_path, rng.random((2, 32, 32, 3), np.float32), np.ones((2, 32, 32, 1), np.float32), StopOnNaN()
+        tmp_path,
+        rng.random((2, 32, 32, 3), np.float32),
+        np.ones((2, 32, 32, 1), np.float32),
+        StopOnDivergence(),
     )
     probe.set_model(model)
     probe.on_train_begin()

@@ -1,4 +1,4 @@
-"""Keras callbacks that write the run folder as training goes: history, checkpoints, NaN guard.
+"""Keras callbacks that write the run folder as training goes: history, checkpoints, divergence guard.
 
 Every file is written through :func:`cellseg.runs.atomic_path`: a kill or a full disk at any instant
 leaves the previous complete version in place.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,31 +21,59 @@ from cellseg import runs
 from cellseg.models import activation_layers, activation_parameters
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stop at the first non-finite training or validation loss and remember where, to say so.
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop at the first diverged loss, remember where and why: the run then fails, keeping its last
+    sound model.
 
-    A diverged network can keep a finite (clipped) training loss while its validation loss is NaN, so
-    both are watched: such an epoch is neither logged as finished nor checkpointed.
+    Diverged means non-finite (NaN / inf) after any batch, or, at an epoch's end, a training or validation
+    loss over ``FACTOR`` times the run's first epoch's (the first epoch's counted as at least 1 and at most
+    ``FACTOR``, so over 1e6 always is): a cross-entropy plus Dice loss of a sound network stays within a
+    few times its first value, while a blown-up one (SGD at a huge learning rate) reaches 1e18 and stays
+    finite. A diverged network can keep a finite training loss
+    while its validation loss is NaN, so both are watched; a diverged epoch is neither logged as finished
+    nor checkpointed nor kept.
     """
 
-    def __init__(self) -> None:
+    FACTOR = 1000.0
+
+    def __init__(self, first_epoch: dict[str, float] | None = None) -> None:
+        """``first_epoch``: the losses of epoch 1 when resuming (else they are read when it ends)."""
         super().__init__()
         self.where: str | None = None
+        self.reason: str | None = None
+        self.first = dict(first_epoch or {})
 
-    def _check(self, logs: dict | None, key: str, where: str) -> None:
-        value = (logs or {}).get(key)
-        if value is not None and not math.isfinite(float(value)) and self.where is None:
-            self.where = where
+    def _stop(self, where: str, reason: str) -> None:
+        if self.where is None:
+            self.where, self.reason = where, reason
             self.model.stop_training = True
 
+    def _check_finite(self, logs: dict | None, key: str, where: str) -> None:
+        value = (logs or {}).get(key)
+        if value is not None and not math.isfinite(float(value)):
+            self._stop(where, f"non-finite {key} at {where}")
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._check(logs, "loss", f"epoch {self._epoch + 1}, batch {batch + 1}")
+        self._check_finite(logs, "loss", f"epoch {self._epoch + 1}, batch {batch + 1}")
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._check(logs, "val_loss", f"epoch {epoch + 1}, in validation (val_loss)")
+        logs = logs or {}
+        self._check_finite(logs, "val_loss", f"epoch {epoch + 1}, in validation")
+        for key in ("loss", "val_loss"):
+            if self.where is not None or key not in logs:
+                continue
+            value = float(logs[key])
+            reference = min(max(self.first.setdefault(key, value), 1.0), self.FACTOR)
+            if value > self.FACTOR * reference:
+                why = (
+                    f"over {self.FACTOR**2:g}, far beyond a sound loss"
+                    if reference == self.FACTOR or epoch == 0
+                    else f"over {self.FACTOR:g}x the first epoch's {self.first[key]:.3g}"
+                )
+                self._stop(f"epoch {epoch + 1}", f"diverged at epoch {epoch + 1}: {key} {value:.3g}, {why}")
 
 
 class ModelKeeper(keras.callbacks.Callback):
@@ -58,16 +87,16 @@ class ModelKeeper(keras.callbacks.Callback):
     def __init__(
         self,
         path: Path,
-        nan_guard: StopOnNaN,
+        guard: StopOnDivergence,
         keep: Literal["val_loss", "last"] = "val_loss",
         best: float = math.inf,
     ) -> None:
         super().__init__()
-        self.path, self.nan_guard, self.keep, self.best = path, nan_guard, keep, best
+        self.path, self.guard, self.keep, self.best = path, guard, keep, best
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = float((logs or {}).get("val_loss", math.nan))
-        if not math.isfinite(loss) or self.nan_guard.where is not None:
+        if not math.isfinite(loss) or self.guard.where is not None:
             return
         if self.keep == "last" or loss < self.best:
             with runs.atomic_path(self.path) as tmp:
@@ -78,16 +107,16 @@ class ModelKeeper(keras.callbacks.Callback):
 class HistoryWriter(keras.callbacks.Callback):
     """Append one history.csv row per finished epoch, with learning rate, time and activation params."""
 
-    def __init__(self, run_dir: Path, nan_guard: StopOnNaN) -> None:
+    def __init__(self, run_dir: Path, guard: StopOnDivergence) -> None:
         super().__init__()
         self.path = run_dir / runs.HISTORY
-        self.nan_guard = nan_guard
+        self.guard = guard
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.nan_guard.where is not None:
+        if self.guard.where is not None:
             return  # a diverged epoch is reported in summary.json, not logged as if it finished
         logs = logs or {}
         row: dict[str, Any] = {"epoch": epoch + 1}
@@ -103,24 +132,38 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     """After each epoch save the full model (weights + optimizer state) and then, last, the epoch count.
 
     ``state.json`` is written after the model file and atomically, so whatever instant a run is
-    killed, the state on disk names an epoch whose model is complete.
+    killed, the state on disk names an epoch whose model is complete. It also keeps the training time so
+    far (``clock()``) and the first epoch of each process, so a kill loses neither.
     """
 
-    def __init__(self, run_dir: Path, nan_guard: StopOnNaN, keeper: ModelKeeper) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        guard: StopOnDivergence,
+        keeper: ModelKeeper,
+        clock: Callable[[], float] = lambda: 0.0,
+        session_starts: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
-        self.nan_guard = nan_guard
+        self.guard = guard
         self.keeper = keeper
+        self.clock = clock
+        self.session_starts = session_starts or [1]
         (run_dir / runs.LAST_MODEL).parent.mkdir(exist_ok=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.nan_guard.where is not None:
+        if self.guard.where is not None:
             return
         with runs.atomic_path(self.run_dir / runs.LAST_MODEL) as tmp:
             self.model.save(tmp)
-        runs.write_json(
-            self.run_dir / runs.STATE, {"epoch": epoch + 1, "best_val_loss": float(self.keeper.best)}
-        )
+        state = {
+            "epoch": epoch + 1,
+            "best_val_loss": float(self.keeper.best),
+            "wall_seconds": round(self.clock(), 2),
+            "session_starts": self.session_starts,
+        }
+        runs.write_json(self.run_dir / runs.STATE, state)
 
 
 class Snapshots(keras.callbacks.Callback):
@@ -130,13 +173,13 @@ class Snapshots(keras.callbacks.Callback):
     Runs after :class:`ResumeCheckpoint`, whose complete ``last.keras`` it copies instead of saving again.
     """
 
-    def __init__(self, run_dir: Path, every: int, epochs: int, nan_guard: StopOnNaN) -> None:
+    def __init__(self, run_dir: Path, every: int, epochs: int, guard: StopOnDivergence) -> None:
         super().__init__()
-        self.run_dir, self.every, self.epochs, self.nan_guard = run_dir, every, epochs, nan_guard
+        self.run_dir, self.every, self.epochs, self.guard = run_dir, every, epochs, guard
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         done = epoch + 1
-        if self.nan_guard.where is None and (done % self.every == 0 or done == self.epochs):
+        if self.guard.where is None and (done % self.every == 0 or done == self.epochs):
             with runs.atomic_path(runs.snapshot_path(self.run_dir, done)) as tmp:
                 shutil.copyfile(self.run_dir / runs.LAST_MODEL, tmp)
 
@@ -151,11 +194,13 @@ class Diagnostics(keras.callbacks.Callback):
     disturb training. Written to ``diagnostics.csv``; one forward and backward pass per epoch.
     """
 
-    def __init__(self, run_dir: Path, images: np.ndarray, targets: np.ndarray, nan_guard: StopOnNaN) -> None:
+    def __init__(
+        self, run_dir: Path, images: np.ndarray, targets: np.ndarray, guard: StopOnDivergence
+    ) -> None:
         super().__init__()
         self.path = run_dir / runs.DIAGNOSTICS
         self.images, self.targets = tf.constant(images), tf.constant(targets)
-        self.nan_guard = nan_guard
+        self.guard = guard
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if getattr(self, "_traced_for", None) is self.model:
@@ -192,7 +237,7 @@ class Diagnostics(keras.callbacks.Callback):
         self.measure = measure
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.nan_guard.where is not None:
+        if self.guard.where is not None:
             return
         stats, norms, dead_fraction = (t.numpy() for t in self.measure())
         row: dict[str, Any] = {"epoch": epoch + 1}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ class DataConfig:
     """Where images come from and how patches are cut from them."""
 
     path: str | list[str] | None = None
-    seed: int | None = None  # synthetic images and train/val split; None: the run's seed
+    seed: int | None = field(default=None, metadata=_bounded(0))  # images and split; None: the run's seed
     layout: Literal["auto", "dsb2018", "paired", "rle"] = "auto"
     rle_csv: str | None = None
     patch_size: int = field(default=128, metadata=_bounded(16))
@@ -130,7 +131,8 @@ class TrainConfig:
     snapshot_every: int = field(default=0, metadata=_bounded(0))  # 0: no snapshots
     keep_model: Literal["val_loss", "last"] = "val_loss"  # which epoch model.keras holds
     diagnostics: bool = True  # per-layer dead units, activation statistics, gradient norms per epoch
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"  # a Keras dtype policy
+    # auto: chosen by the hardware (cellseg.hardware.choose_precision); else a Keras dtype policy
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     jit_compile: bool | Literal["auto"] = "auto"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
@@ -139,7 +141,7 @@ class TrainConfig:
 class Config:
     """A complete, resolved run configuration."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=_bounded(0))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -311,6 +313,8 @@ def _build(cls: type, raw: dict, prefix: str, origins: dict[str, str]) -> Any:
             value = _coerce(raw[f.name], hint)
         except TypeError as exc:
             raise ConfigError(f"{source}: '{dotted}' = {raw[f.name]!r} is invalid: {exc}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+            raise ConfigError(f"{source}: '{dotted}' = {value!r} must be a finite number")
         check = f.metadata.get("check")
         if check is not None and value is not None and not check[0](value):
             raise ConfigError(f"{source}: '{dotted}' = {value!r} must be {check[1]}")

@@ -186,6 +186,17 @@ def _score_images(
     return scores, zooms, timer, pixels
 
 
+def _require_masks(refs: Sequence[SampleRef]) -> None:
+    """Every image's mask files exist (checked without decoding), or a DataError names the first gap."""
+    missing = [(ref, path) for ref in refs for path in ref.sources if not path.exists()]
+    if missing:
+        ref, path = missing[0]
+        raise DataError(
+            f"{len({r.id for r, _ in missing})} of {len(refs)} images have no masks (first: {ref.id}, "
+            f"{path} is missing); evaluation needs annotated images: segment the others with cellseg-predict"
+        )
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: str | Sequence[str],
@@ -205,6 +216,7 @@ def evaluate_run(
     if not (run_dir / runs.BEST_MODEL).is_file():
         raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
     refs = scan_samples(data, layout)  # fail on a bad data path before loading anything
+    _require_masks(refs)  # ... and on missing masks before minutes of calibration
     predictor, cfg = load_predictor(run_dir, options)
     params = postprocess_params(run_dir, predictor, cfg, options, recalibrate)
     out = Path(out) if out is not None else run_dir / runs.EVALUATION

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import shutil
 import tempfile
 import zipfile
@@ -50,6 +51,21 @@ INPUT_ID, OUTPUT_ID = "image", "probabilities"
 #: The run's normalisation (cellseg.data.sample.normalize) as bioimage.io operations
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
 CLASS_NAMES = {1: ["foreground"], 3: ["background", "interior", "boundary"]}
+
+
+def package_name(activation: str) -> str:
+    """The package's ``name``: the spec allows only letters, digits and ``_+- ()``, at most 128 characters.
+
+    An activation with options (``isru(alpha=1.0)``) becomes ``isru(alpha 1_0)``.
+    """
+    name = f"cellseg nucleus U-Net {activation}".replace("=", " ").replace(",", " ")
+    name = re.sub(r"[^A-Za-z0-9_+\- ()]", "_", name)
+    return re.sub(" +", " ", name)[:128]
+
+
+def zip_path(out: Path) -> Path:
+    """``out`` + ``.zip``: ``models/relu.s0`` gives ``models/relu.s0.zip``, never ``models/relu.zip``."""
+    return out.with_name(out.name + ".zip")
 
 
 def _sha256(path: Path) -> str:
@@ -201,7 +217,7 @@ def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[
     return {
         "type": "model",
         "format_version": FORMAT_VERSION,
-        "name": f"cellseg nucleus U-Net {activation}",
+        "name": package_name(activation),
         "description": f"2-D nucleus segmentation U-Net ({activation} activation) trained with cellseg; "
         "outputs per-pixel probabilities.",
         "authors": authors,
@@ -334,7 +350,7 @@ def export_run(
         )
     if not zip_package:
         return out
-    package = out.with_suffix(".zip")
+    package = zip_path(out)
     with runs.atomic_path(package) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(out.iterdir()):
             zf.write(file, file.name)

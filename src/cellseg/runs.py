@@ -32,6 +32,7 @@ SNAPSHOTS = "snapshots"  # snapshots/epoch_NNN.keras every train.snapshot_every 
 POSTPROCESS = "postprocess.json"  # post-processing chosen on the validation images (evaluate.py)
 TENSORBOARD = "tensorboard"  # TensorBoard logs (train.tensorboard)
 FAILED = "failed.json"  # why a sweep's run failed, with the traceback (removed when it succeeds)
+LOCK = ".lock"  # held (an OS lock, released by any exit or kill) while a process trains in the run
 EVALUATION = "evaluation"  # evaluate.py's default output folder, holding:
 METRICS = "metrics.json"  # the summary metrics
 PER_IMAGE = "per_image.csv"  # one row of scores per image
@@ -56,6 +57,53 @@ def create_run_dir(out: str | Path, label: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a new run folder under {out}")
+
+
+class RunBusy(RuntimeError):
+    """Another process is training in this run folder right now."""
+
+
+#: Run folders this process holds the lock of, so nested users (a sweep, then train()) share it.
+_held: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path) -> Iterator[Path]:
+    """Hold ``run_dir`` for this process while the block trains in it; raise :class:`RunBusy` if taken.
+
+    An OS file lock (``flock``) on ``run_dir/.lock``: the kernel drops it when the holder exits or is
+    killed, so a stale ``.lock`` file never blocks anyone. The holder's PID is written into it for the
+    message. Re-entrant within a process. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held:
+        yield run_dir
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the folder is not protected
+        yield run_dir
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunBusy(
+                f"{run_dir} is being trained by another process (PID {holder}); wait for it to end, "
+                "or stop it, before training in this folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[run_dir] = fd
+        try:
+            yield run_dir
+        finally:
+            del _held[run_dir]
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _json_safe(data: Any) -> Any:

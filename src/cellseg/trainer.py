@@ -7,6 +7,7 @@ The run folder holds the resolved ``config.yaml``, ``split.json``, ``history.csv
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -26,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 import cellseg
-from cellseg import runs
+from cellseg import hardware, runs
 from cellseg.activations import parse_spec
 from cellseg.callbacks import (
     Diagnostics,
@@ -34,7 +35,7 @@ from cellseg.callbacks import (
     ModelKeeper,
     ResumeCheckpoint,
     Snapshots,
-    StopOnNaN,
+    StopOnDivergence,
 )
 from cellseg.config import Config, TrainConfig, save_config
 from cellseg.data import collect_samples
@@ -144,14 +145,16 @@ class Checkpoint:
 
     epoch: int
     best_val_loss: float
-    wall_seconds: float
+    wall_seconds: float  # training time up to that epoch, over every process that trained the run
+    session_starts: list[int]  # the first epoch of each process (it traces the graph: a slow epoch)
 
 
 def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
     """The checkpoint a resumed run continues from; None if it was stopped before epoch 1 ended.
 
-    Checked before any data is read: a damaged or missing file fails naming the file and the way out,
-    and ``epochs`` (the new ``train.epochs``) may not undercut the epochs already run.
+    Checked before any data is read: a damaged or missing file (a truncated ``last.keras`` included)
+    fails naming the file and the way out, and ``epochs`` (the new ``train.epochs``) may not undercut the
+    epochs already run.
     """
     path = run_dir / runs.STATE
     restart = f"delete {path.parent} to restart this run from epoch 1, or start a new run"
@@ -163,19 +166,32 @@ def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
             int(state["epoch"]),
             math.inf if state["best_val_loss"] is None else float(state["best_val_loss"]),
             float(state.get("wall_seconds", 0.0)),
+            [int(e) for e in state.get("session_starts", [1])],
         )
     except ValueError as exc:
         raise TrainingError(f"{exc}; {restart}") from exc
     except (KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: the checkpoint state is damaged (no valid {exc}); {restart}") from exc
-    if not (run_dir / runs.LAST_MODEL).is_file():
-        raise TrainingError(f"{run_dir / runs.LAST_MODEL} is missing; {restart}")
+    last = run_dir / runs.LAST_MODEL
+    if not last.is_file():
+        raise TrainingError(f"{last} is missing; {restart}")
+    if not _intact_zip(last):
+        raise TrainingError(f"{last}: the checkpoint is damaged (truncated, or not a .keras file); {restart}")
     if epochs < checkpoint.epoch:
         raise TrainingError(
             f"train.epochs={epochs} is below the {checkpoint.epoch} epochs {run_dir} has already run; "
             f"give --set train.epochs={checkpoint.epoch} or more"
         )
     return checkpoint
+
+
+def _intact_zip(path: Path) -> bool:
+    """A ``.keras`` file is a zip archive: every member present and matching its CRC (reads it once)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 #: The last run's prepared data and what it was prepared from, kept for ``train(reuse_data=True)``.
@@ -242,20 +258,26 @@ def train(
     start = time.perf_counter()
     check_model_config(cfg.model)  # a bad activation or option fails before any data is read
     cfg = _absolute_paths(cfg)
-    checkpoint = read_checkpoint(Path(resume), cfg.train.epochs) if resume is not None else None
-    _seed_everything(cfg)
-    data = _prepare_data(cfg, reuse_data)
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(cfg.train.precision)  # layers built (or loaded) from here on use it
-    try:
-        strategy = make_strategy(cfg.train)
-        if cfg.train.distribute != "none":
-            logger.info(f"distribute: {cfg.train.distribute}, {strategy.num_replicas_in_sync} replicas")
-        with strategy.scope():
-            opened = _open_run(cfg, data, out, resume, checkpoint, run_name)
-        return _fit(cfg, data, opened, start, verbose)
-    finally:
-        keras.config.set_dtype_policy(policy)
+    with contextlib.ExitStack() as hold:
+        if resume is not None:  # before anything in the folder is read: another process may be training
+            hold.enter_context(runs.locked(resume))
+        checkpoint = read_checkpoint(Path(resume), cfg.train.epochs) if resume is not None else None
+        _seed_everything(cfg)
+        machine = hardware.this_machine(cfg.train.precision)
+        logger.info(machine.line())
+        data = _prepare_data(cfg, reuse_data)
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(machine.precision)  # layers built (or loaded) from here on use it
+        try:
+            strategy = make_strategy(cfg.train)
+            if cfg.train.distribute != "none":
+                logger.info(f"distribute: {cfg.train.distribute}, {strategy.num_replicas_in_sync} replicas")
+            with strategy.scope():
+                opened = _open_run(cfg, data, out, resume, checkpoint, run_name)
+            hold.enter_context(runs.locked(opened.run_dir))  # a new folder: held from its first epoch
+            return _fit(cfg, data, opened, machine, start, verbose)
+        finally:
+            keras.config.set_dtype_policy(policy)
 
 
 @dataclass
@@ -264,7 +286,8 @@ class _OpenRun:
     model: keras.Model
     done: int = 0
     best_val_loss: float = math.inf
-    elapsed_before: float = 0.0
+    elapsed_before: float = 0.0  # training seconds of the processes before this one
+    session_starts: list[int] = dataclasses.field(default_factory=list)  # of those processes
 
 
 def _open_run(
@@ -283,7 +306,9 @@ def _open_run(
             run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
         else:
             run_dir = Path(out) / run_name
-            run_dir.mkdir(parents=True)
+            run_dir.mkdir(parents=True, exist_ok=True)  # a sweep may hold its lock already
+            if any(p.name not in (runs.LOCK, runs.FAILED) for p in run_dir.iterdir()):
+                raise TrainingError(f"{run_dir} already holds a run; resume it or choose another name")
         try:
             opened = _start_run(cfg, data, run_dir)
         except BaseException:
@@ -336,15 +361,20 @@ def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Chec
     if planned != cfg.train.epochs:
         if cfg.train.schedule == "cosine":  # the decay now spans the new length, as if planned so
             model.optimizer.learning_rate = make_schedule(cfg.train)
-        logger.info(f"extending {run_dir} from {planned} to {cfg.train.epochs} epochs")
+        change = "extending" if cfg.train.epochs > planned else "shortening"
+        logger.info(f"{change} {run_dir} from {planned} to {cfg.train.epochs} epochs")
         save_config(cfg, run_dir / runs.CONFIG)
     logger.info(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
-    return _OpenRun(run_dir, model, done, checkpoint.best_val_loss, checkpoint.wall_seconds)
+    return _OpenRun(
+        run_dir, model, done, checkpoint.best_val_loss, checkpoint.wall_seconds, checkpoint.session_starts
+    )
 
 
-def _fit(cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int) -> RunResult:
+def _fit(
+    cfg: Config, data: PreparedData, opened: _OpenRun, machine: hardware.Machine, start: float, verbose: int
+) -> RunResult:
     try:
-        return _fit_and_summarize(cfg, data, opened, start, verbose)
+        return _fit_and_summarize(cfg, data, opened, machine, start, verbose)
     except runs.WriteError as exc:
         raise TrainingError(
             f"{exc}. Fix that, then continue with: python scripts/train.py --resume {opened.run_dir}"
@@ -352,19 +382,26 @@ def _fit(cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbos
 
 
 def _fit_and_summarize(
-    cfg: Config, data: PreparedData, opened: _OpenRun, start: float, verbose: int
+    cfg: Config, data: PreparedData, opened: _OpenRun, machine: hardware.Machine, start: float, verbose: int
 ) -> RunResult:
     run_dir, model, done = opened.run_dir, opened.model, opened.done
-    nan_guard = StopOnNaN()
-    keeper = ModelKeeper(run_dir / runs.BEST_MODEL, nan_guard, cfg.train.keep_model, opened.best_val_loss)
+    sessions = [*opened.session_starts, done + 1]  # this process traces the graph in epoch done + 1
+
+    def clock() -> float:
+        """Training seconds so far, over every process that trained this run (a kill loses none)."""
+        return opened.elapsed_before + time.perf_counter() - start
+
+    history = runs.read_history(run_dir) if done and (run_dir / runs.HISTORY).is_file() else []
+    guard = StopOnDivergence({k: history[0][k] for k in ("loss", "val_loss")} if history else None)
+    keeper = ModelKeeper(run_dir / runs.BEST_MODEL, guard, cfg.train.keep_model, opened.best_val_loss)
     callbacks: list[keras.callbacks.Callback] = [
-        nan_guard,
-        HistoryWriter(run_dir, nan_guard),
+        guard,
+        HistoryWriter(run_dir, guard),
         keeper,
-        ResumeCheckpoint(run_dir, nan_guard, keeper),
+        ResumeCheckpoint(run_dir, guard, keeper, clock, sessions),
     ]
     if cfg.train.snapshot_every:
-        callbacks.append(Snapshots(run_dir, cfg.train.snapshot_every, cfg.train.epochs, nan_guard))
+        callbacks.append(Snapshots(run_dir, cfg.train.snapshot_every, cfg.train.epochs, guard))
     first_step: list[float] = []  # when the first training step finished: start-up cost
     callbacks.append(
         keras.callbacks.LambdaCallback(
@@ -378,7 +415,7 @@ def _fit_and_summarize(
     if cfg.train.diagnostics:
         probe = slice(0, cfg.train.batch_size)  # a fixed batch of validation patches
         targets = one_hot_targets(data.val_masks[probe], data.num_classes).numpy()
-        callbacks.append(Diagnostics(run_dir, data.val_images[probe], targets, nan_guard))
+        callbacks.append(Diagnostics(run_dir, data.val_images[probe], targets, guard))
 
     batch = cfg.train.batch_size
     train_ds = train_dataset(
@@ -395,11 +432,11 @@ def _fit_and_summarize(
             verbose=verbose,
             shuffle=False,  # the patch stream is already random; this silences Keras's warning
         )
-    wall = opened.elapsed_before + time.perf_counter() - start
+    wall = clock()
     if (run_dir / runs.STATE).exists():
         state = runs.read_json(run_dir / runs.STATE)
         runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
-    if nan_guard.where is not None:
+    if guard.where is not None:
         kept = (
             f"{run_dir / runs.BEST_MODEL} holds the model kept before it "
             f"(train.keep_model: {cfg.train.keep_model})."
@@ -407,9 +444,9 @@ def _fit_and_summarize(
             else "No epoch finished, so no model was saved."
         )
         fixes = "a lower train.learning_rate" + ("" if cfg.model.batch_norm else " or model.batch_norm=true")
-        logger.warning(f"training stopped: the loss became NaN/inf at {nan_guard.where}. {kept} Try {fixes}.")
+        logger.warning(f"training stopped: {guard.reason}. {kept} Try {fixes}.")
     first = round(first_step[0], 2) if first_step else None  # seconds from train() being called
-    summary = write_summary(run_dir, cfg, data, model, wall, nan_guard.where, first)
+    summary = write_summary(run_dir, cfg, data, model, wall, guard.reason, machine, sessions, first)
     return RunResult(run_dir, summary)
 
 
@@ -419,7 +456,9 @@ def write_summary(
     data: PreparedData,
     model: keras.Model,
     wall: float,
-    nan_at: str | None,
+    stopped: str | None,
+    machine: hardware.Machine,
+    session_starts: list[int],
     seconds_to_first_step: float | None = None,
 ) -> dict[str, Any]:
     rows = runs.read_history(run_dir) if (run_dir / runs.HISTORY).exists() else []
@@ -440,9 +479,10 @@ def write_summary(
         "best_val_dice": best["val_dice"] if best else None,
         "max_val_iou": max((r["val_iou"] for r in finite), default=None),
         "final": {k: final[k] for k in runs.HISTORY_COLUMNS if k in final} if final else None,
-        "stopped_reason": f"non-finite loss at {nan_at}" if nan_at else "completed",
+        "stopped_reason": stopped or "completed",  # why training stopped early (divergence), if it did
         "params": int(model.count_params()),
         "wall_seconds": round(wall, 2),
+        "session_starts": session_starts,  # first epoch of each process: its seconds include tracing
         "seconds_to_first_step": seconds_to_first_step,
         "train_images": len(data.train_ids),
         "val_images": len(data.val_ids),
@@ -452,6 +492,7 @@ def write_summary(
         "skipped_samples": len(data.skipped),
         "skipped": data.skipped,
         "seed": cfg.seed,
+        "machine": machine.record(),  # the precision and oneDNN kernels this run trained with, and why
         "versions": {
             "cellseg": cellseg.__version__,
             "python": platform.python_version(),

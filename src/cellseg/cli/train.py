@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             result = train(cfg, out=args.out, resume=args.resume, verbose=0 if args.quiet else None)
-        except (DataError, TrainingError, OSError) as exc:  # OSError: a missing file, a full disk
+        except (DataError, TrainingError, runs.RunBusy, OSError) as exc:  # OSError: a missing file, full disk
             print(f"error: {exc}", file=sys.stderr)
             return 2
     except (ConfigError, ValueError) as exc:

@@ -24,6 +24,15 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE = 8
 
 
+def _decoder_reason(exc: Exception) -> str:
+    """A decoder's complaint in one line: imageio's 'no backend' advice (install pyav) is no help for a
+    file that is simply not an image."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Could not find a backend" in text:
+        return "no image decoder recognises its contents"
+    return text
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file, turning any decoder failure into a DataError that names the file.
 
@@ -35,7 +44,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         array = np.asarray(skio.imread(path))
     except Exception as exc:  # decoders raise many types for truncated or corrupt files
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{path}: not a readable image ({_decoder_reason(exc)})") from exc
     if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
         bad = int(array.size - np.isfinite(array).sum())
         raise DataError(f"{path}: {bad} pixels are NaN or infinite; fix or remove the file")

@@ -15,7 +15,6 @@ import functools
 import logging
 import multiprocessing
 import os
-import shutil
 import statistics
 import traceback
 from collections.abc import Callable, Iterator
@@ -38,7 +37,8 @@ SPEC = "sweep.yaml"
 
 def _figures(run_dir: Path, summary: dict[str, Any], evaluate: Callable[[Path], dict[str, float]]) -> dict:
     history = runs.read_history(run_dir)
-    seconds = [r["seconds"] for r in history[1:]] or [r["seconds"] for r in history]  # epoch 1 traces
+    traced = set(summary.get("session_starts", [1]))  # each process's first epoch traces the graph
+    seconds = [r["seconds"] for r in history if r["epoch"] not in traced] or [r["seconds"] for r in history]
     figures = {k: summary[k] for k in ("best_val_loss", "best_val_iou", "best_val_dice", "best_epoch")}
     figures["seconds_per_epoch"] = statistics.median(seconds)
     figures.update(evaluate(run_dir))
@@ -60,30 +60,37 @@ def run_one(
     label = variant.name if spec.grid else runs.label_of_spec(cfg.model.activation)
     record = RunRecord(variant.name, label, seed, "ok", run_dir=str(run_dir))
     try:
-        if (run_dir / runs.SUMMARY).is_file():
-            logger.info(f"{name}: finished earlier, reused")
-        elif (run_dir / runs.STATE).is_file():
-            logger.info(f"{name}: resuming")
-            train(cfg, out=root / "runs", resume=run_dir)
-        else:
-            if run_dir.exists():  # started, but crashed or was killed before its first epoch ended
-                shutil.rmtree(run_dir)
-            logger.info(f"{name}: training")
-            train(cfg, out=root / "runs", run_name=name)
-        (run_dir / runs.FAILED).unlink(missing_ok=True)
-        summary = runs.read_json(run_dir / runs.SUMMARY)
-        record.params = summary["params"]
-        if summary["stopped_reason"] != "completed":
-            record.status, record.reason = "failed", summary["stopped_reason"]
-        if summary["best_val_loss"] is not None:
-            record.figures = _figures(run_dir, summary, evaluate)
-            record.test_images = _test_images(run_dir) if spec.test_data is not None else {}
+        with runs.locked(run_dir):  # two sweeps on one folder: the second skips what the first trains
+            _train_or_reuse(name, cfg, run_dir, train)
+            summary = runs.read_json(run_dir / runs.SUMMARY)
+            record.params = summary["params"]
+            if summary["stopped_reason"] != "completed":
+                record.status, record.reason = "failed", summary["stopped_reason"]
+            if summary["best_val_loss"] is not None:
+                record.figures = _figures(run_dir, summary, evaluate)
+                record.test_images = _test_images(run_dir) if spec.test_data is not None else {}
+            (run_dir / runs.FAILED).unlink(missing_ok=True)
+    except runs.RunBusy as exc:  # not this process's run: leave its folder alone
+        record.status, record.reason = "failed", str(exc)
+        logger.warning(f"{name}: skipped ({exc})")
     except Exception as exc:
         record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_json(run_dir / runs.FAILED, {"reason": record.reason, "traceback": traceback.format_exc()})
         logger.warning(f"{name}: FAILED ({record.reason})")
     return record
+
+
+def _train_or_reuse(name: str, cfg: Any, run_dir: Path, train: Callable[..., Any]) -> None:
+    """Reuse a finished run, resume an interrupted one (from epoch 1 if none had finished), or train it."""
+    if (run_dir / runs.SUMMARY).is_file():
+        logger.info(f"{name}: finished earlier, reused")
+    elif (run_dir / runs.CONFIG).is_file() or (run_dir / runs.STATE).is_file():
+        logger.info(f"{name}: resuming")
+        train(cfg, out=run_dir.parent, resume=run_dir)
+    else:
+        logger.info(f"{name}: training")
+        train(cfg, out=run_dir.parent, run_name=name)
 
 
 def _test_images(run_dir: Path) -> dict[str, float]:

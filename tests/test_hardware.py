@@ -1,0 +1,98 @@
+"""Precision and oneDNN chosen by the hardware (issue 22): from given CPU flags, and on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cellseg.config import load_config
+from cellseg.hardware import (
+    CPU,
+    GPU,
+    ONEDNN_VAR,
+    choose_precision,
+    configure_onednn,
+    onednn_default,
+    onednn_source,
+    read_cpu,
+)
+
+ZEN3 = CPU("AMD EPYC 7B13", 2, frozenset({"sse4_2", "avx", "avx2", "fma"}))
+SAPPHIRE = CPU("Intel Xeon 8481C", 2, frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}))
+ICELAKE = CPU("Intel Xeon 8375C", 2, frozenset({"avx2", "avx512f", "avx512_vnni"}))
+ARM = CPU("Neoverse-N1", 4, frozenset({"fp", "asimd"}), arch="aarch64")
+
+
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [(ZEN3, "float32"), (ICELAKE, "float32"), (SAPPHIRE, "mixed_bfloat16"), (ARM, "float32")],
+)
+def test_auto_precision_uses_bfloat16_only_where_the_cpu_computes_it(cpu, expected):
+    precision, why = choose_precision("auto", cpu)
+    assert precision == expected
+    assert why.startswith("auto:")
+
+
+def test_auto_precision_on_gpus_follows_their_compute_capability():
+    assert choose_precision("auto", ZEN3, [GPU("H200", (9, 0))])[0] == "mixed_float16"
+    assert choose_precision("auto", ZEN3, [GPU("P100", (6, 0))])[0] == "float32"
+    assert choose_precision("auto", ZEN3, [GPU("unknown")])[0] == "float32"
+
+
+def test_an_explicit_precision_is_kept_and_says_when_it_is_emulated():
+    precision, why = choose_precision("mixed_bfloat16", ZEN3)
+    assert precision == "mixed_bfloat16"
+    assert "emulated" in why and "auto picks float32" in why
+    assert choose_precision("mixed_bfloat16", SAPPHIRE) == ("mixed_bfloat16", "set in the config")
+    assert choose_precision("float32", SAPPHIRE) == ("float32", "set in the config")
+    with pytest.raises(ValueError, match=r"train\.precision 'half'"):
+        choose_precision("half", ZEN3)
+
+
+def test_onednn_is_switched_on_for_avx2_x86_and_left_to_tensorflow_elsewhere():
+    assert onednn_default(ZEN3) is True
+    assert onednn_default(SAPPHIRE) is True  # TensorFlow's own default there too
+    assert onednn_default(ARM) is None
+    assert onednn_default(CPU("old x86", 2, frozenset({"sse4_2", "avx"}))) is None
+
+
+def test_the_users_own_onednn_variable_wins():
+    environ = {ONEDNN_VAR: "0"}
+    configure_onednn(environ)
+    assert environ == {ONEDNN_VAR: "0"}
+    assert onednn_source(environ) == f"{ONEDNN_VAR}=0 set by the user"
+
+
+def test_the_flags_are_read_from_this_machine():
+    cpu = read_cpu()
+    assert cpu.cores >= 1 and cpu.model
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and " avx2" in cpuinfo.read_text():
+        assert cpu.avx2
+
+
+def test_the_configs_default_to_auto():
+    assert load_config().train.precision == "auto"
+    assert load_config("configs/dsb2018.yaml").train.precision == "auto"
+    assert load_config("configs/dsb2018_long.yaml").train.precision == "auto"
+
+
+def test_a_fresh_process_never_selects_emulated_bfloat16_and_sets_onednn_before_tensorflow():
+    """What a user gets on this machine: the recipe's precision and the kernels actually running."""
+    env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, "CELLSEG_ONEDNN_DEFAULT")}
+    code = (
+        "import json, cellseg\n"
+        "from cellseg.hardware import this_machine\n"
+        "print(json.dumps(this_machine('auto').record()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["precision"] == ("mixed_bfloat16" if record["bf16"] else "float32")
+    if record["arch"] == "x86_64" and record["avx2"]:
+        assert record["onednn"] is True, "cellseg switches oneDNN on for AVX2 CPUs before TensorFlow loads"
+        assert record["onednn_source"].startswith("cellseg's default")
