@@ -21,7 +21,7 @@ from common import interleaved, machine
 from cellseg.activations import available_activations
 from cellseg.config import Config
 from cellseg.models import build_unet
-from cellseg.trainer import compile_model
+from cellseg.optim import compile_model
 
 
 def main() -> None:

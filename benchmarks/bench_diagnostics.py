@@ -22,7 +22,7 @@ from common import interleaved, machine
 from cellseg.callbacks import Diagnostics, StopOnDivergence
 from cellseg.config import Config
 from cellseg.models import build_unet
-from cellseg.trainer import compile_model
+from cellseg.optim import compile_model
 
 
 def main() -> None:

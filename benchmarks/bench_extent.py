@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 from common import DSB2018, machine
 
+from cellseg.calibration import postprocess_params, validation_samples
+from cellseg.config import InferenceOptions
 from cellseg.data import Sample, SampleRef
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
-from cellseg.evaluation import InferenceOptions, load_predictor, postprocess_params, validation_samples
-from cellseg.inference import TiledPredictor
+from cellseg.inference import TiledPredictor, load_predictor
 from cellseg.metrics import score_image, summarize
 from cellseg.postprocess import PostprocessParams, Probabilities, instances
 

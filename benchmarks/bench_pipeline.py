@@ -26,7 +26,7 @@ from cellseg.config import AugmentConfig, Config
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
 from cellseg.data.readers import scan_samples
 from cellseg.models import build_unet
-from cellseg.trainer import compile_model
+from cellseg.optim import compile_model
 
 HEAVY = AugmentConfig(scale=0.2, elastic=0.3, brightness_contrast=0.2, blur=0.3, noise=0.3)
 

@@ -72,7 +72,9 @@ def scores(predictor, params, test_samples) -> dict[str, float]:
 def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -> list[dict]:
     """Score every snapshot of ``run``, each with post-processing calibrated on the validation images."""
     from cellseg import runs
-    from cellseg.evaluation import InferenceOptions, calibrate, load_predictor, validation_samples
+    from cellseg.calibration import calibrate, validation_samples
+    from cellseg.config import InferenceOptions
+    from cellseg.inference import load_predictor
 
     rows = []
     for epoch, path in runs.snapshots(run).items():

@@ -50,7 +50,7 @@ from cellseg.data import collect_samples
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
 from cellseg.hardware import ONEDNN_VAR, read_cpu
 from cellseg.models import build_unet, conv_flops
-from cellseg.trainer import compile_model, make_strategy
+from cellseg.optim import compile_model, make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 

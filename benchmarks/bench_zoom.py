@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
+from cellseg.calibration import postprocess_params, validation_samples
+from cellseg.config import InferenceOptions
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
 from cellseg.data.scale import annotated_factor
-from cellseg.evaluation import InferenceOptions, load_predictor, postprocess_params, validation_samples
+from cellseg.inference import load_predictor
 from cellseg.metrics import instance_counts
 from cellseg.postprocess import instances
 

@@ -6,10 +6,9 @@ import pytest
 from skimage import io as skio
 from skimage import measure
 
-from cellseg.config import AugmentConfig, Config, DataConfig, SyntheticConfig, load_config
+from cellseg.config import AugmentConfig, Config, DataConfig, InferenceOptions, SyntheticConfig, load_config
 from cellseg.data import DataError, Sample, collect_samples
 from cellseg.data.pipeline import (
-    grid_starts,
     prepare,
     sampling_weights,
     split_samples,
@@ -17,9 +16,11 @@ from cellseg.data.pipeline import (
     val_dataset,
 )
 from cellseg.data.readers import read_samples
-from cellseg.data.sample import dark_nuclei, modality, network_input, normalize
+from cellseg.data.sample import dark_nuclei, modality, normalize
 from cellseg.data.synthetic import make_sample, make_samples
+from cellseg.data.tiles import grid_starts
 from cellseg.inference import TiledPredictor
+from cellseg.preprocessing import Preprocessing
 
 SYN = SyntheticConfig(num_images=6, image_size=128)
 
@@ -375,12 +376,12 @@ def test_modality_of_real_dsb2018_images(dsb2018):
 def test_bright_nuclei_polarity_inverts_dark_nuclei_images_only():
     samples = make_samples(SyntheticConfig(num_images=2, image_size=96), seed=0)  # fluorescence, brightfield
     for sample in samples:
-        plain = network_input(sample.image, 3)
-        bright = network_input(sample.image, 3, bright_nuclei=True)
+        plain = Preprocessing().apply(sample.image)
+        bright = Preprocessing(bright_nuclei=True).apply(sample.image)
         nuclei = sample.labels > 0
         dark = dark_nuclei(sample.image)
         assert dark == (plain[nuclei].mean() < plain[~nuclei].mean())
-        inverted = network_input(-sample.image.astype(np.float32), 3)  # any inversion: 255 - x, max - x
+        inverted = Preprocessing().apply(-sample.image.astype(np.float32))  # any inversion: 255 - x, max - x
         np.testing.assert_allclose(bright, inverted if dark else plain, atol=1e-6)
         assert bright[nuclei].mean() > bright[~nuclei].mean() + 0.2  # nuclei always the bright side
     assert [dark_nuclei(s.image) for s in samples] == [False, True]
@@ -397,9 +398,9 @@ def test_polarity_applies_to_training_images_and_to_prediction():
     inputs = keras.Input((None, None, 3))  # 'model': foreground probability = the image's first channel
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))
     brightfield = samples[1]
-    tiles = {"tile": 64, "overlap": 16}
-    as_is = TiledPredictor(model, 3, 8, **tiles)(brightfield.image).foreground
-    bright = TiledPredictor(model, 3, 8, **tiles, bright_nuclei=True)(brightfield.image).foreground
+    tiles = InferenceOptions(tile=64, overlap=16)
+    as_is = TiledPredictor(model, Preprocessing(), 8, tiles)(brightfield.image).foreground
+    bright = TiledPredictor(model, Preprocessing(bright_nuclei=True), 8, tiles)(brightfield.image).foreground
     fg = brightfield.labels > 0
     assert as_is[fg].mean() < as_is[~fg].mean() and bright[fg].mean() > bright[~fg].mean()
 
@@ -411,7 +412,7 @@ def test_polarity_of_real_dsb2018_images_follows_their_masks(dsb2018):
     for ref in scan_samples(str(dsb2018 / "stage1_test")):  # 31 fluorescence, 7 stained-tissue images
         sample = ref.load()
         inverted += dark_nuclei(sample.image)
-        x = network_input(sample.image, 3, bright_nuclei=True).mean(axis=-1)
+        x = Preprocessing(bright_nuclei=True).apply(sample.image).mean(axis=-1)
         assert x[sample.labels > 0].mean() > x[sample.labels == 0].mean(), ref.id
     assert inverted == 7
 

@@ -16,13 +16,14 @@ from skimage.measure import label
 
 from cellseg import runs
 from cellseg.cli.evaluate import main as evaluate_main
-from cellseg.config import SyntheticConfig, load_config
+from cellseg.config import InferenceOptions, SyntheticConfig, load_config
 from cellseg.data.pipeline import one_hot_targets, prepare, val_dataset
 from cellseg.data.sample import target_map
 from cellseg.data.synthetic import make_samples
 from cellseg.inference import TiledPredictor, blend_window
 from cellseg.metrics import score_image
 from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
+from cellseg.preprocessing import Preprocessing
 from cellseg.runs import load_run_config
 from cellseg.trainer import train
 
@@ -118,7 +119,7 @@ def channel_zero_model() -> keras.Model:
 def test_tiled_prediction_reassembles_images_of_any_size_at_native_resolution(shape, flips):
     rng = np.random.default_rng(1)
     image = rng.random((*shape, 3)).astype(np.float32)
-    predictor = TiledPredictor(channel_zero_model(), 3, 8, tile=64, overlap=16, batch_size=3, flips=flips)
+    predictor = TiledPredictor(channel_zero_model(), Preprocessing(), 8, InferenceOptions(64, 16, 3, flips))
     out = predictor.predict_normalized(image)
     assert out.shape == (*shape, 1)
     np.testing.assert_allclose(out[..., 0], image[..., 0], atol=1e-5)
@@ -128,7 +129,7 @@ def test_blend_window_favours_tile_centres_and_tile_size_is_checked():
     w = blend_window(64, 16)[..., 0]
     assert w[32, 32] == 1 and 0 < w[0, 0] < w[8, 8] < 1
     with pytest.raises(ValueError, match="multiple of 8"):
-        TiledPredictor(channel_zero_model(), 3, 8, tile=60)
+        TiledPredictor(channel_zero_model(), Preprocessing(), 8, InferenceOptions(tile=60))
 
 
 # ------------------------------------------------------------------------------- evaluate.py
@@ -205,7 +206,7 @@ def test_evaluate_scores_real_dsb2018_test_images_at_native_size(tiny_run, dsb20
         if shape not in sizes.values() and len(sizes) < 3:
             sizes[folder.name] = shape
             (picked / folder.name).symlink_to(folder)
-    from cellseg.evaluation import InferenceOptions, evaluate_run
+    from cellseg.evaluation import evaluate_run
 
     _, metrics = evaluate_run(
         tiny_run,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -80,12 +81,13 @@ keras.Model.save = save
 """
 
 
+@pytest.mark.slow
 def test_kill_while_saving_the_best_model_keeps_the_previous_best(tmp_path):
     sets = [s for s in SETS if "train.epochs" not in s] + ["--set=train.epochs=4"]
     proc = train_subprocess(KILL_IN_SECOND_BEST_SAVE, "--out", str(tmp_path), *sets)
     assert proc.returncode == -9, proc.stderr
     run_dir = only_run(tmp_path)
-    model = keras.saving.load_model(run_dir / runs.BEST_MODEL)  # the previous best, whole
+    model = keras.saving.load_model(run_dir / runs.KEPT_MODEL)  # the previous best, whole
     assert model.count_params() > 0
     assert json.loads((run_dir / runs.STATE).read_text())["epoch"] < 4
 
@@ -96,7 +98,7 @@ def test_kill_while_saving_the_best_model_keeps_the_previous_best(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in runs.read_history(run_dir)] == [1, 2, 3, 4]
     assert temporaries(run_dir) == [], "the half-written temporary file was cleaned up on resume"
-    keras.saving.load_model(run_dir / runs.BEST_MODEL)
+    keras.saving.load_model(run_dir / runs.KEPT_MODEL)
 
 
 def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(capsys, tmp_path, monkeypatch):
@@ -117,7 +119,7 @@ def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(capsys, tmp_pat
     run_dir = only_run(tmp_path)
     assert temporaries(run_dir) == []
     monkeypatch.setattr(keras.Model, "save", original)
-    keras.saving.load_model(run_dir / runs.BEST_MODEL)  # epoch 1's best is intact
+    keras.saving.load_model(run_dir / runs.KEPT_MODEL)  # epoch 1's best is intact
     assert json.loads((run_dir / runs.STATE).read_text())["epoch"] == 1
     code, out, _ = train_cli(capsys, "--resume", str(run_dir))  # space freed: the run goes on
     assert code == 0 and out[-1] == str(run_dir)
@@ -137,7 +139,7 @@ def test_a_run_whose_validation_diverges_exits_non_zero_and_says_so(capsys, tmp_
     assert "no model was saved" in err
     assert any("non-finite" in line and "No epoch finished, so no model was saved" in line for line in out)
     run_dir = only_run(tmp_path)
-    assert not (run_dir / runs.BEST_MODEL).exists()
+    assert not (run_dir / runs.KEPT_MODEL).exists()
     summary = json.loads((run_dir / runs.SUMMARY).read_text())
     assert summary["stopped_reason"].startswith("non-finite val_loss")
 
@@ -195,6 +197,7 @@ cellseg.callbacks.ResumeCheckpoint.on_epoch_end = lambda *a, **k: os.kill(os.get
 """
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_in_epoch_1_restarts_the_run(tmp_path):
     proc = train_subprocess(KILL_AT_END_OF_EPOCH_1, "--out", str(tmp_path), *SETS)
     assert proc.returncode == -9
@@ -210,10 +213,9 @@ def test_resume_after_a_kill_in_epoch_1_restarts_the_run(tmp_path):
 
 
 @pytest.fixture
-def two_epoch_run(capsys, tmp_path) -> Path:
-    code, out, _ = train_cli(capsys, "--out", str(tmp_path / "runs"), *SETS)
-    assert code == 0
-    return Path(out[-1])
+def two_epoch_run(relu_run, tmp_path) -> Path:
+    """A copy of the session's tiny two-epoch ReLU run, for this test to damage, resume or extend."""
+    return Path(shutil.copytree(relu_run, tmp_path / "runs" / relu_run.name))
 
 
 def test_damaged_checkpoint_files_are_named_with_the_way_out(capsys, two_epoch_run):
@@ -308,6 +310,7 @@ def test_evaluation_of_images_without_masks_fails_before_calibrating(capsys, two
     assert not (two_epoch_run / runs.POSTPROCESS).exists(), "nothing was calibrated or written"
 
 
+@pytest.mark.slow
 def test_a_run_trained_on_a_relative_path_evaluates_from_elsewhere(tmp_path):
     write_paired(tmp_path / "work" / "data", seed=4, count=4, size=64)
     sets = [s for s in SETS if not s.startswith("--set=data.synthetic")]
@@ -447,7 +450,7 @@ def test_a_download_that_cannot_unpack_leaves_no_folder(tmp_path, monkeypatch):
 def test_import_cellseg_alone_reloads_every_saved_model_in_safe_mode(two_epoch_run):
     out = run_python(
         "import cellseg, keras\n"
-        f"for name in ('{runs.BEST_MODEL}', '{runs.LAST_MODEL}'):\n"
+        f"for name in ('{runs.KEPT_MODEL}', '{runs.LAST_MODEL}'):\n"
         f"    m = keras.saving.load_model(r'{two_epoch_run}' + '/' + name, safe_mode=True)\n"
         "    print(m.loss.name, type(m.optimizer).__name__)\n"
     )

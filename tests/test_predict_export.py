@@ -19,26 +19,23 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-from conftest import TINY, write_paired
+from conftest import write_paired
 from skimage import io as skio
 
 from cellseg import runs
+from cellseg.calibration import validation_samples
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
-from cellseg.config import load_config
 from cellseg.data import DataError
 from cellseg.data.sample import dark_nuclei, to_channels
-from cellseg.evaluation import validation_samples
 from cellseg.outputs import NUCLEUS_COLUMNS
 from cellseg.predict import find_images
-from cellseg.trainer import train
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """The quick start's ISRU run (an activation with options), tiny."""
-    cfg = load_config("configs/isru.yaml", [*TINY, "train.epochs=3"])
-    return train(cfg, out=tmp_path_factory.mktemp("runs"), verbose=0).run_dir
+@pytest.fixture
+def tiny_run(isru_run) -> Path:
+    """The quick start's ISRU run (an activation with options), tiny, shared by the session."""
+    return isru_run
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from cellseg.config import load_config
+from cellseg.config import InferenceOptions, load_config
 from cellseg.data.pipeline import prepare
-from cellseg.data.sample import Sample, network_input
+from cellseg.data.sample import Sample
 from cellseg.data.scale import (
     MAX_FACTOR,
     MIN_FACTOR,
@@ -21,6 +21,7 @@ from cellseg.data.scale import (
     resize_labels,
 )
 from cellseg.inference import TiledPredictor
+from cellseg.preprocessing import Preprocessing
 
 
 def discs(shape: tuple[int, int], radius: float, centres: list[tuple[int, int]]) -> np.ndarray:
@@ -105,12 +106,12 @@ def test_predictor_zooms_to_the_nucleus_size_and_answers_at_the_image_size():
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[..., :1])(inputs))
     nuclei = discs((300, 300), 20, [(80, 80), (200, 200), (80, 220)]) > 0
     image = np.repeat(nuclei[..., None], 3, axis=-1).astype(np.float32)
-    predictor = TiledPredictor(model, 3, 8, tile=64, overlap=16, nucleus_size=10)
+    predictor = TiledPredictor(model, Preprocessing(nucleus_size=10), 8, InferenceOptions(64, 16))
     probs = predictor(image)
     assert probs.factor == pytest.approx(0.25, abs=0.03)
     assert probs.foreground.shape == (300, 300)
     assert np.mean((probs.foreground > 0.5) == nuclei) > 0.98
-    assert TiledPredictor(model, 3, 8, tile=64, overlap=16)(image).factor == 1.0
+    assert TiledPredictor(model, Preprocessing(), 8, InferenceOptions(64, 16))(image).factor == 1.0
     given = predictor.at_zoom(image, probs.factor)  # a zoom given instead of estimated: the same maps
     assert given.factor == probs.factor
     np.testing.assert_array_equal(given.foreground, probs.foreground)
@@ -127,7 +128,7 @@ def test_equalisation_lifts_a_dim_nucleus_far_from_bright_ones():
     def contrast(x: np.ndarray) -> float:
         return float(x[dim].mean() - x[background].mean())
 
-    plain, out = network_input(image, 3), network_input(image, 3, local=True)
+    plain, out = Preprocessing().apply(image), Preprocessing(equalize=True).apply(image)
     assert out.shape == (256, 256, 3) and out.dtype == np.float32
     assert contrast(out) > 1.5 * contrast(plain)  # 1.9x here; CLAHE clips how far it stretches
     assert out[disk((40, 40), 8)].mean() > 0.9  # the bright one stays bright

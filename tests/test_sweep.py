@@ -70,7 +70,7 @@ def test_sweep_writes_table_runs_and_figures_with_real_numbers(tiny_sweep, capsy
 def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_sweep, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(tiny_sweep, sweep)
-    kept = sweep / "runs" / "relu_s0" / runs.BEST_MODEL
+    kept = sweep / "runs" / "relu_s0" / runs.KEPT_MODEL
     stamp = kept.stat().st_mtime_ns
     shutil.rmtree(sweep / "runs" / "mish_s1")  # never started
     (sweep / "runs" / "isru_s1" / runs.SUMMARY).unlink()  # killed after its last checkpoint
@@ -193,6 +193,7 @@ def test_holm_correction_and_bootstrap_interval():
     assert stats.bootstrap_ci(many)[1] - stats.bootstrap_ci(many)[0] < (high - low) / 5
 
 
+@pytest.mark.slow
 def test_grid_sweeps_any_config_key_on_one_split_and_in_parallel(tmp_path):
     grid = ["--grid", "model.activation=relu,mish", "--grid", "model.batch_norm=true,false"]
     out = tmp_path / "grid"
@@ -285,6 +286,7 @@ def test_activation_gallery_and_learned_parameters(tiny_sweep, tmp_path, capsys)
     assert "no learnable parameters" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_a_sweep_on_a_local_ray_cluster(tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cellseg[ray]')")
     import os
@@ -324,7 +326,7 @@ def test_ray_executor_runs_a_sweep_on_a_local_ray_cluster(tmp_path):
     for row in rows:  # ordinary, complete run folders, written by the Ray workers
         summary = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
         assert float(row["best_val_iou"]) == pytest.approx(summary["best_val_iou"])
-        assert (Path(row["run_dir"]) / runs.BEST_MODEL).is_file()
+        assert (Path(row["run_dir"]) / runs.KEPT_MODEL).is_file()
 
 
 def test_cpu_budget_is_a_sweep_workers_share_not_the_whole_machine(monkeypatch):

@@ -27,23 +27,11 @@ def train_cli(capsys, *args: str) -> tuple[int, list[str]]:
     return code, out
 
 
-@pytest.fixture(scope="module")
-def isru_run(tmp_path_factory):
-    """One tiny ISRU run shared by the contract tests."""
-    out = tmp_path_factory.mktemp("runs")
-    code = main(["--config", str(ROOT / "configs/isru.yaml"), "--out", str(out), "--quiet",
-                 "--set=train.snapshot_every=1"]
-                + [f"--set={o}" for o in __import__("conftest").TINY])  # fmt: skip
-    assert code == 0
-    (run_dir,) = out.iterdir()
-    return run_dir
-
-
 def test_run_folder_holds_everything(isru_run):
-    for name in (runs.CONFIG, runs.HISTORY, runs.BEST_MODEL, runs.SUMMARY, runs.SPLIT, runs.LOSS_PLOT):
+    for name in (runs.CONFIG, runs.HISTORY, runs.KEPT_MODEL, runs.SUMMARY, runs.SPLIT, runs.LOSS_PLOT):
         assert (isru_run / name).is_file(), name
     rows = runs.read_history(isru_run)
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     columns = list(rows[0])
     assert tuple(columns[: len(runs.HISTORY_COLUMNS)]) == runs.HISTORY_COLUMNS
     alphas = [c for c in columns if c.endswith("_act.alpha")]
@@ -53,7 +41,7 @@ def test_run_folder_holds_everything(isru_run):
     assert any(rows[1][c] != 1.0 for c in alphas), "alpha is learned"
     summary = json.loads((isru_run / runs.SUMMARY).read_text())
     assert set(summary) >= SUMMARY_KEYS
-    assert summary["activation"] == "isru" and summary["epochs_run"] == 2
+    assert summary["activation"] == "isru" and summary["epochs_run"] == 3
     assert summary["data_source"].startswith("synthetic")
     assert summary["best_val_loss"] == min(r["val_loss"] for r in rows)
     assert summary["kept_epoch"] == summary["best_epoch"]  # train.keep_model: val_loss, the default
@@ -88,7 +76,7 @@ def test_keep_last_keeps_the_final_epoch(tmp_path, tiny_overrides):
     assert code == 0
     (run_dir,) = tmp_path.iterdir()
     assert json.loads((run_dir / runs.SUMMARY).read_text())["kept_epoch"] == 3
-    kept = keras.saving.load_model(run_dir / runs.BEST_MODEL, compile=False)
+    kept = keras.saving.load_model(run_dir / runs.KEPT_MODEL, compile=False)
     last = keras.saving.load_model(run_dir / runs.LAST_MODEL, compile=False)
     for a, b in zip(kept.get_weights(), last.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -98,9 +86,9 @@ def test_snapshots_are_kept_every_n_epochs_and_reload(isru_run):
     import keras
 
     snaps = runs.snapshots(isru_run)
-    assert list(snaps) == [1, 2]
+    assert list(snaps) == [1, 2, 3]
     last = keras.saving.load_model(isru_run / runs.LAST_MODEL, compile=False)
-    second = keras.saving.load_model(snaps[2], compile=False)
+    second = keras.saving.load_model(snaps[3], compile=False)
     for a, b in zip(last.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     first = keras.saving.load_model(snaps[1], compile=False)
@@ -121,7 +109,7 @@ def test_best_model_reloads_in_a_fresh_process(isru_run):
     out = run_python(
         "import numpy as np\n"
         "from cellseg.models import load_model\n"
-        f"m = load_model(r'{isru_run / runs.BEST_MODEL}')\n"
+        f"m = load_model(r'{isru_run / runs.KEPT_MODEL}')\n"
         "x = np.random.default_rng(0).random((1, 64, 48, 3), dtype=np.float32)\n"
         "y = m.predict(x, verbose=0)\n"
         "print(y.shape, float(y.min()) >= 0, float(y.max()) <= 1, m.loss.name)\n"
@@ -158,6 +146,7 @@ def test_seeded_runs_are_reproducible(capsys, tmp_path, tiny_overrides):
         assert [r[key] for r in ha] == [r[key] for r in hb]
 
 
+@pytest.mark.slow
 def test_data_reused_between_runs_trains_exactly_like_freshly_prepared_data(caplog, tmp_path, tiny_overrides):
     from cellseg.config import load_config
     from cellseg.trainer import train
@@ -166,15 +155,19 @@ def test_data_reused_between_runs_trains_exactly_like_freshly_prepared_data(capl
         return load_config(None, [*tiny_overrides, f"seed={seed}", "data.seed=0"])
 
     fresh = train(cfg(1), out=tmp_path / "fresh", verbose=0)
-    train(cfg(0), out=tmp_path / "first", verbose=0, reuse_data=True)
+    from cellseg.data.prepare import DataCache
+
+    cache = DataCache()
+    train(cfg(0), out=tmp_path / "first", verbose=0, data_cache=cache)
     with caplog.at_level(logging.INFO, logger="cellseg"):
-        reused = train(cfg(1), out=tmp_path / "reused", verbose=0, reuse_data=True)
+        reused = train(cfg(1), out=tmp_path / "reused", verbose=0, data_cache=cache)
     assert "data: reused from the previous run in this process" in caplog.messages
     ha, hb = runs.read_history(fresh.run_dir), runs.read_history(reused.run_dir)
     for key in ("loss", "val_loss", "val_iou"):
         assert [r[key] for r in ha] == [r[key] for r in hb]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_overrides):
     sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("train.epochs")] + [
         "--set=train.epochs=5"
@@ -276,8 +269,8 @@ def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_ov
     from cellseg.cli.plot_history import main as plot_history_main
     from cellseg.config import ModelConfig
     from cellseg.models import build_unet
+    from cellseg.optim import compile_model
     from cellseg.runs import load_run_config
-    from cellseg.trainer import compile_model
 
     sets = [f"--set={o}" for o in tiny_overrides]  # diagnostics are on by default
     code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)

@@ -76,13 +76,38 @@ class StopOnDivergence(keras.callbacks.Callback):
                 self._stop(f"epoch {epoch + 1}", f"diverged at epoch {epoch + 1}: {key} {value:.3g}, {why}")
 
 
-class ModelKeeper(keras.callbacks.Callback):
-    """Save the model the run keeps (``model.keras``), atomically, so the previous one survives a kill.
+class KeepRule:
+    """``train.keep_model``, the one place it is decided: which epoch ``model.keras`` holds.
 
-    ``keep`` is ``train.keep_model``: ``val_loss`` saves whenever validation loss improves on ``best``;
-    ``last`` saves after every finished epoch. ``best`` (the lowest validation loss) is tracked either
-    way, for ``summary.json`` and ``--resume``. A diverged epoch is never kept.
+    ``val_loss`` keeps an epoch whose validation loss improves on the lowest so far; ``last`` keeps every
+    finished epoch. A diverged epoch (non-finite validation loss) is never kept. :class:`ModelKeeper`
+    applies it as training goes, and the run summary replays the history through it.
     """
+
+    def __init__(self, keep: Literal["val_loss", "last"] = "val_loss", best: float = math.inf) -> None:
+        self.keep, self.best = keep, best
+
+    def offer(self, val_loss: float) -> bool:
+        """Whether the epoch with this validation loss becomes the kept one (and track the lowest)."""
+        if not math.isfinite(val_loss):
+            return False
+        keeps = self.keep == "last" or val_loss < self.best
+        self.best = min(self.best, val_loss)
+        return keeps
+
+    @classmethod
+    def kept_epoch(cls, rows: list[dict[str, float]], keep: Literal["val_loss", "last"]) -> int | None:
+        """The epoch a finished history's kept model holds."""
+        rule, kept = cls(keep), None
+        for row in rows:
+            if rule.offer(row["val_loss"]):
+                kept = int(row["epoch"])
+        return kept
+
+
+class ModelKeeper(keras.callbacks.Callback):
+    """Save the model :class:`KeepRule` keeps (``model.keras``), atomically, so the previous one survives
+    a kill. The lowest validation loss (``best``) is tracked for ``summary.json`` and ``--resume``."""
 
     def __init__(
         self,
@@ -92,16 +117,18 @@ class ModelKeeper(keras.callbacks.Callback):
         best: float = math.inf,
     ) -> None:
         super().__init__()
-        self.path, self.guard, self.keep, self.best = path, guard, keep, best
+        self.path, self.guard, self.rule = path, guard, KeepRule(keep, best)
+
+    @property
+    def best(self) -> float:
+        return self.rule.best
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        loss = float((logs or {}).get("val_loss", math.nan))
-        if not math.isfinite(loss) or self.guard.where is not None:
+        if self.guard.where is not None:
             return
-        if self.keep == "last" or loss < self.best:
+        if self.rule.offer(float((logs or {}).get("val_loss", math.nan))):
             with runs.atomic_path(self.path) as tmp:
                 self.model.save(tmp)
-        self.best = min(self.best, loss)
 
 
 class HistoryWriter(keras.callbacks.Callback):

@@ -137,6 +137,17 @@ class TrainConfig:
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How whole images are predicted (:class:`cellseg.inference.TiledPredictor`): tiles of ``tile`` px
+    overlapping by ``overlap``, ``batch_size`` tiles at once, ``flips``: averaged over four flips (4x)."""
+
+    tile: int = 256
+    overlap: int = 32
+    batch_size: int = 8
+    flips: bool = False
+
+
 @dataclass
 class Config:
     """A complete, resolved run configuration."""
@@ -189,6 +200,12 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
             f"{multiple} (the U-Net halves it {cfg.model.depth} times), "
             f"e.g. data.patch_size={fits or multiple}"
         )
+    if cfg.train.jit_compile is True and cfg.train.deterministic:
+        where = origins.get("train.jit_compile") or "config"
+        raise ConfigError(
+            f"{where}: train.jit_compile: true needs train.deterministic: false (Keras turns XLA off "
+            "while TensorFlow's op determinism is on); add --set train.deterministic=false"
+        )
     if cfg.data.channels == 1 and cfg.data.augment.colour:
         where = origins.get("data.augment.colour") or origins.get("data.channels") or "config"
         raise ConfigError(
@@ -196,12 +213,6 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
             "(data.channels: 1) has none of; set data.augment.colour=0 or data.channels=3"
         )
     return cfg
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    from cellseg.runs import write_text  # atomic: a kill never leaves half a config behind
-
-    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _merge_file(path: Path, raw: dict, origins: dict[str, str], chain: tuple[Path, ...]) -> None:

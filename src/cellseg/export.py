@@ -32,14 +32,15 @@ import tifffile
 import yaml
 
 from cellseg import runs
+from cellseg.calibration import validation_samples
 from cellseg.config import Config
-from cellseg.data.sample import dark_nuclei, normalize, to_channels
-from cellseg.evaluation import validation_samples
+from cellseg.data.sample import normalize, to_channels
 from cellseg.inference import probabilities
 from cellseg.models import load_model
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, instances
-from cellseg.runs import label_of_spec
+from cellseg.preprocessing import Preprocessing
+from cellseg.runs import Run, label_of_spec
 
 FORMAT_VERSION = "0.5.4"
 SAVED_MODEL = "saved_model.zip"
@@ -80,7 +81,7 @@ def test_image(run_dir: Path, cfg: Config, size: int = 256) -> np.ndarray:
     """
     image = validation_samples(run_dir, cfg)[0].load().image
     raw = to_channels(image, cfg.data.channels).astype(np.float32)
-    if cfg.data.polarity == "bright_nuclei" and dark_nuclei(image):
+    if Preprocessing.from_config(cfg.data).inverts(image):
         raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images
     multiple = 2**cfg.model.depth
     h, w = (min(size, s) // multiple * multiple for s in raw.shape[:2])
@@ -113,14 +114,11 @@ def _cover(path: Path, raw: np.ndarray, output: np.ndarray, params: PostprocessP
     save_overlay(path, np.concatenate([image, image], axis=1), np.pad(labels, ((0, 0), (image.shape[1], 0))))
 
 
-def _metrics(run_dir: Path) -> dict[str, Any]:
-    summary = runs.read_json(run_dir / runs.SUMMARY)
-    kept = runs.kept_epoch(summary)
-    row = next(r for r in runs.read_history(run_dir) if r["epoch"] == kept)
-    found = {"epoch": kept, "val_iou": row["val_iou"], "val_dice": row["val_dice"]}
-    saved = run_dir / runs.EVALUATION / runs.METRICS
-    if saved.is_file():
-        metrics = runs.read_json(saved)
+def _metrics(run: Run) -> dict[str, Any]:
+    row = run.kept_row()
+    found = {"epoch": int(row["epoch"]), "val_iou": row["val_iou"], "val_dice": row["val_dice"]}
+    metrics = run.evaluation_metrics()
+    if metrics is not None:
         found["test"] = {
             "data": metrics["data"],
             "images": metrics["images"],
@@ -131,26 +129,9 @@ def _metrics(run_dir: Path) -> dict[str, Any]:
     return found
 
 
-def _scale_note(cfg: Config) -> str:
-    if cfg.data.nucleus_size is None:
-        return ""
-    return f"""
-Scale: the model was trained on images zoomed so that their nuclei are about {cfg.data.nucleus_size:g} px
-wide (twice the largest inscribed radius of a nucleus interior). Zoom an image by that width over its own
-nuclei's width before prediction, and the output back; no bioimage.io operation describes this.
-cellseg's `scripts/predict.py` estimates each image's zoom from the model's output and applies it.
-"""
-
-
-def _polarity_note(cfg: Config) -> str:
-    if cfg.data.polarity != "bright_nuclei":
-        return ""
-    return """
-Polarity: the model was trained on bright nuclei on a dark background. Invert images with dark nuclei on
-a light background (brightfield, H&E or haematoxylin stained tissue) before prediction, e.g. Fiji's
-Edit > Invert: any inversion gives the same input after `scale_range`. cellseg's `scripts/predict.py`
-recognises such images and inverts them itself.
-"""
+def _manual_steps(cfg: Config) -> str:
+    """The preprocessing steps no bioimage.io operation expresses, as README paragraphs."""
+    return "".join(f"\n{note}\n" for note in Preprocessing.from_config(cfg.data).describe())
 
 
 def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict[str, Any]) -> str:
@@ -161,12 +142,12 @@ def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict
     test_line = (
         f"- Held-out test images ({test['images']} images of {', '.join(test['data'])}): DSB2018 score "
         f"{test['dsb_score']:.3f}, AP50 {test['ap_50']:.3f}, pixel IoU {test['pixel_iou']:.3f}, with the "
-        "post-processing below (`scripts/evaluate.py`)."
+        "post-processing below (`cellseg-evaluate`)."
         if test
-        else "- No held-out evaluation was recorded (run `scripts/evaluate.py` before exporting)."
+        else "- No held-out evaluation was recorded (run `cellseg-evaluate` before exporting)."
     )
     knobs = ", ".join(f"{k} = {v}" for k, v in params.to_dict().items())
-    source = runs.read_json(run_dir / runs.SUMMARY)["data_source"]
+    source = Run(run_dir).summary["data_source"]
     return f"""# cellseg U-Net for nucleus segmentation ({activation})
 
 A 2-D U-Net (depth {cfg.model.depth}, {cfg.model.base_filters} base filters, batch norm
@@ -181,13 +162,13 @@ grey level into every channel; RGBA: drop alpha), any size whose sides are multi
 Preprocessing (declared in rdf.yaml, exactly as in training): `scale_range` over y, x and channel jointly
 per image, percentiles {LOW_PERCENTILE} and {HIGH_PERCENTILE}, then `clip` to [0, 1]. The one difference:
 cellseg maps an image whose two percentiles are equal to zeros; `scale_range` divides by eps there.
-{_scale_note(cfg)}{_polarity_note(cfg)}
+{_manual_steps(cfg)}
 ## Output
 `{OUTPUT_ID}`: {heads[cfg.model.num_classes]}, same y / x size as the input.
 
 Nuclei (instances) are not in the output: cellseg thresholds the foreground and splits touching nuclei
 with a marker watershed, which no bioimage.io operation describes. The settings chosen for this model on
-its validation images: {knobs} (see cellseg's `postprocess.py`; `scripts/predict.py` applies them).
+its validation images: {knobs} (see cellseg's `postprocess.py`; `cellseg-predict` applies them).
 
 ## Validation
 - Validation images of the training split: foreground IoU {metrics["val_iou"]:.3f},
@@ -213,7 +194,7 @@ def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[
     channels = ["red", "green", "blue"] if cfg.data.channels == 3 else ["grey"]
     activation = label_of_spec(cfg.model.activation)
     file = {name: {"source": path.name, "sha256": _sha256(path)} for name, path in files.items()}
-    versions = runs.read_json(run_dir / runs.SUMMARY)["versions"]
+    versions = Run(run_dir).summary["versions"]
     return {
         "type": "model",
         "format_version": FORMAT_VERSION,
@@ -313,17 +294,17 @@ def export_run(
     leaves a package whose rdf.yaml describes files that are not there. Returns the folder (or zip).
     """
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / runs.BEST_MODEL).is_file():
-        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
-    cfg = runs.load_run_config(run_dir)
+    run = Run(run_dir)
+    run.require_finished()
+    cfg = run.config
     if cfg.data.equalize:
         raise ValueError(
             f"{run_dir} was trained on locally equalised images (data.equalize: true), which bioimage.io "
             "preprocessing cannot describe; export a run trained without it"
         )
-    model = load_model(run_dir / runs.BEST_MODEL, compile=False)
-    saved = run_dir / runs.POSTPROCESS
-    params = PostprocessParams(**runs.read_json(saved)["params"]) if saved.is_file() else PostprocessParams()
+    model = load_model(run.kept_model, compile=False)
+    saved = run.postprocess
+    params = PostprocessParams(**saved["params"]) if saved is not None else PostprocessParams()
     raw = test_image(run_dir, cfg)
     normalized = normalize(raw[0])[None]
     output = keras.ops.convert_to_numpy(model(normalized, training=False)).astype(np.float32)
@@ -341,10 +322,10 @@ def export_run(
         np.save(files["test_output"], output)
         tifffile.imwrite(files["sample_input"], raw, metadata={"axes": "QYXC"})
         tifffile.imwrite(files["sample_output"], output, metadata={"axes": "QYXC"})
-        shutil.copyfile(run_dir / runs.BEST_MODEL, files["keras"])
+        shutil.copyfile(run.kept_model, files["keras"])
         save_saved_model(model, cfg.data.channels, files["saved_model"])
         _cover(stage / COVER, raw, output, params)
-        runs.write_text(stage / README, _readme(run_dir, cfg, params, _metrics(run_dir)))
+        runs.write_text(stage / README, _readme(run_dir, cfg, params, _metrics(run)))
         runs.write_text(
             stage / "rdf.yaml", yaml.safe_dump(_rdf(cfg, run_dir, files, authors), sort_keys=False)
         )

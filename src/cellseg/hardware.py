@@ -147,6 +147,13 @@ def onednn_source(environ: Mapping[str, str] = os.environ) -> str:
     return "TensorFlow's default"
 
 
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (model, images and TensorFlow's buffers included)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def onednn_active() -> bool:
     """Whether TensorFlow runs its oneDNN kernels in this process (imports TensorFlow)."""
     from tensorflow.python.util import _pywrap_util_port  # the flag TensorFlow itself reads

@@ -10,14 +10,19 @@ image zoomed so its nuclei have that width (estimated from the model's own outpu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from cellseg.data.pipeline import grid_starts, pad_to
-from cellseg.data.sample import network_input
+from cellseg import runs
+from cellseg.config import Config, InferenceOptions
 from cellseg.data.scale import estimate_factor, resize
+from cellseg.data.tiles import grid_starts, pad_to
+from cellseg.models import load_model
 from cellseg.postprocess import Probabilities
+from cellseg.preprocessing import Preprocessing
 
 
 def blend_window(tile: int, overlap: int) -> np.ndarray:
@@ -42,38 +47,32 @@ def _zoomed_back(output: np.ndarray, factor: float, image: np.ndarray) -> Probab
 class TiledPredictor:
     """Predict images of any size with a fully convolutional model.
 
-    ``multiple`` is 2**depth of the U-Net: the tile size must be divisible by it. ``flips`` averages the
-    predictions of the four horizontal / vertical flips (test-time augmentation, 4x the work).
-    ``nucleus_size``, ``equalize`` and ``bright_nuclei`` are the run's ``data.nucleus_size`` (None:
-    predict at the native scale), ``data.equalize`` and ``data.polarity == "bright_nuclei"``.
+    ``preprocessing`` prepares each image exactly as in training; ``multiple`` is 2**depth of the U-Net:
+    the tile size must be divisible by it. With ``preprocessing.nucleus_size`` each image is predicted at
+    the zoom that brings its nuclei to that width, estimated from the model's own output.
     """
 
     def __init__(
         self,
         model: keras.Model,
-        channels: int,
+        preprocessing: Preprocessing,
         multiple: int,
-        tile: int = 256,
-        overlap: int = 32,
-        batch_size: int = 8,
-        flips: bool = False,
-        nucleus_size: float | None = None,
-        equalize: bool = False,
-        bright_nuclei: bool = False,
+        options: InferenceOptions | None = None,
     ) -> None:
+        options = options or InferenceOptions()
+        tile, overlap = options.tile, options.overlap
         if tile % multiple:
             raise ValueError(f"tile size {tile} must be a multiple of {multiple} (2**model.depth)")
         if not 0 <= overlap < tile // 2:
             raise ValueError(f"overlap {overlap} must be in [0, {tile // 2}) for tile size {tile}")
-        self.channels, self.tile, self.overlap = channels, tile, overlap
-        self.batch_size, self.flips = batch_size, flips
-        self.nucleus_size, self.equalize, self.bright_nuclei = nucleus_size, equalize, bright_nuclei
+        self.preprocessing, self.options = preprocessing, options
+        self.tile, self.overlap = tile, overlap
         self.window = blend_window(tile, overlap)
-        spec = tf.TensorSpec([None, tile, tile, channels], tf.float32)
+        spec = tf.TensorSpec([None, tile, tile, preprocessing.channels], tf.float32)
         self._predict = tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
     def _batch(self, tiles: np.ndarray) -> np.ndarray:
-        if not self.flips:
+        if not self.options.flips:
             return self._predict(tiles).numpy()
         total = 0.0
         for axes in ((), (1,), (2,), (1, 2)):
@@ -93,8 +92,9 @@ class TiledPredictor:
             for x in grid_starts(padded.shape[1], self.tile, stride)
         ]
         total = weight = None
-        for i in range(0, len(corners), self.batch_size):
-            chunk = corners[i : i + self.batch_size]
+        batch = self.options.batch_size
+        for i in range(0, len(corners), batch):
+            chunk = corners[i : i + batch]
             tiles = np.stack([padded[y : y + self.tile, x : x + self.tile] for y, x in chunk])
             out = self._batch(tiles)
             if total is None:
@@ -107,8 +107,7 @@ class TiledPredictor:
 
     def _output(self, image: np.ndarray, factor: float, name: str) -> np.ndarray:
         """Model output for a raw image zoomed by ``factor``, prepared exactly as in training."""
-        x = network_input(image, self.channels, name, factor, self.equalize, self.bright_nuclei)
-        return self.predict_normalized(x)
+        return self.predict_normalized(self.preprocessing.apply(image, name, factor))
 
     def at_zoom(self, image: np.ndarray, factor: float, name: str = "image") -> Probabilities:
         """Probability maps for a raw image predicted at a zoom given, not estimated (e.g. the zoom its
@@ -124,12 +123,24 @@ class TiledPredictor:
                 outputs[factor] = self._output(image, factor, name)
             return outputs[factor]
 
-        if self.nucleus_size is None:
+        size = self.preprocessing.nucleus_size
+        if size is None:
             return probabilities(output_at(1.0))
 
         def nuclei_at(factor: float) -> np.ndarray:
             probs = probabilities(output_at(factor))
             return (probs.foreground if probs.interior is None else probs.interior) > 0.5
 
-        factor = estimate_factor(nuclei_at, self.nucleus_size)
+        factor = estimate_factor(nuclei_at, size)
         return _zoomed_back(output_at(factor), factor, image)
+
+
+def load_predictor(
+    run_dir: Path, options: InferenceOptions | None = None, model_path: Path | None = None
+) -> tuple[TiledPredictor, Config]:
+    """The run's kept model (or ``model_path``, e.g. a snapshot), wrapped for whole-image prediction with
+    the run's preprocessing, and the config it was trained with."""
+    run = runs.Run(run_dir)
+    cfg = run.config
+    model = load_model(model_path or run.kept_model, compile=False)
+    return TiledPredictor(model, Preprocessing.from_config(cfg.data), 2**cfg.model.depth, options), cfg

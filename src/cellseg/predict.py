@@ -18,13 +18,16 @@ from typing import Any
 from tqdm import tqdm
 
 from cellseg import runs
+from cellseg.calibration import postprocess_params
+from cellseg.config import InferenceOptions
 from cellseg.data import DataError
 from cellseg.data.readers import IMAGE_SUFFIXES, detect_layout, read_image_2d
-from cellseg.evaluation import InferenceOptions, load_predictor, peak_memory_mb, postprocess_params
+from cellseg.hardware import peak_memory_mb
+from cellseg.inference import load_predictor
 from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
 from cellseg.postprocess import instances
 
-SUMMARY = "summary.csv"
+SUMMARY_CSV = "summary.csv"  # one row per image predicted
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -101,8 +104,7 @@ def predict_images(
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
     run_dir, out, options = Path(run_dir), Path(out), options or InferenceOptions()
-    if not (run_dir / runs.BEST_MODEL).is_file():
-        raise FileNotFoundError(f"{run_dir}: no {runs.BEST_MODEL} (is this a finished cellseg run folder?)")
+    runs.Run(run_dir).require_finished()
     predictor, cfg = load_predictor(run_dir, options)
     params = postprocess_params(run_dir, predictor, cfg, options)
     report = PredictionReport()
@@ -140,5 +142,5 @@ def predict_images(
         )
     report.seconds = time.perf_counter() - start
     report.peak_memory_mb = peak_memory_mb()
-    runs.write_csv(out / SUMMARY, report.rows)
+    runs.write_csv(out / SUMMARY_CSV, report.rows)
     return report

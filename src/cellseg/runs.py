@@ -1,4 +1,8 @@
-"""The run folder: where a training run keeps everything it produces, and how it is read back."""
+"""The run folder: where a training run keeps everything it produces, and how it is read back.
+
+:class:`Run` is the one owner of a run folder's files and what they mean; the module-level names below
+are its file names, and the helpers write any file atomically.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ CONFIG = "config.yaml"
 HISTORY = "history.csv"
 SUMMARY = "summary.json"
 SPLIT = "split.json"
-BEST_MODEL = "model.keras"
+KEPT_MODEL = "model.keras"  # the epoch train.keep_model picks: lowest val_loss, or the last
 LAST_MODEL = "checkpoint/last.keras"
 STATE = "checkpoint/state.json"
 LOSS_PLOT = "loss_curve.png"
@@ -34,7 +38,7 @@ TENSORBOARD = "tensorboard"  # TensorBoard logs (train.tensorboard)
 FAILED = "failed.json"  # why a sweep's run failed, with the traceback (removed when it succeeds)
 LOCK = ".lock"  # held (an OS lock, released by any exit or kill) while a process trains in the run
 EVALUATION = "evaluation"  # evaluate.py's default output folder, holding:
-METRICS = "metrics.json"  # the summary metrics
+EVALUATION_METRICS = "metrics.json"  # the summary metrics
 PER_IMAGE = "per_image.csv"  # one row of scores per image
 OVERLAYS = "overlays"  # <id>.png: predicted outlines over the image (also written by predict.py)
 
@@ -57,6 +61,10 @@ def create_run_dir(out: str | Path, label: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a new run folder under {out}")
+
+
+class TrainingError(RuntimeError):
+    """Training could not start or continue in a run folder; the message says why and what to do."""
 
 
 class RunBusy(RuntimeError):
@@ -308,3 +316,104 @@ def load_run_config(run_dir: str | Path) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the run's config is damaged (not a mapping of sections)")
     return config_from_dict(raw, source=str(path))
+
+
+class Run:
+    """One run folder. Every module reads and writes a run through this class, so the meaning of each
+    file (which epoch the kept model holds, whether the run finished, the calibrated post-processing, the
+    last evaluation) is decided here once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def create(cls, out: str | Path, label: str) -> Run:
+        """A new, empty run folder ``<out>/<timestamp>_<label>``."""
+        return cls(create_run_dir(out, label))
+
+    # -------------------------------------------------------------------------------------- state
+
+    @property
+    def kept_model(self) -> Path:
+        return self.path / KEPT_MODEL
+
+    def require_finished(self) -> None:
+        """Raise FileNotFoundError unless the run kept a model (the folder is a trained run)."""
+        if not self.kept_model.is_file():
+            raise FileNotFoundError(f"{self.path}: no {KEPT_MODEL} (is this a finished cellseg run folder?)")
+
+    def status(self) -> str:
+        """``finished`` (it wrote its summary), ``interrupted`` (it started: config or checkpoint on disk;
+        resuming continues it, from epoch 1 if none had finished) or ``new``."""
+        if (self.path / SUMMARY).is_file():
+            return "finished"
+        if (self.path / CONFIG).is_file() or (self.path / STATE).is_file():
+            return "interrupted"
+        return "new"
+
+    def locked(self) -> contextlib.AbstractContextManager[Path]:
+        """Hold the folder while training in it (see :func:`locked`)."""
+        return locked(self.path)
+
+    # ------------------------------------------------------------------------------------ files
+
+    @property
+    def config(self) -> Config:
+        return load_run_config(self.path)
+
+    def save_config(self, config: Config) -> None:
+        import yaml
+
+        write_text(self.path / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        """``{"train": [...], "val": [...]}``: the image ids of each side."""
+        return read_json(self.path / SPLIT, "train/validation split")
+
+    def save_split(self, train: list[str], val: list[str]) -> None:
+        write_json(self.path / SPLIT, {"train": train, "val": val})
+
+    def history(self, name: str = HISTORY) -> list[dict[str, float]]:
+        return read_history(self.path, name)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return read_json(self.path / SUMMARY, "run summary")
+
+    def save_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.path / SUMMARY, summary)
+
+    @property
+    def kept_epoch(self) -> int | None:
+        return kept_epoch(self.summary)
+
+    def kept_row(self) -> dict[str, float]:
+        """The history row of the epoch ``model.keras`` holds."""
+        epoch = self.kept_epoch
+        return next(r for r in self.history() if r["epoch"] == epoch)
+
+    @property
+    def postprocess(self) -> dict[str, Any] | None:
+        """The post-processing calibrated on the validation images (``params``, ``val_dsb_score``,
+        ``inference``, ``grid``), or None before the first calibration."""
+        path = self.path / POSTPROCESS
+        return read_json(path, "post-processing record") if path.is_file() else None
+
+    def save_postprocess(self, record: dict[str, Any]) -> None:
+        write_json(self.path / POSTPROCESS, record)
+
+    def evaluation_metrics(self, folder: str | Path | None = None) -> dict[str, Any] | None:
+        """The metrics of the run's last evaluation (``evaluation/metrics.json``), or None."""
+        path = Path(folder) if folder is not None else self.path / EVALUATION
+        return (
+            read_json(path / EVALUATION_METRICS, "evaluation metrics")
+            if (path / EVALUATION_METRICS).is_file()
+            else None
+        )

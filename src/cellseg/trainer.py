@@ -1,8 +1,10 @@
 """Train a U-Net from a :class:`Config` and leave a complete run folder behind.
 
-The run folder holds the resolved ``config.yaml``, ``split.json``, ``history.csv`` (one row per epoch),
-``model.keras`` (the epoch ``train.keep_model`` picks), ``checkpoint/`` (for ``--resume``),
-``summary.json`` and ``loss_curve.png``. See :mod:`cellseg.runs` for the names.
+The run folder (:class:`cellseg.runs.Run`) holds the resolved ``config.yaml``, ``split.json``,
+``history.csv`` (one row per epoch), ``model.keras`` (the epoch ``train.keep_model`` picks),
+``checkpoint/`` (for resuming), ``summary.json`` and ``loss_curve.png``. The jobs around training live
+beside it: the optimiser and seeding in :mod:`cellseg.optim`, resuming in :mod:`cellseg.checkpoint`,
+the data in :mod:`cellseg.data.prepare`, what is kept in :mod:`cellseg.callbacks`.
 """
 
 from __future__ import annotations
@@ -32,29 +34,24 @@ from cellseg.activations import parse_spec
 from cellseg.callbacks import (
     Diagnostics,
     HistoryWriter,
+    KeepRule,
     ModelKeeper,
     ResumeCheckpoint,
     Snapshots,
     StopOnDivergence,
 )
-from cellseg.config import Config, TrainConfig, save_config
-from cellseg.data import collect_samples
-from cellseg.data.pipeline import (
-    PreparedData,
-    one_hot_targets,
-    prepare_split,
-    train_dataset,
-    val_dataset,
-)
-from cellseg.losses import BinaryDice, ForegroundIoU, make_loss
+from cellseg.checkpoint import Checkpoint, read_checkpoint
+from cellseg.config import Config
+from cellseg.data.pipeline import PreparedData, one_hot_targets, train_dataset, val_dataset
+from cellseg.data.prepare import DataCache, prepare_run_data
 from cellseg.models import build_unet, check_model_config, load_model
+from cellseg.optim import compile_model, make_schedule, make_strategy, seed_everything
 from cellseg.plots import plot_run_history
+from cellseg.runs import Run, TrainingError
 
 logger = logging.getLogger(__name__)
 
-
-class TrainingError(RuntimeError):
-    """Training could not start or continue; the message says why."""
+__all__ = ["RunResult", "TrainingError", "train"]
 
 
 @dataclass
@@ -63,71 +60,8 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def make_schedule(cfg: TrainConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The learning rate over the whole planned run: constant, or cosine decay over epochs x steps."""
-    if cfg.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, cfg.epochs * cfg.steps_per_epoch, alpha=0.05
-        )
-    return cfg.learning_rate
-
-
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimizer named in the config, with the learning rate of :func:`make_schedule`."""
-    lr = make_schedule(cfg)
-    makers = {
-        "sgd": lambda: keras.optimizers.SGD(lr),
-        "sgd_momentum": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum),
-        "nesterov": lambda: keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True),
-        "adagrad": lambda: keras.optimizers.Adagrad(lr),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "adamw": lambda: keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay),
-    }
-    return makers[cfg.optimizer]()
-
-
-def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
-    model.compile(
-        optimizer=make_optimizer(cfg),
-        loss=make_loss(cfg.loss),
-        metrics=[ForegroundIoU(), BinaryDice()],
-        jit_compile=cfg.jit_compile,
-    )
-
-
-def make_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy of ``train.distribute``.
-
-    ``mirrored`` replicates the model on every GPU of this machine (on a machine without GPUs, on every
-    logical CPU device, which is how the tests exercise it); ``multi_worker`` spans the machines listed in
-    the ``TF_CONFIG`` environment variable. The batch size is the global batch, split between replicas.
-    """
-    if cfg.distribute == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if cfg.distribute == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()  # the default: no distribution
-
-
 def activation_label(cfg: Config) -> str:
     return parse_spec(cfg.model.activation)[0]
-
-
-def _seed_everything(cfg: Config) -> None:
-    if cfg.train.jit_compile is True and cfg.train.deterministic:
-        raise TrainingError(
-            "train.jit_compile: true needs train.deterministic: false (Keras turns XLA off "
-            "while TensorFlow's op determinism is on); add --set train.deterministic=false"
-        )
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    else:  # determinism is process-wide: an earlier run in this process may have switched it on
-        from tensorflow.python.framework import config as tf_config  # the only way back off (TF 2.9+)
-
-        tf_config.disable_op_determinism()
 
 
 def _absolute_paths(cfg: Config) -> Config:
@@ -139,107 +73,13 @@ def _absolute_paths(cfg: Config) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path, rle_csv=rle_csv))
 
 
-@dataclass
-class Checkpoint:
-    """What the last complete epoch of a run left in ``checkpoint/``."""
-
-    epoch: int
-    best_val_loss: float
-    wall_seconds: float  # training time up to that epoch, over every process that trained the run
-    session_starts: list[int]  # the first epoch of each process (it traces the graph: a slow epoch)
-
-
-def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
-    """The checkpoint a resumed run continues from; None if it was stopped before epoch 1 ended.
-
-    Checked before any data is read: a damaged or missing file (a truncated ``last.keras`` included)
-    fails naming the file and the way out, and ``epochs`` (the new ``train.epochs``) may not undercut the
-    epochs already run.
-    """
-    path = run_dir / runs.STATE
-    restart = f"delete {path.parent} to restart this run from epoch 1, or start a new run"
-    if not path.is_file():
-        return None
-    try:
-        state = runs.read_json(path, "checkpoint state")
-        checkpoint = Checkpoint(
-            int(state["epoch"]),
-            math.inf if state["best_val_loss"] is None else float(state["best_val_loss"]),
-            float(state.get("wall_seconds", 0.0)),
-            [int(e) for e in state.get("session_starts", [1])],
-        )
-    except ValueError as exc:
-        raise TrainingError(f"{exc}; {restart}") from exc
-    except (KeyError, TypeError) as exc:
-        raise TrainingError(f"{path}: the checkpoint state is damaged (no valid {exc}); {restart}") from exc
-    last = run_dir / runs.LAST_MODEL
-    if not last.is_file():
-        raise TrainingError(f"{last} is missing; {restart}")
-    if not _intact_zip(last):
-        raise TrainingError(f"{last}: the checkpoint is damaged (truncated, or not a .keras file); {restart}")
-    if epochs < checkpoint.epoch:
-        raise TrainingError(
-            f"train.epochs={epochs} is below the {checkpoint.epoch} epochs {run_dir} has already run; "
-            f"give --set train.epochs={checkpoint.epoch} or more"
-        )
-    return checkpoint
-
-
-def _intact_zip(path: Path) -> bool:
-    """A ``.keras`` file is a zip archive: every member present and matching its CRC (reads it once)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError):
-        return False
-
-
-#: The last run's prepared data and what it was prepared from, kept for ``train(reuse_data=True)``.
-_kept: tuple[tuple[str, int, int], PreparedData] | None = None
-
-
-def _prepare_data(cfg: Config, reuse: bool = False) -> PreparedData:
-    """Decode, split and pack the data; with ``reuse``, the previous run's when prepared alike.
-
-    Preparation is deterministic (explicitly seeded, no global random state), so a reused copy gives the
-    run exactly what preparing again would, unless files changed since, which is why it is opt-in.
-    """
-    global _kept
-    key = (repr(cfg.data), cfg.data_seed, cfg.model.num_classes)
-    if reuse and _kept is not None and _kept[0] == key:
-        logger.info("data: reused from the previous run in this process")
-        return _kept[1]
-    _kept = None  # free the old copy before preparing a new one
-    samples, source = collect_samples(cfg)
-    logger.info(f"data: {source}")
-    data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.data_seed)
-    logger.info(
-        f"split: {len(data.train_ids)} training images"
-        f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "
-        f"({len(data.val_images)} patches)"
-        + (f"; {len(data.skipped)} bad samples skipped" if data.skipped else "")
-    )
-    kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.train_modalities).most_common())
-    balance = f" (balance {cfg.data.balance})" if cfg.data.balance else ""
-    logger.info(f"training modalities: {kinds}{balance}")
-    if cfg.data.nucleus_size is not None:
-        low, mid, high = np.percentile(data.train_factors, [0, 50, 100])
-        logger.info(
-            f"nucleus size {cfg.data.nucleus_size:g} px: training images zoomed x{low:.2f} to x{high:.2f} "
-            f"(median x{mid:.2f})"
-        )
-    if reuse:
-        _kept = (key, data)
-    return data
-
-
 def train(
     cfg: Config,
     out: str | Path = "runs",
     resume: str | Path | None = None,
     verbose: int | None = None,
     run_name: str | None = None,
-    reuse_data: bool = False,
+    data_cache: DataCache | None = None,
 ) -> RunResult:
     """Train (or continue training) and return the run folder and its summary.
 
@@ -250,8 +90,8 @@ def train(
     otherwise, 0: none). The few lines saying what the run uses and where it writes are logged
     (``cellseg.trainer``, INFO); the command-line tools show them.
 
-    ``reuse_data`` keeps the prepared data in this process and reuses it for the next run that prepares
-    the same data the same way (a sweep's runs all do): on the full DSB2018 set that saves ~15 s a run.
+    ``data_cache`` keeps the prepared data for the next run that prepares the same data the same way
+    (a sweep passes one to all its runs: on the full DSB2018 set that saves ~15 s a run).
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -262,10 +102,10 @@ def train(
         if resume is not None:  # before anything in the folder is read: another process may be training
             hold.enter_context(runs.locked(resume))
         checkpoint = read_checkpoint(Path(resume), cfg.train.epochs) if resume is not None else None
-        _seed_everything(cfg)
+        seed_everything(cfg)
         machine = hardware.this_machine(cfg.train.precision)
         logger.info(machine.line())
-        data = _prepare_data(cfg, reuse_data)
+        data = prepare_run_data(cfg, data_cache)
         policy = keras.config.dtype_policy()
         keras.config.set_dtype_policy(machine.precision)  # layers built (or loaded) from here on use it
         try:
@@ -303,7 +143,7 @@ def _open_run(
         opened = _reopen_run(cfg, data, Path(resume), checkpoint)
     else:
         if run_name is None:
-            run_dir = runs.create_run_dir(out, f"{activation_label(cfg)}_s{cfg.seed}")
+            run_dir = Run.create(out, f"{activation_label(cfg)}_s{cfg.seed}").path
         else:
             run_dir = Path(out) / run_name
             run_dir.mkdir(parents=True, exist_ok=True)  # a sweep may hold its lock already
@@ -324,8 +164,9 @@ def _open_run(
 
 def _start_run(cfg: Config, data: PreparedData, run_dir: Path) -> _OpenRun:
     """Record the config and split in ``run_dir`` and build a fresh, compiled model."""
-    save_config(cfg, run_dir / runs.CONFIG)
-    runs.write_json(run_dir / runs.SPLIT, {"train": data.train_ids, "val": data.val_ids})
+    run = Run(run_dir)
+    run.save_config(cfg)
+    run.save_split(data.train_ids, data.val_ids)
     opened = _OpenRun(run_dir, build_unet(cfg.model, cfg.data.channels))
     compile_model(opened.model, cfg.train)
     return opened
@@ -333,8 +174,8 @@ def _start_run(cfg: Config, data: PreparedData, run_dir: Path) -> _OpenRun:
 
 def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Checkpoint | None) -> _OpenRun:
     """The resumed run's last checkpoint, or, if no epoch had finished, a fresh start in its folder."""
-    split_path = run_dir / runs.SPLIT
-    if split_path.is_file() and runs.read_json(split_path, "train/validation split")["val"] != data.val_ids:
+    run, split_path = Run(run_dir), run_dir / runs.SPLIT
+    if split_path.is_file() and run.split["val"] != data.val_ids:
         raise TrainingError(f"{run_dir}: the data no longer gives the validation split this run used")
     done = checkpoint.epoch if checkpoint else 0
     runs.remove_temporaries(run_dir)
@@ -342,7 +183,7 @@ def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Chec
     runs.truncate_history(run_dir, done, runs.DIAGNOSTICS)
     if checkpoint is None:
         logger.info(f"{run_dir}: no epoch had finished; restarting it from epoch 1")
-        (run_dir / runs.BEST_MODEL).unlink(missing_ok=True)
+        (run_dir / runs.KEPT_MODEL).unlink(missing_ok=True)
         return _start_run(cfg, data, run_dir)
     if not split_path.is_file():
         raise TrainingError(f"{split_path} is missing, so the run's validation images are unknown")
@@ -357,13 +198,13 @@ def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Chec
             f"{last}: the checkpoint cannot be read ({why}); delete {last.parent} "
             "to restart this run from epoch 1, or start a new run"
         ) from exc
-    planned = runs.load_run_config(run_dir).train.epochs
+    planned = run.config.train.epochs
     if planned != cfg.train.epochs:
         if cfg.train.schedule == "cosine":  # the decay now spans the new length, as if planned so
             model.optimizer.learning_rate = make_schedule(cfg.train)
         change = "extending" if cfg.train.epochs > planned else "shortening"
         logger.info(f"{change} {run_dir} from {planned} to {cfg.train.epochs} epochs")
-        save_config(cfg, run_dir / runs.CONFIG)
+        run.save_config(cfg)
     logger.info(f"resuming {run_dir} after epoch {done}/{cfg.train.epochs}")
     return _OpenRun(
         run_dir, model, done, checkpoint.best_val_loss, checkpoint.wall_seconds, checkpoint.session_starts
@@ -376,9 +217,7 @@ def _fit(
     try:
         return _fit_and_summarize(cfg, data, opened, machine, start, verbose)
     except runs.WriteError as exc:
-        raise TrainingError(
-            f"{exc}. Fix that, then continue with: python scripts/train.py --resume {opened.run_dir}"
-        ) from exc
+        raise TrainingError(f"{exc}. Fix that, then resume the run: train --resume {opened.run_dir}") from exc
 
 
 def _fit_and_summarize(
@@ -393,7 +232,7 @@ def _fit_and_summarize(
 
     history = runs.read_history(run_dir) if done and (run_dir / runs.HISTORY).is_file() else []
     guard = StopOnDivergence({k: history[0][k] for k in ("loss", "val_loss")} if history else None)
-    keeper = ModelKeeper(run_dir / runs.BEST_MODEL, guard, cfg.train.keep_model, opened.best_val_loss)
+    keeper = ModelKeeper(run_dir / runs.KEPT_MODEL, guard, cfg.train.keep_model, opened.best_val_loss)
     callbacks: list[keras.callbacks.Callback] = [
         guard,
         HistoryWriter(run_dir, guard),
@@ -438,9 +277,9 @@ def _fit_and_summarize(
         runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
     if guard.where is not None:
         kept = (
-            f"{run_dir / runs.BEST_MODEL} holds the model kept before it "
+            f"{run_dir / runs.KEPT_MODEL} holds the model kept before it "
             f"(train.keep_model: {cfg.train.keep_model})."
-            if (run_dir / runs.BEST_MODEL).is_file()
+            if (run_dir / runs.KEPT_MODEL).is_file()
             else "No epoch finished, so no model was saved."
         )
         fixes = "a lower train.learning_rate" + ("" if cfg.model.batch_norm else " or model.batch_norm=true")
@@ -461,10 +300,10 @@ def write_summary(
     session_starts: list[int],
     seconds_to_first_step: float | None = None,
 ) -> dict[str, Any]:
-    rows = runs.read_history(run_dir) if (run_dir / runs.HISTORY).exists() else []
+    run = Run(run_dir)
+    rows = run.history() if (run_dir / runs.HISTORY).exists() else []
     finite = [r for r in rows if math.isfinite(r["val_loss"])]
     best = min(finite, key=lambda r: r["val_loss"]) if finite else None
-    kept = (finite[-1] if cfg.train.keep_model == "last" else best) if finite else None
     final = rows[-1] if rows else None
     summary = {
         "activation": activation_label(cfg),
@@ -473,7 +312,7 @@ def write_summary(
         "epochs_run": len(rows),
         "epochs_planned": cfg.train.epochs,
         "best_epoch": best["epoch"] if best else None,
-        "kept_epoch": kept["epoch"] if kept else None,  # the epoch model.keras holds (train.keep_model)
+        "kept_epoch": KeepRule.kept_epoch(rows, cfg.train.keep_model),  # the epoch model.keras holds
         "best_val_loss": best["val_loss"] if best else None,
         "best_val_iou": best["val_iou"] if best else None,
         "best_val_dice": best["val_dice"] if best else None,
@@ -501,7 +340,7 @@ def write_summary(
             "numpy": np.__version__,
         },
     }
-    runs.write_json(run_dir / runs.SUMMARY, summary)
+    run.save_summary(summary)
     if rows:
         plot_run_history(rows, run_dir / runs.LOSS_PLOT, title=f"{summary['activation']} — {run_dir.name}")
     return summary

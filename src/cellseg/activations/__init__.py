@@ -1,7 +1,8 @@
-"""The activation registry: one flat table from name to a Keras layer, and one ``create_activation``.
+"""The activation registry: one flat table from name to activation, and one ``create_activation``.
 
 >>> layer = create_activation({"name": "isru", "alpha": 0.5})   # learnable alpha, initial 0.5
 >>> layer = create_activation("mish")
+>>> register("tanh_x", lambda x: x * tf.tanh(x))                 # your own: now model.activation: tanh_x
 
 Every layer is registered for Keras serialization, so a saved model reloads with plain
 ``keras.saving.load_model`` once ``cellseg.activations`` has been imported (``cellseg.models.load_model``
@@ -32,25 +33,23 @@ def _prelu(alpha: float, **kwargs: Any) -> keras.layers.Layer:
     )
 
 
-def _fixed(function: str) -> Callable[..., keras.layers.Layer]:
-    return lambda **kwargs: Elementwise(function, **kwargs)
-
-
 def _learnable(cls: type[keras.layers.Layer], param: str) -> Callable[..., keras.layers.Layer]:
     return lambda **kwargs: cls(kwargs.pop(param), **kwargs)
 
 
 @dataclass(frozen=True)
 class ActivationEntry:
-    """What the registry knows about one activation.
+    """What the registry knows about one activation: either an elementwise ``function`` (the U-Net gets an
+    :class:`Elementwise` layer naming it) or a ``layer`` factory (a Keras layer, e.g. with learnable weights).
 
     ``defaults`` holds the activation's options (its learnable initial value, or its fixed constant) and
     their default values; a spec may override them by name.
     """
 
-    make: Callable[..., keras.layers.Layer]
     initializer: str
-    defaults: dict[str, float] = field(default_factory=dict)
+    function: Callable[..., tf.Tensor] | None = None
+    layer: Callable[..., keras.layers.Layer] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
     learnable: bool = False
     channel_factor: int = 1
     has_gradient: bool = True  # False: zero almost everywhere, so no network can learn with it (plots only)
@@ -61,41 +60,105 @@ class ActivationEntry:
         return tuple(self.defaults)
 
 
+def _fn(function: Callable[..., tf.Tensor], initializer: str, summary: str, **kw: Any) -> ActivationEntry:
+    return ActivationEntry(initializer, function=function, summary=summary, **kw)
+
+
+#: The one table: name -> activation. :func:`register` adds to it.
 ACTIVATIONS: dict[str, ActivationEntry] = {
     "isru": ActivationEntry(
-        _learnable(ISRU, "alpha"), GLOROT, {"alpha": 1.0}, True, summary="x/sqrt(1+a x^2), learnable a>=0"
+        GLOROT, layer=_learnable(ISRU, "alpha"), defaults={"alpha": 1.0}, learnable=True,
+        summary="x/sqrt(1+a x^2), learnable a>=0",
     ),
     "trainable_leaky_relu": ActivationEntry(
-        _learnable(TrainableLeakyReLU, "alpha"),
-        HE,
-        {"alpha": 0.2},
-        True,
+        HE, layer=_learnable(TrainableLeakyReLU, "alpha"), defaults={"alpha": 0.2}, learnable=True,
         summary="x if x>=0 else a x, learnable a",
     ),
-    "prelu": ActivationEntry(_prelu, HE, {"alpha": 0.25}, True, summary="per-channel learnable leaky slope"),
+    "prelu": ActivationEntry(
+        HE, layer=_prelu, defaults={"alpha": 0.25}, learnable=True,
+        summary="per-channel learnable leaky slope",
+    ),
     "swish_beta": ActivationEntry(
-        _learnable(SwishBeta, "beta"), HE, {"beta": 1.0}, True, summary="x sigmoid(b x), learnable b"
+        HE, layer=_learnable(SwishBeta, "beta"), defaults={"beta": 1.0}, learnable=True,
+        summary="x sigmoid(b x), learnable b",
     ),
-    "gated_mish": ActivationEntry(GatedMish, HE, channel_factor=2, summary="a*mish(b) over channel halves"),
-    "mish": ActivationEntry(_fixed("mish"), HE, summary="x tanh(softplus(x))"),
-    "swish": ActivationEntry(_fixed("swish"), HE, summary="x sigmoid(x)"),
-    "silu": ActivationEntry(_fixed("silu"), HE, summary="x sigmoid(x) (alias of swish)"),
-    "gelu": ActivationEntry(_fixed("gelu"), HE, summary="x Phi(x), exact"),
-    "gelu_tanh": ActivationEntry(_fixed("gelu_tanh"), HE, summary="GELU, tanh approximation"),
-    "selu": ActivationEntry(_fixed("selu"), LECUN, summary="scaled ELU, self-normalising"),
-    "elu": ActivationEntry(_fixed("elu"), HE, {"alpha": 1.0}, summary="x if x>0 else a(e^x-1)"),
-    "leaky_relu": ActivationEntry(_fixed("leaky_relu"), HE, {"alpha": 0.01}, summary="x if x>=0 else 0.01 x"),
-    "relu": ActivationEntry(_fixed("relu"), HE, summary="max(0, x)"),
-    "lisht": ActivationEntry(_fixed("lisht"), HE, summary="x tanh(x)"),
-    "isrlu": ActivationEntry(_fixed("isrlu"), HE, {"alpha": 1.0}, summary="x if x>=0 else ISRU"),
-    "softplus": ActivationEntry(_fixed("softplus"), HE, summary="log(1+e^x)"),
-    "tanh": ActivationEntry(_fixed("tanh"), GLOROT, summary="tanh(x)"),
-    "sigmoid": ActivationEntry(_fixed("sigmoid"), GLOROT, summary="1/(1+e^-x)"),
-    "linear": ActivationEntry(_fixed("linear"), GLOROT, summary="x (no non-linearity)"),
-    "binary_step": ActivationEntry(
-        _fixed("binary_step"), GLOROT, has_gradient=False, summary="1 if x>=0 else 0 (plots only)"
+    "gated_mish": ActivationEntry(
+        HE, layer=GatedMish, channel_factor=2, defaults={"gate": "mish_gate"},  # gate: mish = a*mish(b)
+        summary="a*tanh(softplus(b)) over channel halves (GLU, Mish gate)",
     ),
-}
+    "mish": _fn(functions.mish, HE, "x tanh(softplus(x))"),
+    "swish": _fn(tf.nn.silu, HE, "x sigmoid(x)"),
+    "silu": _fn(tf.nn.silu, HE, "x sigmoid(x) (alias of swish)"),
+    "gelu": _fn(functions.gelu, HE, "x Phi(x), exact"),
+    "gelu_tanh": _fn(functions.gelu_tanh, HE, "GELU, tanh approximation"),
+    "selu": _fn(tf.nn.selu, LECUN, "scaled ELU, self-normalising"),
+    "elu": _fn(functions.elu, HE, "x if x>0 else a(e^x-1)", defaults={"alpha": 1.0}),
+    "leaky_relu": _fn(functions.leaky_relu, HE, "x if x>=0 else 0.01 x", defaults={"alpha": 0.01}),
+    "relu": _fn(tf.nn.relu, HE, "max(0, x)"),
+    "lisht": _fn(functions.lisht, HE, "x tanh(x)"),
+    "isrlu": _fn(functions.isrlu, HE, "x if x>=0 else ISRU", defaults={"alpha": 1.0}),
+    "softplus": _fn(tf.nn.softplus, HE, "log(1+e^x)"),
+    "tanh": _fn(tf.tanh, GLOROT, "tanh(x)"),
+    "sigmoid": _fn(tf.sigmoid, GLOROT, "1/(1+e^-x)"),
+    "linear": _fn(tf.identity, GLOROT, "x (no non-linearity)"),
+    "binary_step": _fn(functions.binary_step, GLOROT, "1 if x>=0 else 0 (plots only)", has_gradient=False),
+}  # fmt: skip
+
+
+def register(
+    name: str,
+    activation: Callable[..., tf.Tensor] | type[keras.layers.Layer],
+    *,
+    initializer: str = HE,
+    defaults: Mapping[str, float] | None = None,
+    channel_factor: int = 1,
+    summary: str = "",
+    replace: bool = False,
+) -> ActivationEntry:
+    """Add an activation to the registry, so configs, sweeps and saved models can name it.
+
+    ``activation`` is a TensorFlow function ``f(x)`` (``f(x, alpha)`` with ``defaults={"alpha": ...}``),
+    or a Keras layer class whose constructor takes the options in ``defaults`` as keyword arguments; its
+    weights (e.g. a learnable slope) train, are logged each epoch and are saved with the model. A layer
+    class is registered for Keras serialization (package ``cellseg_user``) unless it already is.
+    A process that reloads a model using it must call ``register`` again first, as for any Keras custom
+    object. ``initializer`` is the convolutions' default (He normal suits ReLU-like functions).
+
+    >>> register("tanh_x", lambda x: x * tf.tanh(x), summary="x tanh(x)")
+    """
+    key, _ = parse_spec(name)
+    if key in ACTIVATIONS and not replace:
+        raise ValueError(f"activation '{key}' is already registered; pass replace=True to redefine it")
+    options = dict(defaults or {})
+    if isinstance(activation, type) and issubclass(activation, keras.layers.Layer):
+        if ">" not in keras.saving.get_registered_name(activation):  # not yet known to Keras by name
+            keras.saving.register_keras_serializable(package="cellseg_user")(activation)
+        probe = activation(**options)
+        probe.build((None, 8, 8, 2 * channel_factor))
+        entry = ActivationEntry(
+            initializer, layer=activation, defaults=options, learnable=bool(probe.trainable_weights),
+            channel_factor=channel_factor, summary=summary or activation.__name__,
+        )  # fmt: skip
+    elif callable(activation):
+        entry = ActivationEntry(
+            initializer, function=activation, defaults=options, summary=summary or key,
+            channel_factor=channel_factor,
+        )  # fmt: skip
+    else:
+        raise TypeError(f"register('{key}', ...) needs a function or a Keras layer class, not {activation!r}")
+    ACTIVATIONS[key] = entry
+    return entry
+
+
+def elementwise_function(name: str) -> Callable[..., tf.Tensor]:
+    """The function of an elementwise registry entry (what an :class:`Elementwise` layer applies)."""
+    entry = ACTIVATIONS.get(name)
+    if entry is None or entry.function is None:
+        known = ", ".join(n for n, e in ACTIVATIONS.items() if e.function is not None)
+        hint = " (call cellseg.activations.register first if it is your own)" if entry is None else ""
+        raise ValueError(f"unknown elementwise activation '{name}'{hint}; known: {known}")
+    return entry.function
+
 
 _COMMON_KEYS = ("name", "trainable")
 
@@ -149,15 +212,22 @@ def check_trainable(spec: str | Mapping[str, Any]) -> None:
         )
 
 
-def create_activation(spec: str | Mapping[str, Any], name: str | None = None) -> keras.layers.Layer:
-    """Build a fresh activation layer from a name or a mapping (``{name, <param>, trainable}``)."""
+def create_activation(
+    spec: str | Mapping[str, Any], name: str | None = None, **layer_kwargs: Any
+) -> keras.layers.Layer:
+    """Build a fresh activation layer from a name or a mapping (``{name, <param>, trainable}``);
+    ``layer_kwargs`` go to the layer (e.g. ``dtype``)."""
     key, options = parse_spec(spec)
     entry = get_entry(key)
     unknown = set(options) - set(entry.params) - set(_COMMON_KEYS)
     if unknown:
         valid = ", ".join((*entry.params, "trainable")) or "trainable"
         raise ValueError(f"activation '{key}' has no option(s) {sorted(unknown)}; valid options: {valid}")
-    return entry.make(**{**entry.defaults, **options}, name=name)
+    kwargs = {**entry.defaults, **options, **layer_kwargs}
+    if entry.function is not None:
+        return Elementwise(key, name=name, **kwargs)
+    assert entry.layer is not None
+    return entry.layer(**kwargs, name=name)
 
 
 def activation_curve(spec: str | Mapping[str, Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,8 +259,10 @@ __all__ = [
     "available_activations",
     "check_trainable",
     "create_activation",
+    "elementwise_function",
     "functions",
     "get_entry",
     "markdown_table",
     "parse_spec",
+    "register",
 ]

@@ -18,18 +18,20 @@ register = keras.saving.register_keras_serializable(package="cellseg")
 
 @register
 class Elementwise(keras.layers.Layer):
-    """A fixed activation looked up by name in :data:`functions.FIXED_FUNCTIONS`.
+    """A parameter-free (or fixed-constant) activation, looked up by its registry name.
 
-    ``alpha`` is a constant (not a weight) for the functions that take one: leaky_relu, elu, isrlu.
+    ``alpha`` is a constant (not a weight) for the functions that take one: leaky_relu, elu, isrlu. The
+    function comes from the registry (:func:`cellseg.activations.register` adds one), so a saved model
+    stores only the name.
     """
 
     def __init__(self, function: str, alpha: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if function not in F.FIXED_FUNCTIONS:
-            raise ValueError(f"unknown fixed activation '{function}'; known: {', '.join(F.FIXED_FUNCTIONS)}")
+        from cellseg.activations import elementwise_function  # the registry imports this module
+
         self.function = function
         self.alpha = alpha
-        self._fn = F.FIXED_FUNCTIONS[function]
+        self._fn = elementwise_function(function)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return self._fn(x) if self.alpha is None else self._fn(x, self.alpha)
@@ -98,17 +100,34 @@ class SwishBeta(_ScalarParameterActivation):
 
 @register
 class GatedMish(keras.layers.Layer):
-    """a * mish(b) for the two channel halves a, b of the input; halves the channel count.
+    """``a * tanh(softplus(b))`` for the two channel halves a, b of the input; halves the channel count.
 
-    This is cellseg's definition (GLU-style gating with a Mish gate): the layer before it must produce
-    twice the channels wanted after it, which the U-Net does when the registry says ``channel_factor=2``.
+    A gated linear unit with Mish's gate (see :func:`functions.gated_mish`): the layer before it must
+    produce twice the channels wanted after it, which the U-Net does when the registry says
+    ``channel_factor=2``. ``gate="mish"`` is the earlier ``a * mish(b)``, kept for models saved with it
+    (their config has no ``gate``, so they reload with it).
     """
 
+    GATES = ("mish_gate", "mish")
+
+    def __init__(self, gate: str = "mish_gate", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if gate not in self.GATES:
+            raise ValueError(f"gated_mish gate must be one of {self.GATES}, got {gate!r}")
+        self.gate = gate
+
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        return F.gated_mish(x)
+        return F.gated_mish(x, self.gate)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         channels = input_shape[-1]
         if channels is not None and channels % 2:
             raise ValueError(f"gated_mish needs an even channel count, got {channels}")
         return (*input_shape[:-1], None if channels is None else channels // 2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "gate": self.gate}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GatedMish:
+        return cls(**{"gate": "mish", **config})  # saved before the gate option: a * mish(b)

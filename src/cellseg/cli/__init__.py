@@ -45,17 +45,30 @@ def input_errors() -> tuple[type[Exception], ...]:
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
-    """The whole-image prediction options shared by evaluate.py and predict.py."""
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
-    p.add_argument("--batch-size", type=int, default=8, help="tiles per prediction batch (default 8)")
+    """The whole-image prediction options of evaluate.py and predict.py; defaults from InferenceOptions."""
+    from cellseg.config import InferenceOptions  # light: no TensorFlow
+
+    d = InferenceOptions()
+    p.add_argument("--tile", type=int, default=d.tile, help=f"tile size in pixels (default {d.tile})")
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=d.overlap,
+        help=f"overlap between tiles in pixels (default {d.overlap})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"tiles per prediction batch (default {d.batch_size})",
+    )
     p.add_argument(
         "--tta", action="store_true", help="average over flips (test-time augmentation, 4x slower)"
     )
 
 
 def inference_options(args: argparse.Namespace) -> Any:
-    """The :class:`~cellseg.evaluation.InferenceOptions` of :func:`add_inference_options`'s flags."""
-    from cellseg.evaluation import InferenceOptions
+    """The :class:`~cellseg.config.InferenceOptions` of :func:`add_inference_options`'s flags."""
+    from cellseg.config import InferenceOptions
 
     return InferenceOptions(args.tile, args.overlap, args.batch_size, args.tta)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = result.summary
-    saved = s["best_val_loss"] is not None and (result.run_dir / runs.BEST_MODEL).is_file()
+    saved = s["best_val_loss"] is not None and (result.run_dir / runs.KEPT_MODEL).is_file()
     if not saved:
         print(f"error: no model was saved: no epoch finished ({s['stopped_reason']})", file=sys.stderr)
     else:

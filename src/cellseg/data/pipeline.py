@@ -19,9 +19,11 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
-from cellseg.data.sample import DataError, Sample, SampleRef, modality, network_input, target_map
+from cellseg.data.sample import DataError, Sample, SampleRef, modality, target_map
 from cellseg.data.scale import annotated_factor, resize_labels
+from cellseg.data.tiles import grid_starts, pad_to
 from cellseg.parallel import cpu_budget
+from cellseg.preprocessing import Preprocessing
 
 T = TypeVar("T", Sample, SampleRef)
 
@@ -111,23 +113,9 @@ def split_samples(samples: list[T], val_fraction: float, seed: int) -> tuple[lis
     return [samples[i] for i in train], [samples[i] for i in val]
 
 
-def pad_to(array: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
-    """Reflect-pad the first two axes (at the end) up to ``height`` x ``width`` where smaller.
-
-    Tiny images still give full patches; reflection keeps the padding looking like the image.
-    """
-    width = height if width is None else width
-    ph, pw = max(0, height - array.shape[0]), max(0, width - array.shape[1])
-    if not ph and not pw:
-        return array
-    pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pad, mode="reflect" if min(array.shape[:2]) > 1 else "edge")
-
-
 def _image_array(image: np.ndarray, cfg: DataConfig, name: str, factor: float = 1.0) -> np.ndarray:
-    """The float32 network input for an image (see :func:`network_input`), padded up to a patch."""
-    bright = cfg.polarity == "bright_nuclei"
-    return pad_to(network_input(image, cfg.channels, name, factor, cfg.equalize, bright), cfg.patch_size)
+    """The float32 network input for an image (see :class:`Preprocessing`), padded up to a patch."""
+    return pad_to(Preprocessing.from_config(cfg).apply(image, name, factor), cfg.patch_size)
 
 
 def _arrays(
@@ -153,14 +141,6 @@ def one_hot_targets(masks: tf.Tensor | np.ndarray, num_classes: int) -> tf.Tenso
     if num_classes == 1:
         return tf.cast(masks, tf.float32)
     return tf.one_hot(tf.cast(masks[..., 0], tf.int32), num_classes, dtype=tf.float32)
-
-
-def grid_starts(length: int, patch: int, stride: int | None = None) -> list[int]:
-    """Offsets every ``stride`` (default ``patch``) covering [0, length), the last one flush with the end."""
-    starts = list(range(0, max(1, length - patch + 1), stride or patch))
-    if starts[-1] + patch < length:
-        starts.append(length - patch)
-    return starts
 
 
 @dataclass

@@ -10,8 +10,6 @@ import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from cellseg.data.scale import resize
-
 
 class DataError(ValueError):
     """A data set, file or sample is missing or malformed; the message names it."""
@@ -106,25 +104,6 @@ def equalize(image: np.ndarray, tile: int = 64) -> np.ndarray:
     levels = np.round(image * 255).astype(np.uint8)
     out = np.stack([clahe.apply(np.ascontiguousarray(levels[..., c])) for c in range(image.shape[-1])], -1)
     return out.astype(np.float32) / 255
-
-
-def network_input(
-    image: np.ndarray,
-    channels: int,
-    name: str = "image",
-    factor: float = 1.0,
-    local: bool = False,
-    bright_nuclei: bool = False,
-) -> np.ndarray:
-    """A raw image as the network sees it, in training and prediction alike: its channels, zoomed by
-    ``factor`` (nucleus size normalisation, see :mod:`cellseg.data.scale`), normalised to [0, 1],
-    with ``bright_nuclei`` (``data.polarity: bright_nuclei``) inverted when its nuclei are darker than
-    their background, and with ``local`` (``data.equalize``) equalised locally."""
-    image = to_channels(image, channels, name)
-    if bright_nuclei and dark_nuclei(image):  # negated before normalising: what any tool's "invert"
-        image = -image.astype(np.float32)  # gives, since normalize() ignores offsets (see export)
-    normalized = normalize(resize(image, factor))
-    return equalize(normalized) if local else normalized
 
 
 def dark_nuclei(image: np.ndarray) -> bool:

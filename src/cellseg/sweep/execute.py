@@ -26,7 +26,9 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import ConfigError
+from cellseg.data.prepare import DataCache
 from cellseg.parallel import available_cores
+from cellseg.runs import Run
 from cellseg.sweep.report import RunRecord, compare, write_results
 from cellseg.sweep.spec import SweepSpec, Variant
 
@@ -36,7 +38,7 @@ SPEC = "sweep.yaml"
 
 
 def _figures(run_dir: Path, summary: dict[str, Any], evaluate: Callable[[Path], dict[str, float]]) -> dict:
-    history = runs.read_history(run_dir)
+    history = Run(run_dir).history()
     traced = set(summary.get("session_starts", [1]))  # each process's first epoch traces the graph
     seconds = [r["seconds"] for r in history if r["epoch"] not in traced] or [r["seconds"] for r in history]
     figures = {k: summary[k] for k in ("best_val_loss", "best_val_iou", "best_val_dice", "best_epoch")}
@@ -62,7 +64,7 @@ def run_one(
     try:
         with runs.locked(run_dir):  # two sweeps on one folder: the second skips what the first trains
             _train_or_reuse(name, cfg, run_dir, train)
-            summary = runs.read_json(run_dir / runs.SUMMARY)
+            summary = Run(run_dir).summary
             record.params = summary["params"]
             if summary["stopped_reason"] != "completed":
                 record.status, record.reason = "failed", summary["stopped_reason"]
@@ -83,9 +85,10 @@ def run_one(
 
 def _train_or_reuse(name: str, cfg: Any, run_dir: Path, train: Callable[..., Any]) -> None:
     """Reuse a finished run, resume an interrupted one (from epoch 1 if none had finished), or train it."""
-    if (run_dir / runs.SUMMARY).is_file():
+    status = Run(run_dir).status()
+    if status == "finished":
         logger.info(f"{name}: finished earlier, reused")
-    elif (run_dir / runs.CONFIG).is_file() or (run_dir / runs.STATE).is_file():
+    elif status == "interrupted":
         logger.info(f"{name}: resuming")
         train(cfg, out=run_dir.parent, resume=run_dir)
     else:
@@ -103,20 +106,20 @@ def _test_images(run_dir: Path) -> dict[str, float]:
 
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
-    from cellseg.evaluation import InferenceOptions, evaluate_run, load_predictor, postprocess_params
+    from cellseg.calibration import postprocess_params
+    from cellseg.config import InferenceOptions
+    from cellseg.evaluation import evaluate_run
+    from cellseg.inference import load_predictor
 
     options = InferenceOptions()
 
     def evaluate(run_dir: Path) -> dict[str, float]:
+        run = Run(run_dir)
         predictor, cfg = load_predictor(run_dir, options)
         postprocess_params(run_dir, predictor, cfg, options)
-        figures = {"val_dsb_score": runs.read_json(run_dir / runs.POSTPROCESS)["val_dsb_score"]}
+        figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
         if spec.test_data is not None:
-            saved = run_dir / runs.EVALUATION / runs.METRICS
-            if saved.is_file():
-                metrics = runs.read_json(saved)
-            else:
-                metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
+            metrics = run.evaluation_metrics() or evaluate_run(run_dir, spec.test_data, options=options)[1]
             figures["test_dsb_score"] = metrics["instance"]["dsb_score"]
             figures["test_ap_50"] = metrics["instance"]["ap_50"]
             figures["test_pixel_iou"] = metrics["pixel"]["iou"]
@@ -139,22 +142,33 @@ def _quiet(*names: str) -> Iterator[None]:
             one.setLevel(level)
 
 
-def _job(spec: SweepSpec, variant: Variant, seed: int, root: Path, verbose: int) -> RunRecord:
+#: A sweep worker process's data cache (set by :func:`_start_worker`): its runs share the prepared data.
+_worker_cache: DataCache | None = None
+
+
+def _job(
+    spec: SweepSpec, variant: Variant, seed: int, root: Path, verbose: int, cache: DataCache | None = None
+) -> RunRecord:
     """One run, start to finish, in whatever process runs it (keeps that process's graph small)."""
     import keras
 
     from cellseg.trainer import train
 
-    with _quiet("cellseg.trainer", "cellseg.evaluation"):
+    with _quiet("cellseg.trainer", "cellseg.calibration", "cellseg.evaluation"):
         try:
-            quiet_train = functools.partial(train, verbose=verbose, reuse_data=True)
+            data_cache = cache if cache is not None else _worker_cache
+            quiet_train = functools.partial(train, verbose=verbose, data_cache=data_cache)
             return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec))
         finally:
             keras.backend.clear_session()
 
 
 def _start_worker(threads: int) -> None:
-    """Give a worker process its share of the cores before TensorFlow starts its thread pools."""
+    """Give a worker process its share of the cores before TensorFlow starts its thread pools, and a
+    data cache its runs share."""
+    global _worker_cache
+    if _worker_cache is None:  # a reused (Ray) worker keeps its cache
+        _worker_cache = DataCache()
     for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ[name] = str(threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
@@ -216,7 +230,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, verbose: int = 0) -> list[dict[s
     def done(record: RunRecord) -> None:
         records.append(record)
         status = "ok" if record.status == "ok" else f"FAILED ({record.reason})"
-        logger.info(f"[{len(records)}/{len(jobs)}] {record.config}, seed {record.seed}: {status}")
+        logger.info(f"[{len(records)}/{len(jobs)}] {record.variant}, seed {record.seed}: {status}")
         write_results(root, spec, records)
 
     threads = max(1, available_cores() // spec.workers)
@@ -225,8 +239,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, verbose: int = 0) -> list[dict[s
         logger.info(f"{len(jobs)} runs on {where}, {threads} CPUs each")
         _run_on_ray(spec, jobs, root, threads, done)
     elif spec.workers == 1:
+        cache = DataCache()  # every run of the sweep prepares the same data: once
         for variant, seed in jobs:
-            done(_job(spec, variant, seed, root, verbose))
+            done(_job(spec, variant, seed, root, verbose, cache))
     else:
         logger.info(f"{len(jobs)} runs on {spec.workers} worker processes, {threads} cores each")
         with concurrent.futures.ProcessPoolExecutor(

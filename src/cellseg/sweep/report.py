@@ -26,7 +26,7 @@ DIFFERENCES_PLOT = "differences.png"
 class RunRecord:
     """One (variant, seed) run of the sweep, as written to runs.csv."""
 
-    config: str  # the variant's name
+    variant: str  # the variant's name (the "config" column of runs.csv and comparison.csv)
     label: str
     seed: int
     status: str  # ok | failed
@@ -37,7 +37,8 @@ class RunRecord:
     test_images: dict[str, float] = field(default_factory=dict)  # test image id -> DSB score
 
     def row(self) -> dict[str, Any]:
-        row = {k: v for k, v in asdict(self).items() if k not in ("figures", "test_images")}
+        row = {k: v for k, v in asdict(self).items() if k not in ("variant", "figures", "test_images")}
+        row = {"config": self.variant, **row}
         return {**row, **{k: self.figures.get(k, math.nan) for k in METRICS}}
 
 
@@ -64,7 +65,7 @@ def compare(records: list[RunRecord], baseline: str, rank_by: str) -> list[dict[
     baseline (95 % intervals over seeds and over test images, Holm-corrected p, detectable difference)."""
     by_config: dict[str, list[RunRecord]] = {}
     for r in records:
-        by_config.setdefault(r.config, []).append(r)
+        by_config.setdefault(r.variant, []).append(r)
     exact = [c for c, g in by_config.items() if baseline in (c, g[0].label)]
     stem = [c for c in by_config if c == Path(baseline).stem]  # --baseline configs/relu.yaml
     base_name = (exact or stem or [baseline])[0]
@@ -178,7 +179,7 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
     """runs.csv, comparison.csv / .md and the figures, from the runs so far."""
     from cellseg.plots import plot_differences, plot_histories, plot_score_bars
 
-    records = sorted(records, key=lambda r: (r.seed, r.config))  # parallel workers finish in any order
+    records = sorted(records, key=lambda r: (r.seed, r.variant))  # parallel workers finish in any order
     runs.write_csv(root / RUNS_TABLE, [r.row() for r in records])
     rows = compare(records, spec.baseline, spec.rank_by)
     runs.write_csv(root / COMPARISON_CSV, rows)
