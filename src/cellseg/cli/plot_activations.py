@@ -48,7 +48,9 @@ def gallery(names: list[str], out: Path) -> None:
         entry = get_entry(spec)
         values = {**entry.defaults, **options}
         kind = "learnable" if entry.learnable else "fixed"
-        params = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        params = ", ".join(
+            f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in values.items()
+        )
         subtitle = f"\n{kind} {params}" if params else ""
         y, dy = activation_curve(spec, x)
         curves[name if not options else text] = (x, y, dy, subtitle)
