@@ -116,6 +116,7 @@ def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(capsys, tmp_pat
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "no space left on the device" in err and "--resume" in err
+    assert err.lower().count("fix") == 1, "the way out is said once"
     run_dir = only_run(tmp_path)
     assert temporaries(run_dir) == []
     monkeypatch.setattr(keras.Model, "save", original)
@@ -442,6 +443,7 @@ def test_a_download_that_cannot_unpack_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cannot unpack"):
         download.download_dsb2018(tmp_path / "out", "http://127.0.0.1:9/clash.zip", progress=False)
     assert not (tmp_path / "out" / "clash").exists()
+    assert not (tmp_path / "out" / "clash.zip").exists(), "the refused archive is not left behind"
 
 
 # --------------------------------------------------------------------------- 9. loading models

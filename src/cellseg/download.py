@@ -89,8 +89,9 @@ def download_dsb2018(
         refs = scan_samples(str(root), "dsb2018")
         for ref in refs:  # every image decodes and has masks of its size
             ref.load()
-    except BaseException:  # nothing half-unpacked stays behind, whatever went wrong
+    except BaseException:  # nothing half-unpacked or refused stays behind, whatever went wrong
         shutil.rmtree(dest, ignore_errors=True)
+        archive.unlink(missing_ok=True)
         raise
     archive.unlink()
     return root, len(refs)

@@ -150,7 +150,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             why = "no space left on the device" if full else (exc.strerror or str(exc))
             raise WriteError(
-                f"could not write {path}: {why}. Nothing was half-written; fix it and rerun"
+                f"could not write {path}: {why}; nothing was half-written"
             ) from exc
         raise
 
