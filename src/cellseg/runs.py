@@ -149,9 +149,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             why = "no space left on the device" if full else (exc.strerror or str(exc))
-            raise WriteError(
-                f"could not write {path}: {why}; nothing was half-written"
-            ) from exc
+            raise WriteError(f"could not write {path}: {why}; nothing was half-written") from exc
         raise
 
 
