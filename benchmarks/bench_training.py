@@ -48,7 +48,7 @@ from cellseg.activations import Elementwise
 from cellseg.config import Config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
-from cellseg.hardware import ONEDNN_VAR, read_cpu
+from cellseg.hardware import ONEDNN_MARKER, ONEDNN_VAR, read_cpu
 from cellseg.models import build_unet, conv_flops
 from cellseg.optim import compile_model, make_strategy
 
@@ -102,7 +102,7 @@ def kernel_table(steps: int, repeats: int) -> None:
     data = DSB2018 / "stage1_train" if DSB2018.is_dir() else None
     if data is None:
         raise SystemExit(f"--kernels trains the DSB2018 recipe and needs {DSB2018 / 'stage1_train'}")
-    base = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, "CELLSEG_ONEDNN_DEFAULT")}
+    base = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, ONEDNN_MARKER)}
     rows = {"defaults (precision auto, oneDNN as cellseg sets it)": (base, [])}
     for precision in ("float32", "mixed_bfloat16"):
         for onednn in ("off", "on"):

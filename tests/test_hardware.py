@@ -14,6 +14,7 @@ from cellseg.config import load_config
 from cellseg.hardware import (
     CPU,
     GPU,
+    ONEDNN_MARKER,
     ONEDNN_VAR,
     choose_precision,
     configure_onednn,
@@ -84,7 +85,7 @@ def test_the_configs_default_to_auto():
 
 def test_a_fresh_process_never_selects_emulated_bfloat16_and_sets_onednn_before_tensorflow():
     """What a user gets on this machine: the recipe's precision and the kernels actually running."""
-    env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, "CELLSEG_ONEDNN_DEFAULT")}
+    env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, ONEDNN_MARKER)}
     code = (
         "import json, cellseg\n"
         "from cellseg.hardware import this_machine\n"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
-_SET_BY_CELLSEG = "CELLSEG_ONEDNN_DEFAULT"
+ONEDNN_MARKER = "CELLSEG_ONEDNN_DEFAULT"  # set beside ONEDNN_VAR when cellseg chose it
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -135,12 +135,12 @@ def configure_onednn(environ: MutableMapping[str, str] = os.environ) -> None:
         return
     if onednn_default(read_cpu()):
         environ[ONEDNN_VAR] = "1"
-        environ[_SET_BY_CELLSEG] = "1"  # inherited by sweep workers, so their runs say who set it
+        environ[ONEDNN_MARKER] = "1"  # inherited by sweep workers, so their runs say who set it
 
 
 def onednn_source(environ: Mapping[str, str] = os.environ) -> str:
     """Who decided whether oneDNN runs: cellseg's default, the user's variable, or TensorFlow."""
-    if environ.get(_SET_BY_CELLSEG) == "1" and environ.get(ONEDNN_VAR) == "1":
+    if environ.get(ONEDNN_MARKER) == "1" and environ.get(ONEDNN_VAR) == "1":
         return "cellseg's default on AVX2 CPUs, measured faster"
     if ONEDNN_VAR in environ:
         return f"{ONEDNN_VAR}={environ[ONEDNN_VAR]} set by the user"

@@ -327,9 +327,6 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
     @classmethod
     def create(cls, out: str | Path, label: str) -> Run:
         """A new, empty run folder ``<out>/<timestamp>_<label>``."""
@@ -354,10 +351,6 @@ class Run:
         if (self.path / CONFIG).is_file() or (self.path / STATE).is_file():
             return "interrupted"
         return "new"
-
-    def locked(self) -> contextlib.AbstractContextManager[Path]:
-        """Hold the folder while training in it (see :func:`locked`)."""
-        return locked(self.path)
 
     # ------------------------------------------------------------------------------------ files
 
