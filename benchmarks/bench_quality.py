@@ -17,6 +17,7 @@ against training minutes).
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -32,7 +33,18 @@ TARGETS = {
     "dsb2018": {"minutes": 10, "dsb_score": 0.45, "ap_50": 0.70, "ap_75": 0.45, "pixel_iou": 0.82},
     "dsb2018_long": {"minutes": 60, "dsb_score": 0.50},
 }
-COLUMNS = ("dsb_score", "ap_50", "ap_75", "pixel_iou")
+MODALITIES = ("fluorescence", "stained")  # stage1_test: 31 and 7 images (sample.modality), no brightfield
+COLUMNS = ("dsb_score", "ap_50", "ap_75", "aji", "pixel_iou", "dsb_fluorescence", "dsb_stained")
+
+
+def figures(metrics: dict) -> dict[str, float]:
+    """The table's columns from a ``metrics.json``-style summary (NaN for a modality with no image)."""
+    by_modality = metrics["by_modality"]
+    return {
+        **{k: metrics["instance"][k] for k in ("dsb_score", "ap_50", "ap_75", "aji")},
+        "pixel_iou": metrics["pixel"]["iou"],
+        **{f"dsb_{m}": by_modality.get(m, {}).get("dsb_score", math.nan) for m in MODALITIES},
+    }
 
 
 def train(recipe: Path, out: Path) -> tuple[Path, float]:
@@ -55,18 +67,20 @@ def train(recipe: Path, out: Path) -> tuple[Path, float]:
 
 
 def scores(predictor, params, test_samples) -> dict[str, float]:
+    from cellseg.data.sample import modality
     from cellseg.metrics import score_image, summarize
     from cellseg.postprocess import instances
 
-    summary = summarize(
-        [score_image(s.id, s.labels, instances(predictor(s.image, s.id), params)) for s in test_samples]
+    return figures(
+        summarize(
+            [
+                score_image(
+                    s.id, s.labels, instances(predictor(s.image, s.id), params), modality(s.image, s.labels)
+                )
+                for s in test_samples
+            ]
+        )
     )
-    return {
-        "dsb_score": summary["instance"]["dsb_score"],
-        "ap_50": summary["instance"]["ap_50"],
-        "ap_75": summary["instance"]["ap_75"],
-        "pixel_iou": summary["pixel"]["iou"],
-    }
 
 
 def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -> list[dict]:
@@ -167,17 +181,15 @@ def main() -> int:
             "model": f"kept (epoch {runs.kept_epoch(summary)}, evaluate.py)",
             "minutes": (wall if wall is not None else summary["wall_seconds"]) / 60,
             "val_dsb": runs.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
-            "dsb_score": metrics["instance"]["dsb_score"],
-            "ap_50": metrics["instance"]["ap_50"],
-            "ap_75": metrics["instance"]["ap_75"],
-            "pixel_iou": metrics["pixel"]["iou"],
+            **figures(metrics),
         }
         rows += [{"recipe": name, "run": str(run), **r} for r in [*recipe_rows, final]]
 
     runs.write_csv(args.out / "quality.csv", rows)
     plot(rows, args.out / "quality.png")
-    print("\n| recipe | model | training min | val DSB | test DSB | AP50 | AP75 | pixel IoU |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| recipe | model | training min | val DSB | test DSB | AP50 | AP75 | AJI | pixel IoU "
+          "| DSB fluorescence | DSB stained |")  # fmt: skip
+    print("|---" * 11 + "|")
     for r in rows:
         print(f"| {r['recipe']} | {r['model']} | {r['minutes']:.1f} | {r['val_dsb']:.3f} | "
               + " | ".join(f"{r[c]:.3f}" for c in COLUMNS) + " |")  # fmt: skip

@@ -12,6 +12,23 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _share_cores_between_xdist_workers() -> None:
+    """Under ``pytest -n N`` each worker (and every process it starts) gets its share of the cores
+    before TensorFlow starts its thread pools: N processes each spinning up threads for every core
+    slow each other down many times over (the same split a sweep's ``--workers`` makes)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        from cellseg.parallel import available_cores
+
+        share = str(max(1, available_cores() // workers))
+        for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            os.environ.setdefault(name, share)
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+_share_cores_between_xdist_workers()
+
 ROOT = Path(__file__).resolve().parents[1]
 DSB2018 = ROOT.parent / "shared" / "data" / "dsb2018"
 
@@ -25,6 +42,7 @@ TINY = [
     "train.epochs=2",
     "train.steps_per_epoch=3",
     "train.batch_size=4",
+    "train.run_eagerly=true",  # no graph tracing: 2-3x faster for runs this small (the session runs trace)
 ]
 
 
@@ -40,6 +58,7 @@ def _train_tiny(out: Path, config: str | None = None, sets: tuple[str, ...] = ()
     from cellseg.cli.train import main
 
     args = ["--out", str(out), "--quiet", *(["--config", config] if config else [])]
+    sets = ("train.run_eagerly=false", *sets)  # the session's shared runs take the graph path users take
     assert main([*args, *(f"--set={o}" for o in (*TINY, *sets))]) == 0
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     return run_dir

@@ -75,6 +75,18 @@ def test_split_is_by_image_seeded_and_never_empty():
         split_samples(samples[:1], 0.2, 0)
 
 
+def test_each_data_source_gives_its_own_validation_images():
+    ids = [f"dsb/{i}" for i in range(40)] + [f"tissue/{i}" for i in range(13)]
+    train, val = split_samples(ids, 0.1, seed=0, val_min=3, ids=ids)
+    assert sum(i.startswith("dsb/") for i in val) == 4  # 10 % of 40
+    assert sum(i.startswith("tissue/") for i in val) == 3  # 10 % of 13 is 1: at least 3
+    assert sorted(train + val) == sorted(ids) and not set(train) & set(val)
+    assert split_samples(ids, 0.1, seed=0, val_min=3, ids=ids) == (train, val), "seeded"
+    single = [str(i) for i in range(40)]  # one source: the split of a single folder is unchanged
+    order = np.random.default_rng(7).permutation(40)  # as the split has always drawn it
+    assert split_samples(single, 0.1, 7, ids=single)[1] == [single[i] for i in sorted(order[:4])]
+
+
 def test_normalize_maps_percentiles_of_any_bit_depth_to_unit_range():
     rng = np.random.default_rng(0)
     img16 = rng.integers(0, 4096, (32, 32)).astype(np.uint16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -152,15 +153,36 @@ def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_
                           "--save-labels", str(labels), "--tile", "32", "--overlap", "8"])  # fmt: skip
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == str(out) and "DSB score" in lines[-2]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == 3
+    modalities = list(metrics["by_modality"])
+    assert lines[-1] == str(out) and "AJI" in lines[-2 - len(modalities)]
+    assert [line.split()[0] for line in lines[-1 - len(modalities) : -1]] == modalities  # one line each
+    assert metrics["images"] == 3 == sum(m["images"] for m in metrics["by_modality"].values())
     assert [r["iou_threshold"] for r in metrics["per_threshold"]][::9] == [0.5, 0.95]
-    assert set(metrics["instance"]) == {"dsb_score", "ap_50", "ap_75", "pq", "mean_matched_iou", "area_ratio"}
+    assert set(metrics["instance"]) == {
+        "dsb_score",
+        "ap_50",
+        "ap_75",
+        "aji",
+        "pq",
+        "mean_matched_iou",
+        "area_ratio",
+    }
     assert set(metrics["pixel"]) >= {"iou", "dice", "precision", "recall"}
     with (out / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))
-    columns = {"id", "dsb_score", "ap_50", "pq", "pixel_iou", "tp_50", "zoom", "area_ratio"}
+    columns = {
+        "id",
+        "modality",
+        "dsb_score",
+        "ap_50",
+        "aji",
+        "pq",
+        "pixel_iou",
+        "tp_50",
+        "zoom",
+        "area_ratio",
+    }
     assert len(rows) == 3 and columns <= set(rows[0])
     if load_run_config(tiny_run).data.nucleus_size is None:
         assert {float(r["zoom"]) for r in rows} == {1.0}
@@ -227,3 +249,16 @@ def test_evaluate_names_an_image_whose_mask_size_differs(tiny_run, tmp_path, cap
     assert evaluate_main(["--run", str(tiny_run), "--data", str(data), "--tile", "32", "--overlap", "8"]) == 2
     err = capsys.readouterr().err
     assert mask.stem in err and "mask size (60, 64) differs from" in err
+
+
+def test_evaluate_split_val_scores_the_runs_own_validation_images(relu_run, tmp_path, capsys):
+    run = Path(shutil.copytree(relu_run, tmp_path / relu_run.name))
+    assert evaluate_main(["--run", str(run), "--split", "val"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run / runs.VAL_EVALUATION)
+    metrics = json.loads((run / runs.VAL_EVALUATION / runs.EVALUATION_METRICS).read_text())
+    assert metrics["images"] == len(runs.Run(run).split["val"]) and metrics["data"] == [
+        "validation images (split.json)"
+    ]
+    assert not (run / runs.EVALUATION).exists(), "a held-out evaluation is never overwritten"
+    with pytest.raises(SystemExit):  # one or the other
+        evaluate_main(["--run", str(run), "--split", "val", "--data", "x"])

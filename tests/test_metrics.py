@@ -147,3 +147,54 @@ def test_area_ratio_says_how_much_smaller_matched_nuclei_are_drawn() -> None:
     assert math.isnan(missed.row()["area_ratio"])
     pooled = summarize([score_image("a", truth, shrunk), score_image("c", truth, truth), missed])
     assert pooled["instance"]["area_ratio"] == pytest.approx((128 + 200) / 400)
+
+
+def test_aji_by_hand() -> None:
+    """Kumar et al. 2017: each true nucleus with its best-IoU prediction; unchosen ones join the union."""
+    truth = canvas()
+    truth[2:12, 2:12] = 1  # 100 px
+    truth[20:30, 20:30] = 2  # 100 px
+    truth[32:36, 2:6] = 3  # 16 px, touched by no prediction
+    pred = canvas()
+    pred[2:12, 2:7] = 1  # half of nucleus 1: IoU 50 / 100
+    pred[2:12, 7:14] = 2  # 70 px, 50 inside nucleus 1: IoU 50 / 120, so not chosen
+    pred[20:30, 25:35] = 3  # half of nucleus 2: IoU 50 / 150
+    pred[36:39, 36:39] = 4  # 9 px false positive
+    # intersections 50 + 50; unions 100 + 150 + 16, plus the unchosen predictions 70 + 9
+    assert scores(truth, pred)["aji"] == pytest.approx(100 / 345)
+
+
+def test_aji_charges_a_merge_twice_and_is_one_for_a_perfect_match() -> None:
+    truth = canvas()
+    truth[0:10, 0:10] = 1
+    truth[0:10, 10:20] = 2
+    merged = (truth > 0).astype(np.int32)  # one prediction over both: best for each of them
+    assert scores(truth, merged)["aji"] == pytest.approx(200 / 400)
+    assert scores(truth, truth)["aji"] == 1
+    assert scores(canvas(), canvas())["aji"] == 1  # nothing to find, nothing found
+    assert scores(truth, canvas())["aji"] == 0
+
+
+def test_summary_reports_each_modality_apart() -> None:
+    perfect = [score_image(i, two_nuclei(), two_nuclei(), "fluorescence") for i in "ab"]
+    missed = score_image("c", two_nuclei(), canvas(), "stained")
+    summary = summarize([*perfect, missed])
+    assert summary["instance"]["dsb_score"] == pytest.approx(2 / 3)
+    assert summary["instance"]["aji"] == pytest.approx(2 / 3)
+    fluo, stained = summary["by_modality"]["fluorescence"], summary["by_modality"]["stained"]
+    assert (fluo["images"], fluo["dsb_score"], fluo["aji"], fluo["pixel_iou"]) == (2, 1, 1, 1)
+    assert (stained["images"], stained["dsb_score"], stained["aji"]) == (1, 0, 0)
+    assert set(summary["by_modality"]) == {"fluorescence", "stained"}
+    assert summarize([*perfect[:1], score_image("d", two_nuclei(), canvas())])["by_modality"].keys() == {
+        "fluorescence"
+    }
+
+
+def test_summary_reports_each_data_source_apart_when_there_are_several() -> None:
+    scored = [
+        score_image("dsb/a", two_nuclei(), two_nuclei()),
+        score_image("monuseg/b", two_nuclei(), canvas()),
+    ]
+    by_source = summarize(scored)["by_source"]
+    assert (by_source["dsb"]["dsb_score"], by_source["monuseg"]["dsb_score"]) == (1, 0)
+    assert summarize([score_image("a", two_nuclei(), two_nuclei())])["by_source"] == {}  # one source

@@ -57,7 +57,12 @@ def test_mixed_precision_trains_saves_and_restores_the_global_policy(tmp_path, p
 @pytest.mark.slow
 def test_xla_jit_compile_trains_to_the_same_result_as_the_default(tmp_path, recwarn):
     def run(jit: str) -> float:
-        overrides = [*TINY, f"train.jit_compile={jit}", "train.deterministic=false"]
+        overrides = [
+            *TINY,
+            f"train.jit_compile={jit}",
+            "train.deterministic=false",
+            "train.run_eagerly=false",
+        ]
         return train(load_config(None, overrides), out=tmp_path / jit, verbose=0).summary["best_val_loss"]
 
     assert run("true") == pytest.approx(run("false"), rel=1e-3)
@@ -79,7 +84,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cellseg.config import load_config
 from cellseg.trainer import train
-overrides = {tiny!r} + ["train.distribute=mirrored"]
+overrides = {tiny!r} + ["train.distribute=mirrored", "train.run_eagerly=false"]
 result = train(load_config(None, overrides), out={out!r}, verbose=0)
 print("STOPPED", result.summary["stopped_reason"])
 """
@@ -100,7 +105,8 @@ os.environ["TF_CONFIG"] = json.dumps(
 )
 from cellseg.config import load_config
 from cellseg.trainer import train
-result = train(load_config(None, {tiny!r} + ["train.distribute=multi_worker"]), out={out!r}, verbose=0)
+overrides = {tiny!r} + ["train.distribute=multi_worker", "train.run_eagerly=false"]
+result = train(load_config(None, overrides), out={out!r}, verbose=0)
 print("STOPPED", result.summary["stopped_reason"])
 """
 
@@ -117,3 +123,10 @@ def test_multi_worker_strategy_reads_tf_config(tmp_path):
     assert "STOPPED completed" in out
     (run_dir,) = tmp_path.iterdir()
     assert (run_dir / runs.KEPT_MODEL).is_file()
+
+
+def test_eager_steps_with_xla_are_refused_at_load_time():
+    from cellseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.run_eagerly: true"):
+        load_config(None, [*TINY, "train.jit_compile=true", "train.deterministic=false"])

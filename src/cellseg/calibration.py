@@ -69,14 +69,24 @@ def postprocess_params(
     options: InferenceOptions,
     recalibrate: bool = False,
 ) -> PostprocessParams:
-    """The run's recorded post-processing, calibrated on its validation images first if needed."""
+    """The run's recorded post-processing, calibrated on its validation images first if needed.
+
+    A run whose validation images are not on this machine (a shipped model, a run copied without its
+    data) keeps its recorded setting when other inference options would call for calibrating again.
+    """
     run = Run(run_dir)
     saved = run.postprocess
     if saved is not None and not recalibrate:
         if saved["inference"] == dataclasses.asdict(options):
             return PostprocessParams(**saved["params"])
         logger.info("inference options differ from the recorded calibration: calibrating again")
-    samples = validation_samples(run_dir, cfg)
+    try:
+        samples = validation_samples(run_dir, cfg)
+    except DataError as exc:
+        if saved is None or recalibrate:
+            raise
+        logger.warning(f"{exc}; keeping the recorded post-processing, calibrated with {saved['inference']}")
+        return PostprocessParams(**saved["params"])
     params, best, table = calibrate(predictor, samples, cfg.model.num_classes == 3)
     run.save_postprocess(
         {

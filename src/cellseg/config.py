@@ -83,6 +83,7 @@ class DataConfig:
     rle_csv: str | None = None
     patch_size: int = field(default=128, metadata=_bounded(16))
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
+    val_min: int = field(default=1, metadata=_bounded(1))  # validation images from each data.path entry
     channels: Literal[1, 3] = 3
     foreground_bias: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     balance: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))  # modality balance
@@ -134,6 +135,7 @@ class TrainConfig:
     # auto: chosen by the hardware (cellseg.hardware.choose_precision); else a Keras dtype policy
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     jit_compile: bool | Literal["auto"] = "auto"
+    run_eagerly: bool = False  # Keras runs each step eagerly: no graph tracing (debuggers, tiny runs)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
 
 
@@ -205,6 +207,12 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
         raise ConfigError(
             f"{where}: train.jit_compile: true needs train.deterministic: false (Keras turns XLA off "
             "while TensorFlow's op determinism is on); add --set train.deterministic=false"
+        )
+    if cfg.train.jit_compile is True and cfg.train.run_eagerly:
+        where = origins.get("train.run_eagerly") or "config"
+        raise ConfigError(
+            f"{where}: train.run_eagerly: true runs each step eagerly, which XLA (train.jit_compile: true) "
+            "cannot compile; set one of them to false"
         )
     if cfg.data.channels == 1 and cfg.data.augment.colour:
         where = origins.get("data.augment.colour") or origins.get("data.channels") or "config"

@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from cellseg import runs
 from cellseg.activations import parse_spec
-from cellseg.calibration import postprocess_params
+from cellseg.calibration import postprocess_params, validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError, SampleRef
 from cellseg.data.readers import scan_samples
+from cellseg.data.sample import modality
 from cellseg.hardware import peak_memory_mb
 from cellseg.inference import TiledPredictor, load_predictor
 from cellseg.metrics import ImageScore, score_image, summarize
@@ -69,7 +70,7 @@ def _score_images(
         lap("predict")
         pred = instances(probs, params)
         lap("postprocess")
-        scores.append(score_image(ref.id, sample.labels, pred))
+        scores.append(score_image(ref.id, sample.labels, pred, modality(sample.image, sample.labels)))
         pixels += pred.size
         lap("score")
         save_overlay(out / runs.OVERLAYS / f"{ref.id}.png", sample.image, pred, sample.labels)
@@ -77,6 +78,12 @@ def _score_images(
             save_labels(labels_dir / f"{ref.id}.png", pred)
         lap("write")
     return scores, zooms, timer, pixels
+
+
+def _data_names(data: str | Sequence[str] | None) -> list[str]:
+    if data is None:
+        return ["validation images (split.json)"]
+    return [str(d) for d in ([data] if isinstance(data, str | Path) else data)]
 
 
 def _require_masks(refs: Sequence[SampleRef]) -> None:
@@ -90,16 +97,26 @@ def _require_masks(refs: Sequence[SampleRef]) -> None:
         )
 
 
+def _validation_refs(run_dir: Path) -> list[SampleRef]:
+    """The run's validation images as references (generated samples are wrapped as they are)."""
+    cfg = runs.Run(run_dir).config
+    return [
+        s if isinstance(s, SampleRef) else SampleRef(s.id, lambda s=s: s, lambda s=s: s.image)
+        for s in validation_samples(run_dir, cfg)
+    ]
+
+
 def evaluate_run(
     run_dir: str | Path,
-    data: str | Sequence[str],
+    data: str | Sequence[str] | None,
     out: str | Path | None = None,
     labels_dir: str | Path | None = None,
     options: InferenceOptions | None = None,
     layout: str = "auto",
     recalibrate: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Score ``run_dir``'s best model on the annotated images under ``data``.
+    """Score ``run_dir``'s best model on the annotated images under ``data`` (None: on the run's own
+    validation images, per source and modality; optimistic, since they chose the post-processing).
 
     Writes ``metrics.json``, ``per_image.csv`` and ``overlays/<id>.png`` into ``out`` (default
     ``<run>/evaluation``), and with ``labels_dir`` each predicted label image as ``<id>.png``.
@@ -108,11 +125,12 @@ def evaluate_run(
     run_dir = Path(run_dir)
     runs.Run(run_dir).require_finished()
     options = options or InferenceOptions()
-    refs = scan_samples(data, layout)  # fail on a bad data path before loading anything
+    # fail on a bad data path before loading anything
+    refs = _validation_refs(run_dir) if data is None else scan_samples(data, layout)
     _require_masks(refs)  # ... and on missing masks before minutes of calibration
     predictor, cfg = load_predictor(run_dir, options)
     params = postprocess_params(run_dir, predictor, cfg, options, recalibrate)
-    out = Path(out) if out is not None else run_dir / runs.EVALUATION
+    out = Path(out) if out is not None else run_dir / (runs.EVALUATION if data else runs.VAL_EVALUATION)
     # everything is written to staging folders and moved into place only once all images succeeded
     with contextlib.ExitStack() as stack:
         stage = stack.enter_context(runs.staged_outputs(out))
@@ -123,7 +141,7 @@ def evaluate_run(
             **summarize(scores),
             "run": str(run_dir),
             "activation": parse_spec(cfg.model.activation)[0],
-            "data": [str(d) for d in ([data] if isinstance(data, str | Path) else data)],
+            "data": _data_names(data),
             "postprocess": params.to_dict(),
             "inference": dataclasses.asdict(options),
             "megapixels": round(pixels / 1e6, 3),

@@ -34,12 +34,14 @@ import yaml
 from cellseg import runs
 from cellseg.calibration import validation_samples
 from cellseg.config import Config
+from cellseg.data.readers import read_image_2d
 from cellseg.data.sample import normalize, to_channels
 from cellseg.inference import probabilities
 from cellseg.models import load_model
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, instances
 from cellseg.preprocessing import Preprocessing
+from cellseg.pretrained import EXAMPLE, licence_of
 from cellseg.runs import Run, label_of_spec
 
 FORMAT_VERSION = "0.5.4"
@@ -79,7 +81,8 @@ def test_image(run_dir: Path, cfg: Config, size: int = 256) -> np.ndarray:
 
     Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
     """
-    image = validation_samples(run_dir, cfg)[0].load().image
+    example = run_dir / EXAMPLE  # a shipped model's (its training data is not on this machine)
+    image = read_image_2d(example) if example.is_file() else validation_samples(run_dir, cfg)[0].load().image
     raw = to_channels(image, cfg.data.channels).astype(np.float32)
     if Preprocessing.from_config(cfg.data).inverts(image):
         raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images
@@ -214,7 +217,7 @@ def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[
                 "doi": "10.1038/s41592-019-0612-7",
             },
         ],
-        "license": "MIT",
+        "license": licence_of(run_dir),
         "documentation": README,
         "covers": [COVER],
         "tags": ["nuclei", "segmentation", "unet", "2d", "tensorflow", "keras", "cellseg", activation],

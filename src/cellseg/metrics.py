@@ -4,17 +4,25 @@ Predicted and true nuclei are matched one-to-one by IoU: at thresholds of 0.5 an
 overlap at most one other by more than half its union, so counting the pairs with IoU > t is the
 optimal one-to-one matching (no Hungarian step needed). Following the 2018 Data Science Bowl,
 "AP" at a threshold is TP / (TP + FP + FN), and the DSB score is its mean over t = 0.50, 0.55, ..., 0.95,
-averaged over images. Ratios whose denominator is 0 are 1 when there was nothing to find and nothing
-was found, and 0 otherwise. Pure NumPy, no TensorFlow.
+averaged over images. The Aggregated Jaccard Index (AJI, Kumar et al. 2017, the MoNuSeg metric) pairs
+each true nucleus with its best-IoU prediction (a prediction may serve several), sums their
+intersections over their unions and adds every prediction no true nucleus chose to the union.
+Ratios whose denominator is 0 are 1 when there was nothing to find and nothing was found, and 0
+otherwise. Pure NumPy, no TensorFlow. Data-set summaries also report each modality and each data source
+apart, since a pooled figure hides a weak one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from skimage.segmentation import relabel_sequential
+
+from cellseg.data.sample import source_of
 
 #: IoU thresholds of the DSB2018 metric.
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -83,6 +91,8 @@ class InstanceCounts:
     matched_iou_sum: float = 0.0  # sum of the IoUs of the pairs matched at 0.5 (for PQ and mean IoU)
     matched_true_area: int = 0  # pixels of the true nuclei matched at 0.5
     matched_pred_area: int = 0  # pixels of the predicted nuclei matched to them
+    aji_intersection: int = 0  # AJI: pixels each true nucleus shares with its best-IoU prediction
+    aji_union: int = 0  # ... their unions, plus the pixels of predictions no true nucleus chose
 
     @property
     def fp(self) -> np.ndarray:
@@ -100,6 +110,8 @@ class InstanceCounts:
             self.matched_iou_sum + other.matched_iou_sum,
             self.matched_true_area + other.matched_true_area,
             self.matched_pred_area + other.matched_pred_area,
+            self.aji_intersection + other.aji_intersection,
+            self.aji_union + other.aji_union,
         )
 
     @property
@@ -129,19 +141,38 @@ class InstanceCounts:
         return rows
 
     def scores(self) -> dict[str, float]:
-        """DSB score, AP at 0.5 / 0.75, panoptic quality, mean matched IoU and the area ratio of matched
-        nuclei, predicted over true (all at IoU > 0.5): below 1, nuclei are found but drawn smaller than
-        annotated, which costs the high IoU thresholds and pixel recall whatever the detection."""
+        """DSB score, AP at 0.5 / 0.75, AJI, panoptic quality, mean matched IoU and the area ratio of
+        matched nuclei, predicted over true (all at IoU > 0.5): below 1, nuclei are found but drawn
+        smaller than annotated, which costs the high IoU thresholds and pixel recall whatever the
+        detection."""
         ap = self.ap()
         tp50 = int(self.tp[0])
         return {
             "dsb_score": float(ap.mean()),
             "ap_50": float(ap[0]),
             "ap_75": float(ap[IOU_THRESHOLDS.index(0.75)]),
+            "aji": _ratio(self.aji_intersection, self.aji_union, self._empty),
             "pq": _ratio(self.matched_iou_sum, tp50 + 0.5 * (self.fp[0] + self.fn[0]), self._empty),
             "mean_matched_iou": self.matched_iou_sum / tp50 if tp50 else math.nan,
             "area_ratio": self.matched_pred_area / self.matched_true_area if tp50 else math.nan,
         }
+
+
+def _aji_counts(
+    inter: np.ndarray, area_t: np.ndarray, area_p: np.ndarray, iou: np.ndarray
+) -> tuple[int, int]:
+    """AJI's intersection and union sums (see the module docstring); a true nucleus that touches no
+    prediction adds its own area to the union."""
+    if iou.shape[1] == 0:
+        return 0, int(area_t.sum())
+    best = iou.argmax(axis=1)
+    rows = np.arange(len(best))
+    hit = inter[rows, best] > 0
+    shared = inter[rows, best] * hit
+    union = np.where(hit, area_t + area_p[best] - shared, area_t)
+    unchosen = np.ones(len(area_p), bool)
+    unchosen[best[hit]] = False
+    return int(shared.sum()), int(union.sum() + area_p[unchosen].sum())
 
 
 def instance_counts(true_labels: np.ndarray, pred_labels: np.ndarray) -> InstanceCounts:
@@ -150,7 +181,10 @@ def instance_counts(true_labels: np.ndarray, pred_labels: np.ndarray) -> Instanc
     tp = np.array([int(np.sum(iou > t)) for t in IOU_THRESHOLDS], np.int64)
     t, p = np.nonzero(iou > IOU_THRESHOLDS[0])  # one-to-one at 0.5 (see the module docstring)
     matched = float(iou[t, p].sum())
-    return InstanceCounts(iou.shape[0], iou.shape[1], tp, matched, int(area_t[t].sum()), int(area_p[p].sum()))
+    aji = _aji_counts(inter, area_t, area_p, iou)
+    return InstanceCounts(
+        iou.shape[0], iou.shape[1], tp, matched, int(area_t[t].sum()), int(area_p[p].sum()), *aji
+    )
 
 
 @dataclass
@@ -160,6 +194,7 @@ class ImageScore:
     id: str
     pixels: PixelCounts
     instances: InstanceCounts
+    modality: str = ""  # fluorescence / brightfield / stained (cellseg.data.sample.modality), if known
 
     def row(self) -> dict[str, float | int | str]:
         """The image's ``per_image.csv`` row."""
@@ -167,10 +202,12 @@ class ImageScore:
             "id": self.id,
             "n_true": self.instances.n_true,
             "n_pred": self.instances.n_pred,
+            "modality": self.modality,
         }
         row.update({f"pixel_{k}": v for k, v in self.pixels.scores().items()})
         summary = self.instances.scores()
         row["dsb_score"] = summary["dsb_score"]
+        row["aji"] = summary["aji"]
         for t, ap in zip(IOU_THRESHOLDS, self.instances.ap(), strict=True):
             row[f"ap_{round(t * 100):02d}"] = float(ap)
         row.update(
@@ -183,14 +220,29 @@ class ImageScore:
         return row
 
 
-def score_image(image_id: str, true_labels: np.ndarray, pred_labels: np.ndarray) -> ImageScore:
+def score_image(
+    image_id: str, true_labels: np.ndarray, pred_labels: np.ndarray, modality: str = ""
+) -> ImageScore:
     return ImageScore(
-        image_id, pixel_counts(true_labels, pred_labels), instance_counts(true_labels, pred_labels)
+        image_id,
+        pixel_counts(true_labels, pred_labels),
+        instance_counts(true_labels, pred_labels),
+        modality,
     )
 
 
-def summarize(scores: list[ImageScore]) -> dict[str, object]:
-    """Data-set metrics: per-image means (as the DSB scored) and pooled counts over all images."""
+def summarize(scores: list[ImageScore]) -> dict[str, Any]:
+    """Data-set metrics: per-image means (as the DSB and MoNuSeg scored) and pooled counts over all
+    images; with each image's modality known, the same headline figures per modality (a pooled figure
+    hides a weak one)."""
+    return {
+        **_pooled(scores),
+        "by_modality": _by(scores, lambda s: s.modality),
+        "by_source": _by(scores, lambda s: source_of(s.id)),  # data.path entries, when several
+    }
+
+
+def _pooled(scores: list[ImageScore]) -> dict[str, Any]:
     if not scores:
         raise ValueError("no images were scored")
     pixels = sum((s.pixels for s in scores), PixelCounts())
@@ -212,9 +264,29 @@ def summarize(scores: list[ImageScore]) -> dict[str, object]:
             "dsb_score": mean(per_image, "dsb_score"),
             "ap_50": mean(per_image, "ap_50"),
             "ap_75": mean(per_image, "ap_75"),
+            "aji": mean(per_image, "aji"),
             "pq": pooled["pq"],
             "mean_matched_iou": pooled["mean_matched_iou"],
             "area_ratio": pooled["area_ratio"],
         },
         "per_threshold": instances.per_threshold(),
+    }
+
+
+def _by(scores: list[ImageScore], key: Callable[[ImageScore], str]) -> dict[str, dict[str, float | int]]:
+    """Headline figures of each named group of images (images with an empty name form none)."""
+    groups: dict[str, list[ImageScore]] = {}
+    for s in scores:
+        groups.setdefault(key(s), []).append(s)
+    return {name: headline(_pooled(group)) for name, group in sorted(groups.items()) if name}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float | int]:
+    """The figures one line reports, from :func:`summarize`'s output."""
+    inst = metrics["instance"]
+    return {
+        "images": metrics["images"],
+        "n_true": metrics["n_true"],
+        **{k: inst[k] for k in ("dsb_score", "ap_50", "ap_75", "aji")},
+        "pixel_iou": metrics["pixel"]["iou"],
     }

@@ -40,6 +40,7 @@ def compile_model(model: keras.Model, cfg: TrainConfig) -> None:
         loss=make_loss(cfg.loss),
         metrics=[ForegroundIoU(), BinaryDice()],
         jit_compile=cfg.jit_compile,
+        run_eagerly=cfg.run_eagerly,
     )
 
 

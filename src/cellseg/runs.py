@@ -37,6 +37,7 @@ POSTPROCESS = "postprocess.json"  # post-processing chosen on the validation ima
 TENSORBOARD = "tensorboard"  # TensorBoard logs (train.tensorboard)
 FAILED = "failed.json"  # why a sweep's run failed, with the traceback (removed when it succeeds)
 LOCK = ".lock"  # held (an OS lock, released by any exit or kill) while a process trains in the run
+VAL_EVALUATION = "evaluation_val"  # evaluate.py --split val's default output folder, laid out as:
 EVALUATION = "evaluation"  # evaluate.py's default output folder, holding:
 EVALUATION_METRICS = "metrics.json"  # the summary metrics
 PER_IMAGE = "per_image.csv"  # one row of scores per image

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -42,6 +43,41 @@ def input_errors() -> tuple[type[Exception], ...]:
     from cellseg.data import DataError
 
     return (ConfigError, DataError, OSError, ValueError)
+
+
+def add_model_choice(p: argparse.ArgumentParser, list_models: bool = False) -> None:
+    """``--run RUN_DIR`` or ``--model NAME`` (a model shipped with cellseg), and ``--list-models``."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", type=Path, metavar="RUN_DIR", help="a run folder of train.py")
+    which.add_argument("--model", metavar="NAME", help="a model shipped with cellseg: no training needed")
+    if list_models:
+        which.add_argument("--list-models", action="store_true", help="the shipped models, and exit")
+
+
+def model_folder(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """The run folder ``--run`` or ``--model`` names (a shipped model is laid out as a run)."""
+    if args.model is not None:
+        from cellseg.pretrained import model_dir
+
+        try:
+            return model_dir(args.model)
+        except ValueError as exc:
+            p.error(str(exc))
+    if args.run is None:
+        p.error("give --run RUN_DIR (a trained run) or --model NAME (a shipped model: --list-models)")
+    return args.run
+
+
+def print_models() -> int:
+    """``--list-models``: each shipped model in one line."""
+    from cellseg.pretrained import ZOO, available
+
+    models = available()
+    for model in models.values():
+        print(model.line())
+    if not models:
+        print(f"no shipped models in {ZOO}")
+    return 0
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:

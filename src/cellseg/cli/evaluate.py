@@ -21,12 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data ../shared/data/dsb2018/stage1_test --save-labels labels/",
     )
     p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run folder of train.py")
-    p.add_argument("--data", nargs="+", required=True, metavar="PATH", help="annotated image folder(s)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--data", nargs="+", metavar="PATH", help="annotated image folder(s)")
+    which.add_argument(
+        "--split",
+        choices=["val"],
+        help="score the run's own validation images instead, per data source and modality (optimistic: "
+        "they chose the post-processing; use --data for a held-out score)",
+    )
     p.add_argument("--layout", default="auto", choices=["auto", "dsb2018", "paired"], help="data layout")
     p.add_argument(
         "--out",
         type=Path,
-        help="where metrics.json, per_image.csv and overlays/ go (default RUN_DIR/evaluation)",
+        help="where metrics.json, per_image.csv and overlays/ go (default RUN_DIR/evaluation, or "
+        "RUN_DIR/evaluation_val with --split val)",
     )
     p.add_argument(
         "--save-labels", type=Path, metavar="DIR", help="write predicted labels as 16-bit <id>.png"
@@ -59,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{m['images']} images, {m['n_true']} true / {m['n_pred']} predicted nuclei in {m['seconds']:.1f} s\n"
         f"DSB score {_fmt(inst['dsb_score'])}  AP50 {_fmt(inst['ap_50'])}  AP75 {_fmt(inst['ap_75'])}  "
-        f"PQ {_fmt(inst['pq'])}  pixel IoU {_fmt(pix['iou'])}  Dice {_fmt(pix['dice'])}  "
-        f"area ratio {_fmt(inst['area_ratio'])}"
+        f"AJI {_fmt(inst['aji'])}  PQ {_fmt(inst['pq'])}  pixel IoU {_fmt(pix['iou'])}  "
+        f"Dice {_fmt(pix['dice'])}  area ratio {_fmt(inst['area_ratio'])}"
     )
+    for name, h in {**m["by_source"], **m["by_modality"]}.items():
+        print(
+            f"  {name:<14} {h['images']:>4} images  DSB score {_fmt(h['dsb_score'])}  "
+            f"AP50 {_fmt(h['ap_50'])}  AJI {_fmt(h['aji'])}  pixel IoU {_fmt(h['pixel_iou'])}"
+        )
     print(out)
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import input_errors, setup_logging
+from cellseg.cli import add_model_choice, input_errors, model_folder, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="example: python scripts/export.py --run runs/20261123-134336_relu_s0 --out models/relu --zip",
     )
-    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run folder of train.py")
+    add_model_choice(p)
     p.add_argument("--out", type=Path, required=True, help="the package folder to write")
     p.add_argument("--zip", action="store_true", help="also write OUT.zip, the form the model zoo takes")
     p.add_argument("--author", default="cellseg user", help="author name in the package")
@@ -43,12 +43,14 @@ def _validate(package: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = model_folder(parser, args)
     setup_logging()
     from cellseg.export import export_run
 
     try:
-        package = export_run(args.run, args.out, args.zip, args.author, args.github_user)
+        package = export_run(run, args.out, args.zip, args.author, args.github_user)
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.cli import add_inference_options, inference_options, input_errors, setup_logging
+from cellseg.cli import (
+    add_inference_options,
+    add_model_choice,
+    inference_options,
+    input_errors,
+    model_folder,
+    print_models,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: python scripts/predict.py --run runs/20261123-134336_relu_s0 "
         "'images/*.tif' more_images/ --out segmented/",
     )
-    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run folder of train.py")
+    add_model_choice(p, list_models=True)
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT",
+        "inputs", nargs="*", metavar="INPUT",
         help="image files, folders (their images; a paired or DSB2018 layout's images/, never its masks) "
         "or glob patterns (quote them: 'data/**/*.png')",
     )  # fmt: skip
@@ -35,14 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_models:
+        return print_models()
+    run = model_folder(parser, args)
+    if not args.inputs:
+        parser.error("give the images to segment (files, folders or glob patterns)")
     setup_logging()
     from cellseg.predict import find_images, predict_images
 
     options = inference_options(args)
     try:
         images = find_images(args.inputs)
-        report = predict_images(args.run, images, args.out, options, args.label_format)
+        report = predict_images(run, images, args.out, options, args.label_format)
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

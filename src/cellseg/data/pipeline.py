@@ -19,7 +19,7 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import PatchAugmenter
-from cellseg.data.sample import DataError, Sample, SampleRef, modality, target_map
+from cellseg.data.sample import DataError, Sample, SampleRef, modality, source_of, target_map
 from cellseg.data.scale import annotated_factor, resize_labels
 from cellseg.data.tiles import grid_starts, pad_to
 from cellseg.parallel import cpu_budget
@@ -89,28 +89,50 @@ class PreparedData:
         rows = slice(self.train_offsets[i], self.train_offsets[i + 1])
         return self.train_pixels[rows].reshape(h, w, -1), self.train_target_pixels[rows].reshape(h, w, 1)
 
+    def sampling_groups(self) -> list[str]:
+        """Each training image's group for ``data.balance``: its modality, prefixed by its source
+        (``source_of``) when there are several, so a small source is not drowned by a large one."""
+        return [
+            f"{source_of(i)}:{m}" if source_of(i) else m
+            for i, m in zip(self.train_ids, self.train_modalities, strict=True)
+        ]
 
-def sampling_weights(modalities: list[str], balance: float) -> np.ndarray:
-    """Probability of drawing each image: proportional to (images of its modality) ** -balance.
 
-    0 draws every image alike, so the most common modality dominates; 1 draws every modality alike.
+def sampling_weights(groups: list[str], balance: float) -> np.ndarray:
+    """Probability of drawing each image: proportional to (images of its group) ** -balance, where a
+    group is a modality, or a (source, modality) pair when training mixes sources
+    (``PreparedData.sampling_groups``).
+
+    0 draws every image alike, so the most common group dominates; 1 draws every group alike.
     """
-    counts = Counter(modalities)
-    weights = np.array([counts[m] ** -balance for m in modalities], np.float64)
+    counts = Counter(groups)
+    weights = np.array([counts[g] ** -balance for g in groups], np.float64)
     return weights / weights.sum()
 
 
-def split_samples(samples: list[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
-    """Seeded split by image; at least one image on each side."""
+def split_samples(
+    samples: list[T], val_fraction: float, seed: int, val_min: int = 1, ids: list[str] | None = None
+) -> tuple[list[T], list[T]]:
+    """Seeded split by image, within each data source (see :func:`source_of`; ``ids`` name the samples):
+    ``val_fraction`` of each source's images, at least ``val_min`` of them, and at least one image left
+    for training. A small source mixed with a large one so always gets validation images of its own."""
     if len(samples) < 2:
         raise DataError(
             f"need at least 2 annotated images to split into train and validation, got {len(samples)}"
         )
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = min(len(samples) - 1, max(1, round(len(samples) * val_fraction)))
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
-    return [samples[i] for i in train], [samples[i] for i in val]
+    groups: dict[str, list[int]] = {}
+    for i, sample_id in enumerate(ids or [""] * len(samples)):
+        groups.setdefault(source_of(sample_id), []).append(i)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for members in groups.values():  # in data.path order: the first source splits as it would alone
+        order = [members[i] for i in rng.permutation(len(members))]
+        n_val = min(max(len(members) - 1, 1), max(val_min, round(len(members) * val_fraction)))
+        val += order[:n_val]
+        train += order[n_val:]
+    if not train:
+        raise DataError(f"no image left for training after {len(val)} validation images")
+    return [samples[i] for i in sorted(train)], [samples[i] for i in sorted(val)]
 
 
 def _image_array(image: np.ndarray, cfg: DataConfig, name: str, factor: float = 1.0) -> np.ndarray:
@@ -231,7 +253,7 @@ def prepare_split(
     good = load.load_all(samples)
     if len(good) < 2 and load.skipped:
         raise DataError(f"no usable images left to split ({len(load.skipped)} skipped as bad): {source}")
-    train, val = split_samples(good, cfg.val_fraction, seed)
+    train, val = split_samples(good, cfg.val_fraction, seed, cfg.val_min, [item.id for item in good])
     return _assemble(train, val, load, source)
 
 
@@ -323,7 +345,7 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
 
 def _image_picker(data: PreparedData, cfg: DataConfig, seed: int):
     """A function giving the image that patch (or image read) ``number`` comes from, per ``data.balance``."""
-    cdf = tf.constant(np.cumsum(sampling_weights(data.train_modalities, cfg.balance)), tf.float64)
+    cdf = tf.constant(np.cumsum(sampling_weights(data.sampling_groups(), cfg.balance)), tf.float64)
     last = len(data.train_modalities) - 1
 
     def pick(number: tf.Tensor) -> tf.Tensor:

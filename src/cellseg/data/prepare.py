@@ -63,7 +63,7 @@ def prepare_run_data(cfg: Config, cache: DataCache | None = None) -> PreparedDat
         f"({len(data.val_images)} patches)"
         + (f"; {len(data.skipped)} bad samples skipped" if data.skipped else "")
     )
-    kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.train_modalities).most_common())
+    kinds = ", ".join(f"{n} {m}" for m, n in Counter(data.sampling_groups()).most_common())
     balance = f" (balance {cfg.data.balance})" if cfg.data.balance else ""
     logger.info(f"training modalities: {kinds}{balance}")
     if cfg.data.nucleus_size is not None:

@@ -50,6 +50,12 @@ class SampleRef:
     sources: tuple[Path, ...] = ()  # files and folders it is decoded from: the cache's key (data.cache)
 
 
+def source_of(sample_id: str) -> str:
+    """The data source (``data.path`` entry) of a sample: ids carry the root's name when there are
+    several roots (:func:`cellseg.data.readers.scan_samples`), else there is one source, ``""``."""
+    return sample_id.split("/", 1)[0] if "/" in sample_id else ""
+
+
 def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """The per-pixel training target (H, W) uint8 for a model with ``num_classes`` outputs.
 

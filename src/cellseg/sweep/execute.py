@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import statistics
@@ -27,6 +28,7 @@ import yaml
 from cellseg import runs
 from cellseg.config import ConfigError
 from cellseg.data.prepare import DataCache
+from cellseg.data.sample import MODALITIES
 from cellseg.parallel import available_cores
 from cellseg.runs import Run
 from cellseg.sweep.report import RunRecord, compare, write_results
@@ -104,6 +106,19 @@ def _test_images(run_dir: Path) -> dict[str, float]:
         return {row["id"]: float(row["dsb_score"]) for row in csv.DictReader(f)}
 
 
+def test_figures(metrics: dict[str, Any]) -> dict[str, float]:
+    """The sweep's test_* figures from an evaluation's ``metrics.json`` (NaN where an older one lacks
+    them, or the test set has no image of a modality)."""
+    inst, by_modality = metrics["instance"], metrics.get("by_modality", {})
+    return {
+        "test_dsb_score": inst["dsb_score"],
+        "test_ap_50": inst["ap_50"],
+        "test_aji": inst.get("aji", math.nan),
+        "test_pixel_iou": metrics["pixel"]["iou"],
+        **{f"test_dsb_{m}": by_modality.get(m, {}).get("dsb_score", math.nan) for m in MODALITIES},
+    }
+
+
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
     from cellseg.calibration import postprocess_params
@@ -120,9 +135,7 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
         figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
         if spec.test_data is not None:
             metrics = run.evaluation_metrics() or evaluate_run(run_dir, spec.test_data, options=options)[1]
-            figures["test_dsb_score"] = metrics["instance"]["dsb_score"]
-            figures["test_ap_50"] = metrics["instance"]["ap_50"]
-            figures["test_pixel_iou"] = metrics["pixel"]["iou"]
+            figures.update(test_figures(metrics))
         return figures
 
     return evaluate

@@ -135,7 +135,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     """comparison.md: the table a person reads, best first."""
     test = spec.test_data is not None
     head = ["#", "variant", "ok / runs", "best val_loss", "val IoU", "val Dice", "val DSB score"]
-    head += ["test DSB score", "test AP50"] if test else []
+    head += ["test DSB score", "test AP50", "test AJI"] if test else []
     head += ["epochs to best", "s / epoch", "params", f"Δ {spec.rank_by} vs {spec.baseline} [95 % CI]"]
     head += ["paired t-test p (Holm)", "detectable Δ"]
     head += ["Δ test DSB [95 % CI over images]"] if test else []
@@ -149,7 +149,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
             continue
         cells += [_pm(row, "best_val_loss", 4), _pm(row, "best_val_iou"), _pm(row, "best_val_dice")]
         cells += [_pm(row, "val_dsb_score")]
-        cells += [_pm(row, "test_dsb_score"), _pm(row, "test_ap_50")] if test else []
+        cells += [_pm(row, "test_dsb_score"), _pm(row, "test_ap_50"), _pm(row, "test_aji")] if test else []
         cells += [_pm(row, "best_epoch", 1), _pm(row, "seconds_per_epoch", 2), f"{row['params']:,}"]
         cells.append(_interval(row, "vs_baseline"))
         p, p_holm = row["vs_baseline_p"], row["vs_baseline_p_holm"]

@@ -12,6 +12,7 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import ConfigError, load_config
+from cellseg.data.sample import MODALITIES
 
 #: Per-run figures compared between variants, and whether higher is better.
 METRICS: dict[str, bool] = {
@@ -21,7 +22,9 @@ METRICS: dict[str, bool] = {
     "val_dsb_score": True,
     "test_dsb_score": True,
     "test_ap_50": True,
+    "test_aji": True,
     "test_pixel_iou": True,
+    **{f"test_dsb_{modality}": True for modality in MODALITIES},
     "best_epoch": False,
     "seconds_per_epoch": False,
 }
