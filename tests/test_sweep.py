@@ -198,12 +198,12 @@ def test_grid_sweeps_any_config_key_on_one_split_and_in_parallel(tmp_path):
     grid = ["--grid", "model.activation=relu,mish", "--grid", "model.batch_norm=true,false"]
     out = tmp_path / "grid"
     baseline = ["--baseline", "activation=relu,batch_norm=true"]
-    args = [*grid, "--seeds", "0", "1", "--workers", "2", *baseline, "--out", str(out), *TINY_SETS]
+    args = [*grid, "--seeds", "0", "--workers", "2", *baseline, "--out", str(out), *TINY_SETS]
     assert sweep_main(args) == 0
     rows = read_csv(out / "runs.csv")
     names = {"activation=relu,batch_norm=true", "activation=relu,batch_norm=false"}
     names |= {"activation=mish,batch_norm=true", "activation=mish,batch_norm=false"}
-    assert {r["config"] for r in rows} == names and len(rows) == 8
+    assert {r["config"] for r in rows} == names and len(rows) == 4
     for row in rows:
         config = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
         assert float(row["best_val_iou"]) == pytest.approx(config["best_val_iou"])

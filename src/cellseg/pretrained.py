@@ -59,15 +59,15 @@ class PretrainedModel:
         )
 
 
-def available(zoo: Path = ZOO) -> dict[str, PretrainedModel]:
-    """Every shipped model, by name."""
+def available(zoo: Path | None = None) -> dict[str, PretrainedModel]:
+    """Every shipped model, by name (in ``zoo``, default :data:`ZOO`)."""
     found = {}
-    for card in sorted(zoo.glob(f"*/{CARD}")):
+    for card in sorted((zoo or ZOO).glob(f"*/{CARD}")):
         found[card.parent.name] = PretrainedModel(card.parent.name, card.parent, json.loads(card.read_text()))
     return found
 
 
-def model_dir(name: str, zoo: Path = ZOO) -> Path:
+def model_dir(name: str, zoo: Path | None = None) -> Path:
     """The folder of the shipped model ``name``; an unknown name gets the known ones (and a close match)."""
     models = available(zoo)
     if name not in models:
@@ -203,56 +203,77 @@ def _model_card(name: str, card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _save_float32(run: runs.Run, path: Path) -> None:
+    """The run's kept model with float32 layers: a model trained in mixed bfloat16 computes in
+    bfloat16, which most CPUs only emulate (about 10x slower); the weights are float32 either way."""
+    import keras
+
+    from cellseg.models import build_unet, load_model
+
+    model = load_model(run.kept_model, compile=False)
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        shutil.copyfile(run.kept_model, path)
+        return
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_unet(run.config.model)
+        copy.set_weights(model.get_weights())
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy.save(path)
+
+
 def ship(
     run_dir: str | Path,
     name: str,
     test_data: str,
     card: dict[str, Any],
-    zoo: Path = ZOO,
+    zoo: Path | None = None,
 ) -> Path:
-    """Make the shipped model ``name`` from a finished run: copy its model files, score it on
-    ``test_data`` and on its own validation images, and write the card (``card`` gives description,
-    data, licence, citation, recipe, training, failures, date and command).
+    """Make the shipped model ``name`` from a finished run: its model files (the model in float32),
+    scores of the shipped model on ``test_data`` and on the run's validation images, and the card
+    (``card`` gives description, data, licence, citation, recipe, training, failures, date, command).
 
-    Scoring runs before anything is written, so a failure leaves any earlier model of that name intact.
+    Everything is assembled and scored in a staging folder and moved into place only then, so a
+    failure leaves any earlier model of that name intact.
     """
-    import tempfile
+    import csv
 
     import cv2
 
     from cellseg.evaluation import evaluate_run
 
-    run_dir = Path(run_dir)
+    run_dir, zoo = Path(run_dir), zoo or ZOO
     run = runs.Run(run_dir)
-    run.require_finished()
+    load_run(run_dir)  # the run's post-processing, calibrated on its validation images if not yet
     cfg = run.config
-    with tempfile.TemporaryDirectory() as tmp:
-        test_out, _ = evaluate_run(run_dir, test_data, out=Path(tmp) / "test")
-        test = json.loads((test_out / runs.EVALUATION_METRICS).read_text())
-        _, val = evaluate_run(run_dir, None, out=Path(tmp) / "val")
+    with runs.staged_outputs(zoo / name) as stage:
+        for file in RUN_FILES:
+            if file == runs.KEPT_MODEL:
+                _save_float32(run, stage / file)
+            else:
+                shutil.copyfile(run_dir / file, stage / file)
+        example = _example(run_dir)
+        cv2.imwrite(str(stage / EXAMPLE), example[..., ::-1] if example.ndim == 3 else example)
+        scratch = stage / ".scores"
+        test_out, test = evaluate_run(stage, test_data, out=scratch / "test")
+        _, val = evaluate_run(stage, None, out=scratch / "val")
+        (stage / runs.EVALUATION).mkdir()
+        for file in (runs.EVALUATION_METRICS, runs.PER_IMAGE):
+            shutil.copyfile(test_out / file, stage / runs.EVALUATION / file)
+        with (test_out / runs.PER_IMAGE).open() as f:
+            _failures(test_out, list(csv.DictReader(f)), stage / FAILURES)
+        shutil.rmtree(scratch)
         card = {
             **card,
             "architecture": f"depth {cfg.model.depth}, {cfg.model.base_filters} base filters, "
-            f"{cfg.model.num_classes}-class head, activation {cfg.model.activation}",
+            f"{cfg.model.num_classes}-class head, activation {cfg.model.activation}, float32",
             "scores": {
                 "test": _scores(test, Path(test_data).name),
                 "validation": _scores(val, "validation images"),
             },
         }
-        with runs.staged_outputs(zoo / name) as stage:
-            for file in RUN_FILES:
-                shutil.copyfile(run_dir / file, stage / file)
-            (stage / runs.EVALUATION).mkdir()
-            shutil.copyfile(
-                test_out / runs.EVALUATION_METRICS, stage / runs.EVALUATION / runs.EVALUATION_METRICS
-            )
-            shutil.copyfile(test_out / runs.PER_IMAGE, stage / runs.EVALUATION / runs.PER_IMAGE)
-            example = _example(run_dir)
-            cv2.imwrite(str(stage / EXAMPLE), example[..., ::-1] if example.ndim == 3 else example)
-            with (test_out / runs.PER_IMAGE).open() as f:
-                import csv
-
-                _failures(test_out, list(csv.DictReader(f)), stage / FAILURES)
-            runs.write_json(stage / CARD, card)
-            runs.write_text(stage / MODEL_CARD, _model_card(name, card))
+        runs.write_json(stage / CARD, card)
+        runs.write_text(stage / MODEL_CARD, _model_card(name, card))
     return zoo / name

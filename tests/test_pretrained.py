@@ -1,0 +1,143 @@
+"""Models shipped inside the package: made from a run, listed, loaded in Python, used by predict and export
+without a run folder or the training data; each really shipped model still scores what its card says."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import DSB2018, write_paired
+
+from cellseg import pretrained, runs
+from cellseg.cli.export import main as export_main
+from cellseg.cli.predict import main as predict_main
+from cellseg.cli.ship_model import main as ship_main
+from cellseg.data.readers import read_image_2d
+
+
+@pytest.fixture(scope="module")
+def zoo(isru_run, tmp_path_factory) -> Path:
+    """The session's tiny ISRU run shipped as ``tiny`` into a zoo of its own."""
+    root = tmp_path_factory.mktemp("shipping")
+    test = write_paired(root / "test", seed=21, count=3, size=64)
+    zoo = root / "zoo"
+    args = ["--run", str(isru_run), "--name", "tiny", "--test-data", str(test), "--zoo", str(zoo),
+            "--description", "A tiny test model.", "--data", "dsb2018", "monuseg",
+            "--recipe", "configs/isru.yaml", "--failures", "Everything: it trained for seconds."]  # fmt: skip
+    assert ship_main(args) == 0
+    return zoo
+
+
+@pytest.fixture
+def shipped(zoo, monkeypatch) -> Path:
+    monkeypatch.setattr(pretrained, "ZOO", zoo)
+    return zoo / "tiny"
+
+
+def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
+    for name in (*pretrained.RUN_FILES, pretrained.CARD, pretrained.MODEL_CARD, pretrained.EXAMPLE):
+        assert (shipped / name).is_file(), name
+    assert not (shipped / runs.LAST_MODEL).exists(), "no training state"
+    from cellseg.models import load_model
+
+    model, trained = (load_model(path / runs.KEPT_MODEL, compile=False) for path in (shipped, isru_run))
+    for a, b in zip(model.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}, "fast on every CPU"
+    card = json.loads((shipped / pretrained.CARD).read_text())
+    assert card["licence"] == "CC-BY-NC-SA-4.0", "MoNuSeg's licence travels with the model"
+    test = card["scores"]["test"]
+    metrics = json.loads((shipped / runs.EVALUATION / runs.EVALUATION_METRICS).read_text())
+    assert test["dsb_score"] == metrics["instance"]["dsb_score"] and test["images"] == 3
+    assert card["scores"]["validation"]["images"] == len(runs.Run(isru_run).split["val"])
+    readme = (shipped / pretrained.MODEL_CARD).read_text()
+    assert "CC-BY-NC-SA-4.0" in readme and "Known failure cases" in readme and pretrained.FAILURES in readme
+    assert cv2.imread(str(shipped / pretrained.FAILURES)).shape[0] == 256
+
+
+def test_list_predict_and_load_a_shipped_model_by_name(shipped, tmp_path, capsys):
+    assert predict_main(["--list-models"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("tiny") and "CC-BY-NC-SA-4.0" in line
+    images = write_paired(tmp_path / "new", seed=5, count=2, size=64) / "images"
+    assert predict_main(["--model", "tiny", str(images), "--out", str(tmp_path / "seg")]) == 0
+    segment = pretrained.load("tiny")
+    for path in sorted(images.iterdir()):
+        written = cv2.imread(str(tmp_path / "seg" / "labels" / path.name), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(segment(read_image_2d(path)), written), (
+            "Python and the command give the same nuclei"
+        )
+    with pytest.raises(ValueError, match="Did you mean 'tiny'"):
+        pretrained.load("tin")
+    with pytest.raises(SystemExit):
+        predict_main(["--model", "tin", str(images)])
+    assert "no shipped model 'tin'" in capsys.readouterr().err
+
+
+def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licence(shipped, tmp_path):
+    model = tmp_path / "moved"
+    shutil.copytree(shipped, model)  # the training data may be anywhere: the example image stands in
+    config = model / runs.CONFIG
+    config.write_text(config.read_text().replace("path: null", "path: /nowhere/at/all"))
+    import yaml
+
+    from cellseg.export import export_run
+
+    package = export_run(model, tmp_path / "pkg")
+    rdf = yaml.safe_load((package / "rdf.yaml").read_text())
+    assert rdf["license"] == "CC-BY-NC-SA-4.0"
+    assert export_main(["--model", "tiny", "--out", str(tmp_path / "pkg2")]) in (0, 1)
+    assert (tmp_path / "pkg2" / "rdf.yaml").is_file()
+
+
+def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp_path, caplog):
+    from cellseg.calibration import postprocess_params
+    from cellseg.config import InferenceOptions
+    from cellseg.inference import load_predictor
+
+    run = Path(shutil.copytree(relu_run, tmp_path / "run"))
+    options = InferenceOptions()
+    predictor, cfg = load_predictor(run, options)
+    recorded = postprocess_params(run, predictor, cfg, options)
+    config = run / runs.CONFIG
+    config.write_text(config.read_text().replace("path: null", "path: /nowhere/at/all"))
+    other = InferenceOptions(tile=128)
+    predictor, cfg = load_predictor(run, other)
+    assert postprocess_params(run, predictor, cfg, other) == recorded
+    assert "keeping the recorded post-processing" in caplog.text
+
+
+def _shipped_models() -> list[str]:
+    return list(pretrained.available())
+
+
+@pytest.mark.parametrize("name", _shipped_models() or [pytest.param("none", marks=pytest.mark.skip(
+    reason="this checkout ships no models (src/cellseg/zoo is empty)"))])  # fmt: skip
+def test_each_shipped_model_still_scores_its_recorded_figures(name, tmp_path):
+    """A broken model file or a preprocessing change that breaks the model cannot land: a few of the
+    held-out images it was scored on (the weakest and the strongest of each modality) score as recorded."""
+    if not (DSB2018 / "stage1_test").is_dir():
+        pytest.skip(f"the DSB2018 test images are not at {DSB2018 / 'stage1_test'}")
+    folder = pretrained.model_dir(name)
+    with (folder / runs.EVALUATION / runs.PER_IMAGE).open() as f:
+        recorded = list(csv.DictReader(f))
+    picked: list[dict[str, str]] = []
+    for modality in sorted({r["modality"] for r in recorded}):
+        rows = sorted((r for r in recorded if r["modality"] == modality), key=lambda r: float(r["dsb_score"]))
+        picked += [rows[0], rows[-1]]
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for row in picked:
+        (subset / row["id"]).symlink_to(DSB2018 / "stage1_test" / row["id"])
+    from cellseg.evaluation import evaluate_run
+
+    out, _ = evaluate_run(folder, str(subset), out=tmp_path / "eval")
+    with (out / runs.PER_IMAGE).open() as f:
+        now = {r["id"]: float(r["dsb_score"]) for r in csv.DictReader(f)}
+    for row in picked:
+        assert now[row["id"]] == pytest.approx(float(row["dsb_score"]), abs=0.02), row["id"]
