@@ -40,6 +40,7 @@ SETS = [
     "train.steps_per_epoch=3",
     "train.batch_size=4",
     "seed=3",
+    "train.precision=float32",  # the base's default; later commits choose it by the CPU (issue 22)
 ]
 TIMINGS = {
     "seconds",
@@ -93,6 +94,8 @@ def numbers(a: object, b: object, where: str, diffs: list[str], only: list[str])
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             numbers(x, y, f"{where}[{i}]", diffs, only)
+    elif isinstance(a, list) and isinstance(b, list):
+        diffs.append(f"{where}: {len(a)} rows -> {len(b)} rows")
     elif a != b and not (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
         diffs.append(f"{where}: {a!r} -> {b!r}")
 
