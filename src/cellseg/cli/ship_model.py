@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from cellseg import pretrained, runs
+    from cellseg import runs, shipping
 
     run = runs.Run(args.run)
     summary = run.summary
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": run.path.name,
     }
     try:
-        folder = pretrained.ship(args.run, args.name, args.test_data, card, args.zoo)
+        folder = shipping.ship(args.run, args.name, args.test_data, card, args.zoo)
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
