@@ -49,6 +49,8 @@ def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
     for a, b in zip(model.get_weights(), trained.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}, "fast on every CPU"
+    shipped_size, trained_size = ((p / runs.KEPT_MODEL).stat().st_size for p in (shipped, isru_run))
+    assert shipped_size < trained_size, "no optimiser state"
     card = json.loads((shipped / pretrained.CARD).read_text())
     assert card["licence"] == "CC-BY-NC-SA-4.0", "MoNuSeg's licence travels with the model"
     test = card["scores"]["test"]
@@ -110,6 +112,11 @@ def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp
     predictor, cfg = load_predictor(run, other)
     assert postprocess_params(run, predictor, cfg, other) == recorded
     assert "keeping the recorded post-processing" in caplog.text
+
+
+def test_the_shipped_models_fit_the_size_budget():
+    size = sum(f.stat().st_size for f in pretrained.ZOO.rglob("*") if f.is_file())
+    assert size <= 30e6, f"{size / 1e6:.1f} MB of shipped models (budget 30 MB)"
 
 
 def _shipped_models() -> list[str]:

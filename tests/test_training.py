@@ -174,9 +174,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_overri
     ]
     cmd = [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", *sets]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(
-        [*cmd, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True, timeout=300
-    )
+    # the uninterrupted run and the one to kill train side by side (independent processes)
+    full = subprocess.Popen([*cmd, "--out", str(tmp_path / "full")], env=env, stdout=subprocess.DEVNULL)
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL)
     deadline = time.time() + 240
     state = None
@@ -191,6 +190,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_overri
     proc.wait()
     run_dir = state.parent.parent
     assert json.loads(state.read_text())["epoch"] < 5, "killed before it finished"
+    assert full.wait(timeout=300) == 0
     resumed = subprocess.run(
         [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", "--resume", str(run_dir)],
         env=env, capture_output=True, text=True, timeout=300,
