@@ -66,40 +66,6 @@ def train_subprocess(patch: str, *args: str) -> subprocess.CompletedProcess:
 
 # ------------------------------------------------------------------ 1. atomic saves under SIGKILL
 
-KILL_IN_SECOND_BEST_SAVE = """
-original, saves = keras.Model.save, []
-def save(self, path, *a, **k):
-    name = os.path.basename(str(path))
-    if "model" in name and "last" not in name:
-        saves.append(name)
-        if len(saves) == 2:  # the second improvement: half the file is written, then the process dies
-            with open(path, "wb") as f:
-                f.write(b"PK\\x03\\x04 half a zip")
-            os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, path, *a, **k)
-keras.Model.save = save
-"""
-
-
-@pytest.mark.slow
-def test_kill_while_saving_the_best_model_keeps_the_previous_best(tmp_path):
-    sets = [s for s in SETS if "train.epochs" not in s] + ["--set=train.epochs=4"]
-    proc = train_subprocess(KILL_IN_SECOND_BEST_SAVE, "--out", str(tmp_path), *sets)
-    assert proc.returncode == -9, proc.stderr
-    run_dir = only_run(tmp_path)
-    model = keras.saving.load_model(run_dir / runs.KEPT_MODEL)  # the previous best, whole
-    assert model.count_params() > 0
-    assert json.loads((run_dir / runs.STATE).read_text())["epoch"] < 4
-
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", "--resume", str(run_dir)],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert [r["epoch"] for r in runs.read_history(run_dir)] == [1, 2, 3, 4]
-    assert temporaries(run_dir) == [], "the half-written temporary file was cleaned up on resume"
-    keras.saving.load_model(run_dir / runs.KEPT_MODEL)
-
 
 def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(capsys, tmp_path, monkeypatch):
     original, calls = keras.Model.save, []
@@ -191,26 +157,6 @@ def test_images_with_nan_pixels_are_rejected_by_name(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------------------- 3. resume faults
-
-KILL_AT_END_OF_EPOCH_1 = """
-import cellseg.callbacks
-cellseg.callbacks.ResumeCheckpoint.on_epoch_end = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-@pytest.mark.slow
-def test_resume_after_a_kill_in_epoch_1_restarts_the_run(tmp_path):
-    proc = train_subprocess(KILL_AT_END_OF_EPOCH_1, "--out", str(tmp_path), *SETS)
-    assert proc.returncode == -9
-    run_dir = only_run(tmp_path)
-    assert not (run_dir / runs.STATE).exists(), "killed before any checkpoint was complete"
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", "--resume", str(run_dir)],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert "restarting it from epoch 1" in resumed.stdout
-    assert [r["epoch"] for r in runs.read_history(run_dir)] == [1, 2]
 
 
 @pytest.fixture

@@ -3,11 +3,6 @@
 import json
 import logging
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -165,44 +160,6 @@ def test_data_reused_between_runs_trains_exactly_like_freshly_prepared_data(capl
     ha, hb = runs.read_history(fresh.run_dir), runs.read_history(reused.run_dir)
     for key in ("loss", "val_loss", "val_iou"):
         assert [r[key] for r in ha] == [r[key] for r in hb]
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_overrides):
-    sets = [f"--set={o}" for o in tiny_overrides if not o.startswith("train.epochs")] + [
-        "--set=train.epochs=5"
-    ]
-    cmd = [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", *sets]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # the uninterrupted run and the one to kill train side by side (independent processes)
-    full = subprocess.Popen([*cmd, "--out", str(tmp_path / "full")], env=env, stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    state = None
-    while time.time() < deadline and proc.poll() is None:
-        states = list((tmp_path / "killed").glob("*/checkpoint/state.json"))
-        if states and json.loads(states[0].read_text())["epoch"] >= 2:
-            state = states[0]
-            break
-        time.sleep(0.05)
-    assert state is not None, "the run did not reach epoch 2 in time"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    run_dir = state.parent.parent
-    assert json.loads(state.read_text())["epoch"] < 5, "killed before it finished"
-    assert full.wait(timeout=300) == 0
-    resumed = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", "--resume", str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.strip().splitlines()[-1] == str(run_dir)
-    (full_dir,) = (tmp_path / "full").iterdir()
-    got, want = runs.read_history(run_dir), runs.read_history(full_dir)
-    assert [r["epoch"] for r in got] == [1, 2, 3, 4, 5]
-    for key in ("loss", "val_loss", "learning_rate"):
-        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-4)
-    assert json.loads((run_dir / runs.SUMMARY).read_text())["epochs_run"] == 5
 
 
 def test_nan_loss_stops_cleanly_with_a_message(capsys, tmp_path, tiny_overrides):
