@@ -20,7 +20,7 @@ from cellseg import runs
 from cellseg.activations import parse_spec
 from cellseg.calibration import postprocess_params, validation_samples
 from cellseg.config import InferenceOptions
-from cellseg.data import DataError, SampleRef
+from cellseg.data import DataError, Sample, SampleRef
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
 from cellseg.hardware import peak_memory_mb
@@ -38,7 +38,7 @@ def write_per_image(path: Path, scores: list[ImageScore], zooms: list[float]) ->
 
 
 def _score_images(
-    refs: Sequence[SampleRef],
+    refs: Sequence[Sample | SampleRef],
     predictor: TiledPredictor,
     params: PostprocessParams,
     out: Path,
@@ -86,7 +86,7 @@ def _data_names(data: str | Sequence[str] | None) -> list[str]:
     return [str(d) for d in ([data] if isinstance(data, str | Path) else data)]
 
 
-def _require_masks(refs: Sequence[SampleRef]) -> None:
+def _require_masks(refs: Sequence[Sample | SampleRef]) -> None:
     """Every image's mask files exist (checked without decoding), or a DataError names the first gap."""
     missing = [(ref, path) for ref in refs for path in ref.sources if not path.exists()]
     if missing:
@@ -95,15 +95,6 @@ def _require_masks(refs: Sequence[SampleRef]) -> None:
             f"{len({r.id for r, _ in missing})} of {len(refs)} images have no masks (first: {ref.id}, "
             f"{path} is missing); evaluation needs annotated images: segment the others with cellseg-predict"
         )
-
-
-def _validation_refs(run_dir: Path) -> list[SampleRef]:
-    """The run's validation images as references (generated samples are wrapped as they are)."""
-    cfg = runs.Run(run_dir).config
-    return [
-        s if isinstance(s, SampleRef) else SampleRef(s.id, lambda s=s: s, lambda s=s: s.image)
-        for s in validation_samples(run_dir, cfg)
-    ]
 
 
 def evaluate_run(
@@ -126,7 +117,9 @@ def evaluate_run(
     runs.Run(run_dir).require_finished()
     options = options or InferenceOptions()
     # fail on a bad data path before loading anything
-    refs = _validation_refs(run_dir) if data is None else scan_samples(data, layout)
+    refs = (
+        validation_samples(run_dir, runs.Run(run_dir).config) if data is None else scan_samples(data, layout)
+    )
     _require_masks(refs)  # ... and on missing masks before minutes of calibration
     predictor, cfg = load_predictor(run_dir, options)
     params = postprocess_params(run_dir, predictor, cfg, options, recalibrate)

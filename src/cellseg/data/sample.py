@@ -34,6 +34,11 @@ class Sample:
     def load_image(self) -> np.ndarray:
         return self.image
 
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """Made in memory: no files (see :attr:`SampleRef.sources`)."""
+        return ()
+
 
 @dataclass
 class SampleRef:
