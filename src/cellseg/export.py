@@ -32,16 +32,14 @@ import tifffile
 import yaml
 
 from cellseg import runs
-from cellseg.calibration import validation_samples
 from cellseg.config import Config
-from cellseg.data.readers import read_image_2d
 from cellseg.data.sample import normalize, to_channels
 from cellseg.inference import probabilities
 from cellseg.models import load_model
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, instances
 from cellseg.preprocessing import Preprocessing
-from cellseg.pretrained import EXAMPLE, licence_of
+from cellseg.pretrained import example_image, licence_of
 from cellseg.runs import Run, label_of_spec
 
 FORMAT_VERSION = "0.5.4"
@@ -76,13 +74,13 @@ def _sha256(path: Path) -> str:
 
 
 def test_image(run_dir: Path, cfg: Config, size: int = 256) -> np.ndarray:
-    """A raw (unnormalised) crop of the run's first validation image, (1, H, W, C) float32, inverted
-    if the run inverts dark-nuclei images (data.polarity) and it is one.
+    """A raw (unnormalised) crop of the run's example image (:func:`cellseg.pretrained.example_image`:
+    its first validation image), (1, H, W, C) float32, inverted if the run inverts dark-nuclei images
+    (data.polarity) and it is one.
 
     Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
     """
-    example = run_dir / EXAMPLE  # a shipped model's (its training data is not on this machine)
-    image = read_image_2d(example) if example.is_file() else validation_samples(run_dir, cfg)[0].load().image
+    image = example_image(run_dir)
     raw = to_channels(image, cfg.data.channels).astype(np.float32)
     if Preprocessing.from_config(cfg.data).inverts(image):
         raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images

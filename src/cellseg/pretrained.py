@@ -83,6 +83,19 @@ def licence_of(run_dir: Path) -> str:
     return json.loads(card.read_text())["licence"] if card.is_file() else DEFAULT_LICENCE
 
 
+def example_image(run_dir: Path) -> np.ndarray:
+    """A raw image of the run's data: a shipped model's ``example.png`` (its training data is not on
+    this machine), else the run's first validation image."""
+    example = Path(run_dir) / EXAMPLE
+    if example.is_file():
+        from cellseg.data.readers import read_image_2d
+
+        return read_image_2d(example)
+    from cellseg.calibration import validation_samples
+
+    return validation_samples(run_dir, runs.Run(run_dir).config)[0].load().image
+
+
 @dataclass
 class Segmenter:
     """A model ready to segment: whole-image tiled prediction and its calibrated post-processing."""

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 
 from cellseg import runs
-from cellseg.pretrained import CARD, EXAMPLE, FAILURES, MODEL_CARD, RUN_FILES, ZOO, load_run
-
-
-def _example(run_dir: Path, size: int = 256) -> np.ndarray:
-    """A raw crop of the run's first validation image, at most ``size`` px a side."""
-    from cellseg.calibration import validation_samples
-
-    image = validation_samples(run_dir, runs.Run(run_dir).config)[0].load().image
-    return image[:size, :size]
+from cellseg.pretrained import (
+    CARD,
+    EXAMPLE,
+    FAILURES,
+    MODEL_CARD,
+    RUN_FILES,
+    ZOO,
+    example_image,
+    load_run,
+)
 
 
 def _failures(evaluation: Path, per_image: list[dict[str, str]], out: Path, count: int = 3) -> None:
@@ -145,7 +146,7 @@ def ship(
                 _save_float32(run, stage / file)
             else:
                 shutil.copyfile(run_dir / file, stage / file)
-        example = _example(run_dir)
+        example = example_image(run_dir)[:256, :256]  # the export's test image, at most 256 px a side
         cv2.imwrite(str(stage / EXAMPLE), example[..., ::-1] if example.ndim == 3 else example)
         scratch = stage / ".scores"
         test_out, test = evaluate_run(stage, test_data, out=scratch / "test")
