@@ -18,14 +18,13 @@ from typing import Any
 from tqdm import tqdm
 
 from cellseg import runs
-from cellseg.calibration import postprocess_params
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError
 from cellseg.data.readers import IMAGE_SUFFIXES, detect_layout, read_image_2d
 from cellseg.hardware import peak_memory_mb
-from cellseg.inference import load_predictor
 from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
 from cellseg.postprocess import instances
+from cellseg.pretrained import load_run
 
 SUMMARY_CSV = "summary.csv"  # one row per image predicted
 
@@ -103,10 +102,8 @@ def predict_images(
     """
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
-    run_dir, out, options = Path(run_dir), Path(out), options or InferenceOptions()
-    runs.Run(run_dir).require_finished()
-    predictor, cfg = load_predictor(run_dir, options)
-    params = postprocess_params(run_dir, predictor, cfg, options)
+    out = Path(out)
+    segment = load_run(Path(run_dir), options)
     report = PredictionReport()
     start = time.perf_counter()
     for path in tqdm(images, desc="segment", unit="img", disable=None):
@@ -120,8 +117,8 @@ def predict_images(
             failure = {"nuclei": 0, "mean_area": "", "zoom": "", "seconds": "", "error": str(exc)}
             report.rows.append({**row, **failure})
             continue
-        probs = predictor(image, path.stem)
-        labels = instances(probs, params)
+        probs = segment.predictor(image, path.stem)
+        labels = instances(probs, segment.params)
         table = nucleus_table(labels, image)
         save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
         save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
