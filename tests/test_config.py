@@ -115,6 +115,14 @@ def test_set_can_reach_into_an_activation_mapping():
     assert cfg.model.activation == {"name": "relu", "trainable": False}
 
 
+def test_set_of_a_section_mapping_sets_its_keys_together_and_keeps_the_others():
+    cfg = load_config(CONFIGS / "dsb2018.yaml", ["train={optimizer: sgd, learning_rate: 0.1}"])
+    assert (cfg.train.optimizer, cfg.train.learning_rate) == ("sgd", 0.1)
+    assert (cfg.train.epochs, cfg.train.steps_per_epoch, cfg.train.keep_model) == (8, 380, "last")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.learning_rat'"):
+        load_config(None, ["train={optimizer: sgd, learning_rat: 0.1}"])
+
+
 def test_set_with_unknown_key_names_the_override():
     with pytest.raises(
         ConfigError, match=r"--set train\.epoch=3: unknown config key 'train.epoch'.*'train.epochs'"

@@ -205,6 +205,17 @@ def test_grid_values_are_checked_before_anything_trains(tmp_path):
         parse_grid(["model.activation"])
 
 
+def test_a_grid_over_a_section_sets_several_keys_per_variant():
+    grid = parse_grid(["train={optimizer: sgd, learning_rate: 0.1},{optimizer: adam, learning_rate: 0.003}"])
+    spec = SweepSpec(grid=grid, seeds=[0], baseline="optimizer=adam,learning_rate=0.003")
+    assert [v.name for v in spec.variants()] == [
+        "optimizer=sgd,learning_rate=0.1",
+        "optimizer=adam,learning_rate=0.003",
+    ]
+    train = spec.run_config(spec.variants()[0], 0).train
+    assert (train.optimizer, train.learning_rate, train.schedule) == ("sgd", 0.1, "cosine")
+
+
 def test_compare_pairs_runs_by_seed_and_ranks_lower_loss_first():
     def rec(config: str, seed: int, loss: float) -> RunRecord:
         return RunRecord(config, config, seed, "ok", params=1, figures={"best_val_loss": loss})

@@ -294,6 +294,12 @@ def _set_dotted(raw: dict, key: str, value: Any, origins: dict[str, str], source
             raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
         node[part] = child
         node = child
+    hints = get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    section = hints.get(parts[-1])
+    if dataclasses.is_dataclass(section) and isinstance(value, dict):
+        # --set train='{optimizer: sgd, learning_rate: 0.1}': keys set together, the section's others kept
+        _merge(node.setdefault(parts[-1], {}), value, section, f"{key}.", origins, source)
+        return
     node[parts[-1]] = value
     origins[key] = source
 

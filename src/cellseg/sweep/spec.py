@@ -42,6 +42,8 @@ class Variant:
 def _text(value: Any) -> str:
     if isinstance(value, dict) and "name" in value:
         return runs.label_of_spec(value)
+    if isinstance(value, dict):  # several keys of a section set together: optimizer=sgd,learning_rate=0.1
+        return ",".join(f"{k}={_text(v)}" for k, v in value.items())
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
