@@ -67,6 +67,21 @@ def test_sweep_writes_table_runs_and_figures_with_real_numbers(tiny_sweep, capsy
     assert len(splits) == 1, "every run of a sweep trains and validates on the same images"
 
 
+def test_sweep_profiles_activations_across_depth_from_the_runs_diagnostics(tiny_sweep):
+    profile = read_csv(tiny_sweep / "depth_profile.csv")
+    assert (tiny_sweep / "depth_profile.png").is_file()
+    run_rows = read_csv(tiny_sweep / "runs.csv")
+    assert {r["label"] for r in profile} == {r["label"] for r in run_rows}
+    run_rows = [r for r in run_rows if r["config"] == "isru"]
+    finals = [runs.read_history(r["run_dir"], runs.DIAGNOSTICS)[-1] for r in run_rows]
+    layers = [c.removesuffix(".std") for c in finals[0] if c.endswith(".std")]
+    isru = [r for r in profile if r["label"] == run_rows[0]["label"]]
+    assert [r["layer"] for r in isru] == layers and [int(r["depth"]) for r in isru] == list(range(len(layers)))
+    for row in isru:  # the mean over seeds of each run's last-epoch figure
+        assert float(row["std"]) == pytest.approx(sum(f[f"{row['layer']}.std"] for f in finals) / 2)
+        assert row["seeds"] == "2"
+
+
 def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_sweep, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(tiny_sweep, sweep)

@@ -20,6 +20,8 @@ COMPARISON_MD = "comparison.md"
 VAL_LOSS_PLOT = "val_loss.png"
 SCORES_PLOT = "scores.png"
 DIFFERENCES_PLOT = "differences.png"
+DEPTH_CSV = "depth_profile.csv"
+DEPTH_PLOT = "depth_profile.png"
 
 
 @dataclass
@@ -118,6 +120,31 @@ def compare(records: list[RunRecord], baseline: str, rank_by: str) -> list[dict[
     return sorted(rows, key=order)
 
 
+def depth_profile(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Per variant and hidden activation layer, in network order: the activations' mean, standard
+    deviation and dead share at each run's last epoch (``diagnostics.csv``), mean and spread over seeds.
+
+    What SELU's self-normalisation claim is about: without batch norm its activations should stay near
+    mean 0 / std 1 across depth, where ReLU's drift.
+    """
+    last: dict[str, list[dict[str, float]]] = {}
+    for r in records:
+        if r.status == "ok" and (Path(r.run_dir) / runs.DIAGNOSTICS).is_file():
+            table = runs.read_history(r.run_dir, runs.DIAGNOSTICS)
+            if table:
+                last.setdefault(r.label, []).append(table[-1])
+    rows = []
+    for label, finals in last.items():
+        layers = [c.removesuffix(".std") for c in finals[0] if c.endswith(".std")]
+        for depth, layer in enumerate(layers):
+            row: dict[str, Any] = {"label": label, "depth": depth, "layer": layer, "seeds": len(finals)}
+            for stat in ("mean", "std", "dead"):
+                values = [f[f"{layer}.{stat}"] for f in finals if f"{layer}.{stat}" in f]
+                row[stat], row[f"{stat}_sd"] = _mean_std(values)
+            rows.append(row)
+    return rows
+
+
 def _pm(row: dict[str, Any], key: str, digits: int = 3) -> str:
     mean, std = row[f"{key}_mean"], row[f"{key}_std"]
     return "—" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -177,7 +204,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
 
 def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list[dict[str, Any]]:
     """runs.csv, comparison.csv / .md and the figures, from the runs so far."""
-    from cellseg.plots import plot_differences, plot_histories, plot_score_bars
+    from cellseg.plots import plot_depth_profile, plot_differences, plot_histories, plot_score_bars
 
     records = sorted(records, key=lambda r: (r.seed, r.variant))  # parallel workers finish in any order
     runs.write_csv(root / RUNS_TABLE, [r.row() for r in records])
@@ -196,6 +223,10 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
         if spec.test_data is not None:
             keys["test_dsb_score"] = "test DSB score"
         plot_score_bars([r for r in rows if r["ok"]], keys, root / SCORES_PLOT, title="scores per activation")
+    profile = depth_profile(records)
+    if profile:
+        runs.write_csv(root / DEPTH_CSV, profile)
+        plot_depth_profile(profile, root / DEPTH_PLOT, title="activations across depth, last epoch")
     compared = [r for r in rows if r["vs_baseline_verdict"] != "baseline" and r["vs_baseline_seeds"]]
     if compared:
         intervals = {"vs_baseline": f"Δ {spec.rank_by} over seeds (t)"}
