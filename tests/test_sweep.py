@@ -76,7 +76,8 @@ def test_sweep_profiles_activations_across_depth_from_the_runs_diagnostics(tiny_
     finals = [runs.read_history(r["run_dir"], runs.DIAGNOSTICS)[-1] for r in run_rows]
     layers = [c.removesuffix(".std") for c in finals[0] if c.endswith(".std")]
     isru = [r for r in profile if r["label"] == run_rows[0]["label"]]
-    assert [r["layer"] for r in isru] == layers and [int(r["depth"]) for r in isru] == list(range(len(layers)))
+    assert [r["layer"] for r in isru] == layers
+    assert [int(r["depth"]) for r in isru] == list(range(len(layers)))
     for row in isru:  # the mean over seeds of each run's last-epoch figure
         assert float(row["std"]) == pytest.approx(sum(f[f"{row['layer']}.std"] for f in finals) / 2)
         assert row["seeds"] == "2"
