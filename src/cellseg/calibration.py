@@ -50,6 +50,13 @@ def calibrate(
     for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
         sample = ref.load()
         predicted.append((sample.labels, predictor(sample.image, ref.id)))
+    return choose(predicted, three_class)
+
+
+def choose(
+    predicted: Sequence[tuple[np.ndarray, Probabilities]], three_class: bool
+) -> tuple[PostprocessParams, float, list[dict[str, Any]]]:
+    """The setting of :func:`grid` with the best mean DSB score over (true labels, probabilities) pairs."""
 
     def mean_dsb(params: PostprocessParams) -> float:
         return float(np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted]))
