@@ -97,6 +97,23 @@ def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_sweep, 
     assert len(read_csv(sweep / "runs.csv")) == 6
 
 
+def test_a_sweep_resumes_in_a_fresh_checkout_from_the_records_it_kept(tiny_sweep, tmp_path, capsys):
+    args = ["--configs", *CONFIGS, "--seeds", "0", "1", *TINY_SETS]
+    sweep, kept, fresh = tmp_path / "sweep", tmp_path / "results", tmp_path / "elsewhere"
+    shutil.copytree(tiny_sweep, sweep)
+    assert sweep_main([*args, "--out", str(sweep), "--results", str(kept)]) == 0
+    assert {p.parent.name for p in kept.glob(f"runs/*/{runs.SUMMARY}")} == {
+        f"{c}_s{s}" for c in ("relu", "isru", "mish") for s in (0, 1)
+    }
+    assert not list(kept.rglob("*.keras")), "records only: no model is kept"
+    assert (kept / "comparison.md").read_text() == (sweep / "comparison.md").read_text()
+    capsys.readouterr()
+    assert sweep_main([*args, "--out", str(fresh), "--results", str(kept)]) == 0
+    assert "6 finished runs restored" in capsys.readouterr().out
+    assert not list(fresh.rglob("*.keras")), "every run reused from its record, none retrained"
+    assert (fresh / "comparison.csv").read_text() == (sweep / "comparison.csv").read_text()
+
+
 def test_a_run_another_process_is_training_is_skipped_and_left_alone(tiny_sweep, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     shutil.copytree(tiny_sweep, sweep)

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rank-by", help="figure to sort and test by (default best_val_iou)")
     p.add_argument("--out", type=Path, help="sweep folder (default sweeps/<sweep file name> or sweeps/sweep)")
+    p.add_argument(
+        "--results", type=Path, metavar="DIR",
+        help="also keep the tables, figures and every finished run's record (no model: a few hundred kB) "
+        "in DIR, a folder to commit; a later sweep with the same DIR, on any machine, reuses those runs",
+    )  # fmt: skip
     return p
 
 
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("sweeps") / (args.sweep.stem if args.sweep else "sweep")
         from cellseg.sweep import COMPARISON_MD, run_sweep
 
-        rows = run_sweep(spec, out)
+        rows = run_sweep(spec, out, results=args.results)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

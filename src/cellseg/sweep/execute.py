@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import traceback
 from collections.abc import Callable, Iterator
@@ -130,11 +132,15 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
 
     def evaluate(run_dir: Path) -> dict[str, float]:
         run = Run(run_dir)
-        predictor, cfg = load_predictor(run_dir, options)
-        postprocess_params(run_dir, predictor, cfg, options)
+        saved, metrics = run.postprocess, run.evaluation_metrics()
+        scored = saved is not None and saved["inference"] == dataclasses.asdict(options)
+        if not scored or (spec.test_data is not None and metrics is None):  # else: no model needed
+            predictor, cfg = load_predictor(run_dir, options)
+            postprocess_params(run_dir, predictor, cfg, options)
+            if spec.test_data is not None and metrics is None:
+                metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
         figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
         if spec.test_data is not None:
-            metrics = run.evaluation_metrics() or evaluate_run(run_dir, spec.test_data, options=options)[1]
             figures.update(test_figures(metrics))
         return figures
 
@@ -220,6 +226,49 @@ def _run_on_ray(
         ray.shutdown()
 
 
+#: What a run's record keeps (no model): enough for a sweep to reuse the run and tabulate it.
+RECORD_FILES = (
+    runs.SUMMARY,
+    runs.CONFIG,
+    runs.HISTORY,
+    runs.DIAGNOSTICS,
+    runs.POSTPROCESS,
+    f"{runs.EVALUATION}/{runs.EVALUATION_METRICS}",
+    f"{runs.EVALUATION}/{runs.PER_IMAGE}",
+)
+
+
+def _copy_record(src: Path, dst: Path) -> None:
+    for name in RECORD_FILES:
+        if (src / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dst / name)
+
+
+def restore_records(results: Path, root: Path) -> int:
+    """Copy the finished runs' records kept in ``results`` into the sweep folder where it has no such run
+    (a fresh checkout): the sweep reuses them as finished runs. Returns how many were restored."""
+    restored = 0
+    for record in sorted((results / "runs").glob(f"*/{runs.SUMMARY}")):
+        target = root / "runs" / record.parent.name
+        if Run(target).status() == "new":
+            _copy_record(record.parent, target)
+            restored += 1
+    return restored
+
+
+def keep_results(root: Path, results: Path, records: list[RunRecord]) -> None:
+    """The sweep's tables, figures, ``sweep.yaml`` and every finished run's record (no model) in
+    ``results``: a folder small enough to commit, from which the sweep resumes on another machine."""
+    results.mkdir(parents=True, exist_ok=True)
+    for path in root.iterdir():
+        if path.is_file() and path.suffix in (".csv", ".md", ".png", ".yaml"):
+            shutil.copyfile(path, results / path.name)
+    for record in records:
+        if record.run_dir and Run(record.run_dir).status() == "finished":
+            _copy_record(Path(record.run_dir), results / "runs" / Path(record.run_dir).name)
+
+
 def _open_folder(spec: SweepSpec, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     path = root / SPEC
@@ -233,10 +282,15 @@ def _open_folder(spec: SweepSpec, root: Path) -> None:
     runs.write_text(path, yaml.safe_dump(asdict(spec), sort_keys=False))
 
 
-def run_sweep(spec: SweepSpec, out: str | Path, verbose: int = 0) -> list[dict[str, Any]]:
-    """Train and evaluate every (variant, seed), seed-major, writing the comparison after each run."""
+def run_sweep(
+    spec: SweepSpec, out: str | Path, verbose: int = 0, results: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Train and evaluate every (variant, seed), seed-major, writing the comparison after each run; with
+    ``results``, also keep the tables and run records there, and resume from the records found there."""
     root = Path(out)
     _open_folder(spec, root)
+    if results is not None and (restored := restore_records(Path(results), root)):
+        logger.info(f"{restored} finished runs restored from the records in {results}")
     jobs = [(variant, seed) for seed in spec.seeds for variant in spec.variants()]  # complete pairs first
     records: list[RunRecord] = []
 
@@ -245,6 +299,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, verbose: int = 0) -> list[dict[s
         status = "ok" if record.status == "ok" else f"FAILED ({record.reason})"
         logger.info(f"[{len(records)}/{len(jobs)}] {record.variant}, seed {record.seed}: {status}")
         write_results(root, spec, records)
+        if results is not None:
+            keep_results(root, Path(results), records)
 
     threads = max(1, available_cores() // spec.workers)
     if spec.executor == "ray":
