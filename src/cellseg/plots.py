@@ -148,18 +148,22 @@ def plot_depth_profile(rows: list[dict], path: str | Path, title: str = "") -> N
     band of ± one standard deviation over seeds; dashed: the 0 / 1 a self-normalising network keeps."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     labels = list(dict.fromkeys(r["label"] for r in rows))
+    stds = [float(r["std"]) for r in rows if float(r["std"]) > 0]
+    log_std = bool(stds) and max(stds) / min(stds) > 100  # one variant's std exploding across depth
     for ax, stat, ref in zip(axes, ("mean", "std"), (0.0, 1.0), strict=True):
         for label in labels:
             mine = [r for r in rows if r["label"] == label]
             x = np.array([r["depth"] for r in mine])
             y = np.array([r[stat] for r in mine], dtype=float)
             sd = np.nan_to_num(np.array([r[f"{stat}_sd"] for r in mine], dtype=float))
+            low = np.maximum(y - sd, min(stds) / 2) if stat == "std" and log_std else y - sd
             (line,) = ax.plot(x, y, marker=".", label=label)
-            ax.fill_between(x, y - sd, y + sd, color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, low, y + sd, color=line.get_color(), alpha=0.15)
         ax.axhline(ref, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="hidden activation layer (input -> output)", ylabel=f"activation {stat}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    if stat == "std" and max((r["std"] for r in rows), default=0) > 20:
+    if log_std:
         axes[1].set_yscale("log")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.suptitle(title)
