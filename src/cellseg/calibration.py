@@ -69,6 +69,14 @@ def choose(
     return best, score, [{**params.to_dict(), "val_dsb_score": s} for params, s in scored]
 
 
+def recorded_params(run: Run, options: InferenceOptions) -> PostprocessParams | None:
+    """The run's recorded post-processing if it was calibrated under ``options``, else None."""
+    saved = run.postprocess
+    if saved is None or saved["inference"] != dataclasses.asdict(options):
+        return None
+    return PostprocessParams(**saved["params"])
+
+
 def postprocess_params(
     run_dir: Path,
     predictor: TiledPredictor,
@@ -84,8 +92,8 @@ def postprocess_params(
     run = Run(run_dir)
     saved = run.postprocess
     if saved is not None and not recalibrate:
-        if saved["inference"] == dataclasses.asdict(options):
-            return PostprocessParams(**saved["params"])
+        if (params := recorded_params(run, options)) is not None:
+            return params
         logger.info("inference options differ from the recorded calibration: calibrating again")
     try:
         samples = validation_samples(run_dir, cfg)

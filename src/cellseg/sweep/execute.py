@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -123,7 +122,7 @@ def test_figures(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
-    from cellseg.calibration import postprocess_params
+    from cellseg.calibration import postprocess_params, recorded_params
     from cellseg.config import InferenceOptions
     from cellseg.evaluation import evaluate_run
     from cellseg.inference import load_predictor
@@ -132,13 +131,12 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
 
     def evaluate(run_dir: Path) -> dict[str, float]:
         run = Run(run_dir)
-        saved, metrics = run.postprocess, run.evaluation_metrics()
-        scored = saved is not None and saved["inference"] == dataclasses.asdict(options)
-        if not scored or (spec.test_data is not None and metrics is None):  # else: no model needed
+        metrics = run.evaluation_metrics() if spec.test_data is not None else None
+        if spec.test_data is not None and metrics is None:  # calibrates on validation first if needed
+            metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
+        elif recorded_params(run, options) is None:  # else: scored earlier, no model needed
             predictor, cfg = load_predictor(run_dir, options)
             postprocess_params(run_dir, predictor, cfg, options)
-            if spec.test_data is not None and metrics is None:
-                metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
         figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
         if spec.test_data is not None:
             figures.update(test_figures(metrics))
@@ -257,16 +255,15 @@ def restore_records(results: Path, root: Path) -> int:
     return restored
 
 
-def keep_results(root: Path, results: Path, records: list[RunRecord]) -> None:
-    """The sweep's tables, figures, ``sweep.yaml`` and every finished run's record (no model) in
-    ``results``: a folder small enough to commit, from which the sweep resumes on another machine."""
+def keep_results(root: Path, results: Path, record: RunRecord) -> None:
+    """The sweep's tables, figures and ``sweep.yaml``, and the record (no model) of the run just done if
+    it finished, in ``results``: a folder small enough to commit, from which the sweep resumes elsewhere."""
     results.mkdir(parents=True, exist_ok=True)
     for path in root.iterdir():
         if path.is_file() and path.suffix in (".csv", ".md", ".png", ".yaml"):
             shutil.copyfile(path, results / path.name)
-    for record in records:
-        if record.run_dir and Run(record.run_dir).status() == "finished":
-            _copy_record(Path(record.run_dir), results / "runs" / Path(record.run_dir).name)
+    if record.run_dir and Run(record.run_dir).status() == "finished":
+        _copy_record(Path(record.run_dir), results / "runs" / Path(record.run_dir).name)
 
 
 def _open_folder(spec: SweepSpec, root: Path) -> None:
@@ -300,7 +297,7 @@ def run_sweep(
         logger.info(f"[{len(records)}/{len(jobs)}] {record.variant}, seed {record.seed}: {status}")
         write_results(root, spec, records)
         if results is not None:
-            keep_results(root, Path(results), records)
+            keep_results(root, Path(results), record)
 
     threads = max(1, available_cores() // spec.workers)
     if spec.executor == "ray":
