@@ -8,6 +8,7 @@ from skimage import measure
 
 from cellseg.config import AugmentConfig, Config, DataConfig, InferenceOptions, SyntheticConfig, load_config
 from cellseg.data import DataError, Sample, collect_samples
+from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
 from cellseg.data.pipeline import (
     prepare,
     sampling_weights,
@@ -164,6 +165,39 @@ def test_albumentations_stream_is_reproducible_and_changes_patches():
         np.testing.assert_array_equal(xa, xb)
         assert not np.allclose(xa, xc)
         assert xa.min() >= 0 and xa.max() <= 1
+
+
+def test_stain_augmentation_changes_stained_patches_only_and_in_their_own_polarity():
+    stained = make_samples(SYN, 0)[1]  # the synthetic "brightfield" style: dark purple nuclei
+    assert modality(stained.image, stained.labels) == "stained"
+    image = normalize(stained.image[:64, :64])
+    mask = (stained.labels[:64, :64, None] > 0).astype(np.uint8)
+    augment = PatchAugmenter(AugmentConfig(stain=1.0), seed=0)
+    as_is, _ = augment(image, mask, np.int64(5), np.int8(STAINED))
+    np.testing.assert_array_equal(augment(image, mask, np.int64(5), np.int8(STAINED))[0], as_is)
+    assert np.abs(as_is - image).mean() > 0.01 and as_is.min() >= 0 and as_is.max() <= 1
+    np.testing.assert_array_equal(augment(image, mask, np.int64(5), np.int8(NOT_STAINED))[0], image)
+    # an inverted patch is jittered as the stain it shows: inverted back, stained, inverted again
+    inverted, _ = augment(1 - image, mask, np.int64(5), np.int8(STAINED_INVERTED))
+    np.testing.assert_allclose(inverted, 1 - as_is, atol=1e-6)
+
+
+def test_stain_codes_follow_modality_and_polarity():
+    train, val = split_samples(make_samples(SYN, 0), 0.34, 0)
+    data = prepare(train, val, DataConfig(patch_size=32, polarity="bright_nuclei"), "stain")
+    codes = data.stain_codes(DataConfig(polarity="bright_nuclei"))
+    expected = [STAINED_INVERTED if m == "stained" else NOT_STAINED for m in data.train_modalities]
+    assert list(codes) == expected and STAINED_INVERTED in codes and NOT_STAINED in codes
+    assert set(data.stain_codes(DataConfig())) == {STAINED, NOT_STAINED}
+
+    def first_batch(stain: float) -> np.ndarray:
+        augment = AugmentConfig(dihedral=False, stain=stain)
+        cfg = DataConfig(patch_size=32, polarity="bright_nuclei", augment=augment)
+        return next(train_dataset(data, cfg, 16, seed=1).as_numpy_iterator())[0]
+
+    jittered, original = first_batch(1.0), first_batch(0.0)
+    changed = np.abs(jittered - original).mean(axis=(1, 2, 3)) > 1e-3
+    assert changed.any() and not changed.all()  # stained patches jittered, fluorescence ones untouched
 
 
 def test_foreground_bias_centres_patches_on_nuclei():

@@ -308,6 +308,10 @@ def test_bad_samples_are_skipped_before_the_split(tmp_path):
             ["--set", "data.channels=1", "--set", "data.augment.colour=0.3"],
             "set data.augment.colour=0 or data.channels=3",
         ),
+        (
+            ["--set", "data.channels=1", "--set", "data.augment.stain=0.5"],
+            "set data.augment.stain=0 or data.channels=3",
+        ),
         (["--set", "train.learning_rate=nan"], "'train.learning_rate' = nan must be a finite number"),
         (["--set", "train.learning_rate=inf"], "'train.learning_rate' = inf must be a finite number"),
         (["--set", "seed=-1"], "'seed' = -1 must be in [0, inf)"),

@@ -71,6 +71,7 @@ class AugmentConfig:
     noise: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     colour: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     invert: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
+    stain: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
 
 
 @dataclass
@@ -214,12 +215,13 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
             f"{where}: train.run_eagerly: true runs each step eagerly, which XLA (train.jit_compile: true) "
             "cannot compile; set one of them to false"
         )
-    if cfg.data.channels == 1 and cfg.data.augment.colour:
-        where = origins.get("data.augment.colour") or origins.get("data.channels") or "config"
-        raise ConfigError(
-            f"{where}: data.augment.colour changes hue and colour balance, which a grey network input "
-            "(data.channels: 1) has none of; set data.augment.colour=0 or data.channels=3"
-        )
+    for key in ("colour", "stain"):
+        if cfg.data.channels == 1 and getattr(cfg.data.augment, key):
+            where = origins.get(f"data.augment.{key}") or origins.get("data.channels") or "config"
+            raise ConfigError(
+                f"{where}: data.augment.{key} changes hue and colour balance, which a grey network input "
+                f"(data.channels: 1) has none of; set data.augment.{key}=0 or data.channels=3"
+            )
     return cfg
 
 

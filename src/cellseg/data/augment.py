@@ -3,6 +3,10 @@
 Each patch is augmented by a transform seeded with (run seed, patch number), so the augmented stream is
 the same on every run and after ``--resume``, whatever order the parallel workers finish in. Each worker
 thread keeps its own ``Compose``, because a shared one would race on its random state.
+
+H&E stain augmentation (``stain``) acts only on patches of stained images, and in their own polarity: a
+stain matrix describes dark haematoxylin on a light ground, so a patch the preprocessing inverted
+(``data.polarity: bright_nuclei``) is inverted back for it, and again after.
 """
 
 from __future__ import annotations
@@ -48,8 +52,19 @@ def build_transform(cfg: AugmentConfig) -> A.Compose | None:
     return A.Compose(steps) if steps else None
 
 
+#: How a training image shows stain, per image, for :class:`PatchAugmenter`: not stained (no stain
+#: augmentation), stained as acquired, stained and inverted by the preprocessing.
+NOT_STAINED, STAINED, STAINED_INVERTED = 0, 1, 2
+
+
+def build_stain_transform(cfg: AugmentConfig) -> A.HEStain | None:
+    """H&E stain jitter (a random reference stain matrix, stain intensities scaled and shifted), or None."""
+    return A.HEStain(method="random_preset", p=cfg.stain) if cfg.stain else None
+
+
 class PatchAugmenter:
-    """Callable ``(image, mask, patch_number) -> (image, mask)`` for ``tf.numpy_function``."""
+    """Callable ``(image, mask, patch_number, stain) -> (image, mask)`` for ``tf.numpy_function``;
+    ``stain`` is the patch's image's :data:`NOT_STAINED` / :data:`STAINED` / :data:`STAINED_INVERTED`."""
 
     def __init__(self, cfg: AugmentConfig, seed: int) -> None:
         self.cfg = cfg
@@ -58,14 +73,28 @@ class PatchAugmenter:
 
     @property
     def enabled(self) -> bool:
-        return build_transform(self.cfg) is not None
+        return build_transform(self.cfg) is not None or build_stain_transform(self.cfg) is not None
+
+    def _transforms(self) -> tuple[A.Compose | None, A.HEStain | None]:
+        if not hasattr(self._local, "transforms"):
+            self._local.transforms = build_transform(self.cfg), build_stain_transform(self.cfg)
+        return self._local.transforms
 
     def __call__(
-        self, image: np.ndarray, mask: np.ndarray, number: np.int64
+        self, image: np.ndarray, mask: np.ndarray, number: np.int64, stain: np.int8 = NOT_STAINED
     ) -> tuple[np.ndarray, np.ndarray]:
-        transform = getattr(self._local, "transform", None)
-        if transform is None:
-            transform = self._local.transform = build_transform(self.cfg)
-        transform.set_random_seed(int(np.random.SeedSequence([self.seed, int(number)]).generate_state(1)[0]))
-        out = transform(image=image, mask=mask)
-        return np.clip(out["image"], 0.0, 1.0).astype(np.float32), out["mask"].astype(np.uint8)
+        transform, stain_transform = self._transforms()
+        if stain_transform is not None and stain != NOT_STAINED and image.shape[-1] == 3:
+            # its own random stream, so that switching stain augmentation on changes nothing else
+            stain_transform.set_random_seed(self._seed(number, 1))
+            inverted = stain == STAINED_INVERTED
+            image = stain_transform(image=1 - image if inverted else image)["image"]
+            image = np.clip(1 - image if inverted else image, 0.0, 1.0).astype(np.float32)
+        if transform is not None:
+            transform.set_random_seed(self._seed(number))
+            out = transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return np.clip(image, 0.0, 1.0).astype(np.float32), mask.astype(np.uint8)
+
+    def _seed(self, number: np.int64, *stream: int) -> int:
+        return int(np.random.SeedSequence([self.seed, int(number), *stream]).generate_state(1)[0])

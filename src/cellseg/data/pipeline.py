@@ -18,7 +18,7 @@ import tensorflow as tf
 from skimage import measure
 
 from cellseg.config import DataConfig
-from cellseg.data.augment import PatchAugmenter
+from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
 from cellseg.data.sample import DataError, Sample, SampleRef, modality, source_of, target_map
 from cellseg.data.scale import annotated_factor, resize_labels
 from cellseg.data.tiles import grid_starts, pad_to
@@ -88,6 +88,12 @@ class PreparedData:
         h, w = self.train_shapes[i]
         rows = slice(self.train_offsets[i], self.train_offsets[i + 1])
         return self.train_pixels[rows].reshape(h, w, -1), self.train_target_pixels[rows].reshape(h, w, 1)
+
+    def stain_codes(self, cfg: DataConfig) -> np.ndarray:
+        """Each training image's stain for :class:`PatchAugmenter`: stained images are the ones
+        ``data.polarity: bright_nuclei`` inverts (their nuclei are darker than the ground)."""
+        stained = STAINED_INVERTED if Preprocessing.from_config(cfg).bright_nuclei else STAINED
+        return np.array([stained if m == "stained" else NOT_STAINED for m in self.train_modalities], np.int8)
 
     def sampling_groups(self) -> list[str]:
         """Each training image's group for ``data.balance``: its modality, prefixed by its source
@@ -306,6 +312,7 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
     centroids = tf.constant(data.train_centroids)
     offsets = tf.constant(data.train_centroid_offsets)
     augmenter = PatchAugmenter(cfg.augment, seed)
+    stains = tf.constant(data.stain_codes(cfg))
     channels = data.val_images.shape[-1]
 
     def place(
@@ -334,7 +341,7 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
             img, msk = both[..., :-1], tf.cast(both[..., -1:], tf.uint8)
         if augmenter.enabled:
             img, msk = tf.numpy_function(
-                augmenter, [img, msk, number], [tf.float32, tf.uint8], stateful=False
+                augmenter, [img, msk, number, stains[k]], [tf.float32, tf.uint8], stateful=False
             )
         img = tf.ensure_shape(img, (patch, patch, channels))
         msk = tf.ensure_shape(msk, (patch, patch, 1))
