@@ -31,6 +31,7 @@ _share_cores_between_xdist_workers()
 
 ROOT = Path(__file__).resolve().parents[1]
 DSB2018 = ROOT.parent / "shared" / "data" / "dsb2018"
+MONUSEG = ROOT.parent / "shared" / "data" / "monuseg"
 
 TINY = [
     "data.synthetic.num_images=6",
@@ -89,6 +90,13 @@ def dsb2018() -> Path:
     if not DSB2018.is_dir():
         pytest.skip(f"real DSB2018 sample data not found at {DSB2018} (it lives beside the project root)")
     return DSB2018
+
+
+@pytest.fixture
+def monuseg() -> Path:
+    if not MONUSEG.is_dir():
+        pytest.skip(f"MoNuSeg H&E sample data not found at {MONUSEG} (it lives beside the project root)")
+    return MONUSEG
 
 
 def run_python(code: str, cwd: Path | None = None, timeout: int = 240) -> str:

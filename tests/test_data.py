@@ -17,7 +17,7 @@ from cellseg.data.pipeline import (
     val_dataset,
 )
 from cellseg.data.readers import read_samples
-from cellseg.data.sample import dark_nuclei, modality, normalize
+from cellseg.data.sample import dark_nuclei, modality, normalize, to_channels
 from cellseg.data.synthetic import make_sample, make_samples
 from cellseg.data.tiles import grid_starts
 from cellseg.inference import TiledPredictor
@@ -185,10 +185,13 @@ def test_stain_augmentation_changes_stained_patches_only_and_in_their_own_polari
 def test_stain_codes_follow_modality_and_polarity():
     train, val = split_samples(make_samples(SYN, 0), 0.34, 0)
     data = prepare(train, val, DataConfig(patch_size=32, polarity="bright_nuclei"), "stain")
-    codes = data.stain_codes(DataConfig(polarity="bright_nuclei"))
+    codes = data.stain_codes()
     expected = [STAINED_INVERTED if m == "stained" else NOT_STAINED for m in data.train_modalities]
     assert list(codes) == expected and STAINED_INVERTED in codes and NOT_STAINED in codes
-    assert set(data.stain_codes(DataConfig())) == {STAINED, NOT_STAINED}
+    as_is = prepare(train, val, DataConfig(patch_size=32), "stain")
+    assert set(as_is.stain_codes()) == {STAINED, NOT_STAINED}
+    data.train_inverted = [False] * len(codes)  # a stained image preprocessing left as it was
+    assert set(data.stain_codes()) == {STAINED, NOT_STAINED}  # is jittered as it is, not inverted back
 
     def first_batch(stain: float) -> np.ndarray:
         augment = AugmentConfig(dihedral=False, stain=stain)
@@ -461,6 +464,20 @@ def test_polarity_of_real_dsb2018_images_follows_their_masks(dsb2018):
         x = Preprocessing(bright_nuclei=True).apply(sample.image).mean(axis=-1)
         assert x[sample.labels > 0].mean() > x[sample.labels == 0].mean(), ref.id
     assert inverted == 7
+
+
+def test_polarity_of_dense_h_and_e_tissue_and_of_colour_fluorescence_is_read_off_the_image(dsb2018, monuseg):
+    from cellseg.data.readers import read_image, scan_samples
+
+    tissue = sorted(monuseg.glob("*/images/*.png"))  # dense: the median is no clue, the colour is
+    assert len(tissue) == 13 and all(dark_nuclei(read_image(path)) for path in tissue)
+    refs = scan_samples(str(dsb2018 / "stage1_test"))
+    grey = [image for image in (ref.load_image() for ref in refs[:12]) if not dark_nuclei(image)]
+    assert grey
+    for image in grey:  # fluorescence shown in a colour: the colour brightens with the nuclei
+        for tint in ((0.2, 0.4, 1.0), (0.1, 1.0, 0.2), (1.0, 0.3, 0.6)):
+            tinted = to_channels(image, 1).astype(np.float32) * np.array(tint, np.float32)
+            assert not dark_nuclei(tinted)
 
 
 def test_a_text_file_named_png_is_refused_in_one_line_without_install_advice(tmp_path):

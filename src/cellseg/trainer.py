@@ -328,6 +328,7 @@ def write_summary(
         "val_patches": len(data.val_images),
         "streamed": data.streaming,
         "train_modalities": dict(Counter(data.train_modalities)),
+        "train_inverted": sum(data.train_inverted),  # training images data.polarity inverted
         "skipped_samples": len(data.skipped),
         "skipped": data.skipped,
         "seed": cfg.seed,

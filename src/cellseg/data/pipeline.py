@@ -71,6 +71,7 @@ class PreparedData:
     train_target_pixels: np.ndarray | None = None  # (sum of H x W, 1) uint8 target maps, the same way
     train_offsets: np.ndarray | None = None  # (N + 1,) int64 first row of each image in the two buffers
     train_modalities: list[str] = field(default_factory=list)  # each training image's (see sample.modality)
+    train_inverted: list[bool] = field(default_factory=list)  # each training image's Preprocessing.inverts
     train_factors: list[float] = field(default_factory=list)  # each training image's zoom (data.nucleus_size)
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
     train_targets: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) target maps
@@ -89,11 +90,16 @@ class PreparedData:
         rows = slice(self.train_offsets[i], self.train_offsets[i + 1])
         return self.train_pixels[rows].reshape(h, w, -1), self.train_target_pixels[rows].reshape(h, w, 1)
 
-    def stain_codes(self, cfg: DataConfig) -> np.ndarray:
-        """Each training image's stain for :class:`PatchAugmenter`: stained images are the ones
-        ``data.polarity: bright_nuclei`` inverts (their nuclei are darker than the ground)."""
-        stained = STAINED_INVERTED if Preprocessing.from_config(cfg).bright_nuclei else STAINED
-        return np.array([stained if m == "stained" else NOT_STAINED for m in self.train_modalities], np.int8)
+    def stain_codes(self) -> np.ndarray:
+        """Each training image's stain for :class:`PatchAugmenter`: whether it is stained (by its masks)
+        and whether preprocessing inverted it (by its look), as recorded when it was loaded."""
+        return np.array(
+            [
+                NOT_STAINED if m != "stained" else STAINED_INVERTED if inverted else STAINED
+                for m, inverted in zip(self.train_modalities, self.train_inverted, strict=True)
+            ],
+            np.int8,
+        )
 
     def sampling_groups(self) -> list[str]:
         """Each training image's group for ``data.balance``: its modality, prefixed by its source
@@ -181,6 +187,7 @@ class _Loaded:
     centres: np.ndarray
     modality: str
     factor: float  # zoom applied to image and target (data.nucleus_size)
+    inverted: bool  # whether preprocessing inverted the image (data.polarity)
 
     @property
     def id(self) -> str:
@@ -218,7 +225,8 @@ class _Loader:
             return None
         centres = np.round([r.centroid for r in measure.regionprops(labels)]).reshape(-1, 2)
         self.held += image.size * np.dtype(TRAIN_DTYPE).itemsize  # as held for training
-        item = _Loaded(ref, image, target, centres, modality(sample.image, sample.labels), factor)
+        inverted = Preprocessing.from_config(self.cfg).inverts(sample.image)
+        item = _Loaded(ref, image, target, centres, modality(sample.image, sample.labels), factor, inverted)
         self.kept.append(item)
         if self.streaming:  # over budget: stream every image from disk instead
             for kept in self.kept:
@@ -288,6 +296,7 @@ def _assemble(train: list[_Loaded], val: list[_Loaded], load: _Loader, source: s
         skipped=load.skipped,
         num_classes=load.num_classes,
         train_modalities=[item.modality for item in train],
+        train_inverted=[item.inverted for item in train],
         train_factors=[item.factor for item in train],
     )
     if load.streaming:
@@ -312,7 +321,7 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
     centroids = tf.constant(data.train_centroids)
     offsets = tf.constant(data.train_centroid_offsets)
     augmenter = PatchAugmenter(cfg.augment, seed)
-    stains = tf.constant(data.stain_codes(cfg))
+    stains = tf.constant(data.stain_codes())
     channels = data.val_images.shape[-1]
 
     def place(
