@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from common import DSB2018, machine
 
-from cellseg.calibration import postprocess_params, validation_samples
+from cellseg.calibration import postprocess_plan, validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import Sample, SampleRef
 from cellseg.data.readers import scan_samples
@@ -39,12 +39,15 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 Predicted = tuple[str, np.ndarray, Probabilities, str]
 
 
-def predicted(predictor: TiledPredictor, refs: Sequence[Sample | SampleRef]) -> list[Predicted]:
-    """(id, true labels, probabilities, modality) of every image."""
+def predicted(
+    predictor: TiledPredictor, refs: Sequence[Sample | SampleRef], with_masks: bool = True
+) -> list[Predicted]:
+    """(id, true labels, probabilities, modality) of every image; the modality read with the masks,
+    or without them (``with_masks`` false), as prediction reads it."""
     out = []
     for ref in refs:
         sample = ref.load()
-        kind = modality(sample.image, sample.labels)
+        kind = modality(sample.image, sample.labels if with_masks else None)
         out.append((ref.id, sample.labels, predictor(sample.image, ref.id), kind))
     return out
 
@@ -68,7 +71,7 @@ def main() -> None:
     args = p.parse_args()
     options = InferenceOptions()
     predictor, cfg = load_predictor(args.run, options)
-    params = postprocess_params(args.run, predictor, cfg, options)
+    params = postprocess_plan(args.run, predictor, cfg, options).default  # the common setting
     sets = {
         "validation": predicted(predictor, validation_samples(args.run, cfg)),
         "test": predicted(predictor, scan_samples(args.test, "auto")),

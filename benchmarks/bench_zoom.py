@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
-from cellseg.calibration import postprocess_params, validation_samples
+from cellseg.calibration import postprocess_plan, validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
@@ -42,12 +42,12 @@ def main() -> None:
     size = cfg.data.nucleus_size
     if size is None:
         raise SystemExit(f"{args.run} was trained at the native scale (data.nucleus_size: null)")
-    params = postprocess_params(args.run, predictor, cfg, options) if args.score else None
+    plan = postprocess_plan(args.run, predictor, cfg, options) if args.score else None
     samples = scan_samples(args.data, "auto") if args.data else validation_samples(args.run, cfg)
     print(f"{machine()}; run {args.run}, nucleus size {size:g} px, {len(samples)} images")
-    scored = " DSB at estimated zoom | DSB at annotated zoom |" if params else ""
+    scored = " DSB at estimated zoom | DSB at annotated zoom |" if plan else ""
     print("| image | modality | annotated zoom | estimated zoom | ratio |" + scored)
-    print("|---|---|---|---|---|" + "---|---|" * bool(params))
+    print("|---|---|---|---|---|" + "---|---|" * bool(plan))
     ratios, seconds, dsb = [], [], defaultdict(list)
     for ref in samples:
         sample = ref.load()
@@ -58,9 +58,13 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
         ratios.append(estimated.factor / truth)
         row = f"| {ref.id[:12]} | {kind} | {truth:.2f} | {estimated.factor:.2f} | {ratios[-1]:.2f} |"
-        if params:
+        if plan:
             pair = [
-                float(instance_counts(sample.labels, instances(probs, params)).ap().mean())
+                float(
+                    instance_counts(sample.labels, instances(probs, plan.params_for(sample.image)))
+                    .ap()
+                    .mean()
+                )
                 for probs in (estimated, predictor.at_zoom(sample.image, truth, ref.id))
             ]
             for key in ("all", kind):

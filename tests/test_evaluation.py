@@ -16,6 +16,7 @@ from skimage.draw import disk
 from skimage.measure import label
 
 from cellseg import runs
+from cellseg.calibration import choose_plan
 from cellseg.cli.evaluate import main as evaluate_main
 from cellseg.config import InferenceOptions, SyntheticConfig, load_config
 from cellseg.data.pipeline import one_hot_targets, prepare, val_dataset
@@ -23,7 +24,7 @@ from cellseg.data.sample import target_map
 from cellseg.data.synthetic import make_samples
 from cellseg.inference import TiledPredictor, blend_window
 from cellseg.metrics import score_image
-from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
+from cellseg.postprocess import PostprocessParams, PostprocessPlan, Probabilities, grid, instances
 from cellseg.preprocessing import Preprocessing
 from cellseg.runs import load_run_config
 from cellseg.trainer import train
@@ -104,6 +105,40 @@ def test_minimum_size_counts_pixels_as_the_network_saw_them():
 def test_calibration_grid_fits_each_head():
     assert {p.split for p in grid(three_class=False)} == {"distance", "none"}
     assert {p.split for p in grid(three_class=True)} == {"interior", "none"}
+
+
+def test_a_modality_gets_its_own_post_processing_only_where_held_out_images_confirm_it():
+    settings = [PostprocessParams(threshold=t) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.35, 0.45)]
+    kinds = ["fluorescence"] * 20 + ["stained"] * 8 + ["brightfield"] * 3
+    table = np.full((len(kinds), len(settings)), 0.5)
+    table[:20, 0] = 0.7  # fluorescence's best, and the common best
+    table[20:28, 1] = 0.6  # stained: truly better with its own setting on every one of its images
+    table[28:, 2] = 0.9  # brightfield: better too, but 3 images are too few to tell
+    plan, record = choose_plan(table, settings, kinds)
+    assert plan.default == settings[0] and plan.by_modality == {"stained": settings[1]}
+    stained = record["modalities"]["stained"]
+    assert stained["held_out_dsb_score"] == pytest.approx({"own": 0.6, "default": 0.5})
+    assert not record["modalities"]["brightfield"]["own_setting_used"]
+    assert record["val_dsb_score"] == pytest.approx((20 * 0.7 + 8 * 0.6 + 3 * 0.5) / 31)
+
+    # each stained image favours a different setting: the best over all 8 is an accident of the sample
+    table[20:28] = 0.45
+    table[20:28, 0] = 0.5
+    for i in range(8):
+        table[20 + i, 1 + i] = 1.0
+    plan, record = choose_plan(table, settings, kinds)
+    assert record["modalities"]["stained"]["own_params"] != settings[0].to_dict()  # in sample it wins
+    assert plan.by_modality == {}  # on held-out halves it loses (0.45 against 0.5)
+
+
+def test_a_post_processing_plan_applies_by_the_look_of_each_image_and_reads_older_records():
+    fluorescence, stained = make_samples(SyntheticConfig(num_images=2, image_size=96), seed=0)
+    own = PostprocessParams(threshold=0.8)
+    plan = PostprocessPlan(PostprocessParams(), {"stained": own})
+    assert plan.params_for(stained.image) == own and plan.params_for(fluorescence.image) == plan.default
+    assert PostprocessPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    older = {"params": PostprocessParams(threshold=0.6).to_dict(), "val_dsb_score": 0.5}  # before modalities
+    assert PostprocessPlan.from_dict(older) == PostprocessPlan(PostprocessParams(threshold=0.6))
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -198,7 +233,7 @@ def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_
     # post-processing was chosen on the run's validation images, not on the test images, and recorded
     chosen = json.loads((tiny_run / runs.POSTPROCESS).read_text())
     assert chosen["val_images"] == json.loads((tiny_run / runs.SPLIT).read_text())["val"]
-    assert metrics["postprocess"] == chosen["params"]
+    assert metrics["postprocess"] == {"params": chosen["params"], "by_modality": chosen["by_modality"]}
     three_class = load_run_config(tiny_run).model.num_classes == 3
     assert len(chosen["grid"]) == len(grid(three_class))
     assert chosen["params"]["split"] in ({"interior", "none"} if three_class else {"distance", "none"})

@@ -98,19 +98,19 @@ def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licenc
 
 
 def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp_path, caplog):
-    from cellseg.calibration import postprocess_params
+    from cellseg.calibration import postprocess_plan
     from cellseg.config import InferenceOptions
     from cellseg.inference import load_predictor
 
     run = Path(shutil.copytree(relu_run, tmp_path / "run"))
     options = InferenceOptions()
     predictor, cfg = load_predictor(run, options)
-    recorded = postprocess_params(run, predictor, cfg, options)
+    recorded = postprocess_plan(run, predictor, cfg, options)
     config = run / runs.CONFIG
     config.write_text(config.read_text().replace("path: null", "path: /nowhere/at/all"))
     other = InferenceOptions(tile=128)
     predictor, cfg = load_predictor(run, other)
-    assert postprocess_params(run, predictor, cfg, other) == recorded
+    assert postprocess_plan(run, predictor, cfg, other) == recorded
     assert "keeping the recorded post-processing" in caplog.text
 
 

@@ -1,8 +1,9 @@
 """Post-processing calibrated on a run's own validation images, never on the images it will score.
 
 The knobs (probability threshold, watershed seeds, minimum size) with the best mean DSB score on the
-validation images of ``split.json`` are recorded in ``<run>/postprocess.json``, with the inference options
-they were chosen under; evaluation, prediction, export and sweeps read them from there.
+validation images of ``split.json``, and a modality's own knobs where they pass a held-out check
+(:func:`choose_plan`), are recorded in ``<run>/postprocess.json`` with the inference options they were
+chosen under; evaluation, prediction, export and sweeps read them from there.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from tqdm import tqdm
 
 from cellseg.config import Config, InferenceOptions
 from cellseg.data import DataError, Sample, SampleRef, collect_samples
+from cellseg.data.sample import modality
 from cellseg.inference import TiledPredictor
 from cellseg.metrics import instance_counts
 from cellseg.parallel import cpu_budget
-from cellseg.postprocess import PostprocessParams, Probabilities, grid, instances
+from cellseg.postprocess import PostprocessParams, PostprocessPlan, Probabilities, grid, instances
 from cellseg.runs import Run
 
 logger = logging.getLogger(__name__)
@@ -42,48 +44,114 @@ def validation_samples(run_dir: Path, cfg: Config) -> list[Sample] | list[Sample
     return [by_id[i] for i in val_ids]
 
 
+#: A modality gets a setting of its own only with this many validation images: half of them choose,
+#: half judge, in the held-out check.
+MIN_MODALITY_IMAGES = 8
+HALVINGS = 10  # random halvings in that check: one halving of 8-15 images is noisy
+
+
 def calibrate(
     predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], three_class: bool
-) -> tuple[PostprocessParams, float, list[dict[str, Any]]]:
-    """The post-processing setting with the best mean DSB score on ``samples``, that score, the whole grid."""
+) -> tuple[PostprocessPlan, dict[str, Any]]:
+    """The post-processing chosen on ``samples`` (see :func:`choose_plan`) and the record of the choice."""
     predicted: list[tuple[np.ndarray, Probabilities]] = []
+    kinds = []
     for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
         sample = ref.load()
         predicted.append((sample.labels, predictor(sample.image, ref.id)))
-    return choose(predicted, three_class)
+        kinds.append(modality(sample.image))  # as prediction will read it: without the masks
+    settings = grid(three_class)
+    return choose_plan(score_table(predicted, settings), settings, kinds)
 
 
-def choose(
-    predicted: Sequence[tuple[np.ndarray, Probabilities]], three_class: bool
-) -> tuple[PostprocessParams, float, list[dict[str, Any]]]:
-    """The setting of :func:`grid` with the best mean DSB score over (true labels, probabilities) pairs."""
+def score_table(
+    predicted: Sequence[tuple[np.ndarray, Probabilities]], settings: Sequence[PostprocessParams]
+) -> np.ndarray:
+    """The DSB score of every (true labels, probabilities) pair under every setting: (images, settings)."""
 
-    def mean_dsb(params: PostprocessParams) -> float:
-        return float(np.mean([instance_counts(t, instances(p, params)).ap().mean() for t, p in predicted]))
+    def column(params: PostprocessParams) -> list[float]:
+        return [float(instance_counts(t, instances(p, params)).ap().mean()) for t, p in predicted]
 
     # SciPy / scikit-image release the GIL in labelling and watershed: threads give 1.7x on 2 cores
-    settings = grid(three_class)
     with concurrent.futures.ThreadPoolExecutor(cpu_budget()) as pool:
-        scored = list(zip(settings, pool.map(mean_dsb, settings), strict=True))
-    best, score = max(scored, key=lambda pair: pair[1])  # first of equals: grid order
-    return best, score, [{**params.to_dict(), "val_dsb_score": s} for params, s in scored]
+        return np.array(list(pool.map(column, settings)), np.float64).T.reshape(len(predicted), len(settings))
 
 
-def recorded_params(run: Run, options: InferenceOptions) -> PostprocessParams | None:
+def _best(table: np.ndarray, rows: np.ndarray) -> int:
+    """The setting with the best mean score over ``rows``; the first of equals, in grid order."""
+    return int(np.argmax(table[rows].mean(axis=0)))
+
+
+def choose_plan(
+    table: np.ndarray, settings: Sequence[PostprocessParams], kinds: Sequence[str], seed: int = 0
+) -> tuple[PostprocessPlan, dict[str, Any]]:
+    """One setting for all images, plus a modality's own where it generalises, and the record of why.
+
+    The common setting is the best on every image. A modality with :data:`MIN_MODALITY_IMAGES` images
+    whose own best setting differs is checked on held-out halves, :data:`HALVINGS` times: its own
+    setting chosen on one half against the common one chosen on every image but the other half, both
+    scored on that other half. It is kept only if it scores higher there, so a modality with few
+    validation images cannot fit their noise.
+    """
+    everything = np.arange(len(kinds))
+    default = _best(table, everything)
+    rng = np.random.default_rng(seed)
+    by_modality: dict[str, PostprocessParams] = {}
+    modalities: dict[str, Any] = {}
+    for kind in sorted(set(kinds)):
+        mine = np.flatnonzero(np.asarray(kinds) == kind)
+        own = _best(table, mine)
+        entry: dict[str, Any] = {
+            "images": len(mine),
+            "own_params": settings[own].to_dict(),
+            "val_dsb_score": {
+                "own": float(table[mine, own].mean()),
+                "default": float(table[mine, default].mean()),
+            },
+        }
+        if own != default and len(mine) >= MIN_MODALITY_IMAGES:
+            scores: dict[str, list[float]] = {"own": [], "default": []}
+            half = len(mine) // 2
+            for _ in range(HALVINGS):
+                order = rng.permutation(mine)
+                for held, rest in ((order[:half], order[half:]), (order[half:], order[:half])):
+                    scores["own"].append(float(table[held, _best(table, rest)].mean()))
+                    scores["default"].append(
+                        float(table[held, _best(table, np.setdiff1d(everything, held))].mean())
+                    )
+            entry["held_out_dsb_score"] = {k: float(np.mean(v)) for k, v in scores.items()}
+            if entry["held_out_dsb_score"]["own"] > entry["held_out_dsb_score"]["default"]:
+                by_modality[kind] = settings[own]
+        entry["own_setting_used"] = kind in by_modality
+        modalities[kind] = entry
+    plan = PostprocessPlan(settings[default], by_modality)
+    chosen = [settings.index(plan.by_modality.get(k, plan.default)) for k in kinds]
+    record = {
+        "val_dsb_score": float(table[everything, chosen].mean()),
+        "modalities": modalities,
+        "grid": [
+            {**p.to_dict(), "val_dsb_score": float(s)}
+            for p, s in zip(settings, table.mean(axis=0), strict=True)
+        ],
+    }
+    return plan, record
+
+
+def recorded_plan(run: Run, options: InferenceOptions) -> PostprocessPlan | None:
     """The run's recorded post-processing if it was calibrated under ``options``, else None."""
     saved = run.postprocess
     if saved is None or saved["inference"] != dataclasses.asdict(options):
         return None
-    return PostprocessParams(**saved["params"])
+    return PostprocessPlan.from_dict(saved)
 
 
-def postprocess_params(
+def postprocess_plan(
     run_dir: Path,
     predictor: TiledPredictor,
     cfg: Config,
     options: InferenceOptions,
     recalibrate: bool = False,
-) -> PostprocessParams:
+) -> PostprocessPlan:
     """The run's recorded post-processing, calibrated on its validation images first if needed.
 
     A run whose validation images are not on this machine (a shipped model, a run copied without its
@@ -92,8 +160,8 @@ def postprocess_params(
     run = Run(run_dir)
     saved = run.postprocess
     if saved is not None and not recalibrate:
-        if (params := recorded_params(run, options)) is not None:
-            return params
+        if (plan := recorded_plan(run, options)) is not None:
+            return plan
         logger.info("inference options differ from the recorded calibration: calibrating again")
     try:
         samples = validation_samples(run_dir, cfg)
@@ -101,17 +169,22 @@ def postprocess_params(
         if saved is None or recalibrate:
             raise
         logger.warning(f"{exc}; keeping the recorded post-processing, calibrated with {saved['inference']}")
-        return PostprocessParams(**saved["params"])
-    params, best, table = calibrate(predictor, samples, cfg.model.num_classes == 3)
+        return PostprocessPlan.from_dict(saved)
+    plan, record = calibrate(predictor, samples, cfg.model.num_classes == 3)
     run.save_postprocess(
         {
-            "params": params.to_dict(),
-            "val_dsb_score": best,
+            **plan.to_dict(),
+            "val_dsb_score": record["val_dsb_score"],
             "val_images": [s.id for s in samples],
             "inference": dataclasses.asdict(options),
-            "grid": table,
+            "modalities": record["modalities"],
+            "grid": record["grid"],
         }
     )
-    knobs = ", ".join(f"{k} {v}" for k, v in params.to_dict().items())
-    logger.info(f"post-processing chosen on {len(samples)} validation images (DSB score {best:.3f}): {knobs}")
-    return params
+    knobs = ", ".join(f"{k} {v}" for k, v in plan.default.to_dict().items())
+    own = "".join(f"; {k}: its own setting" for k in plan.by_modality)
+    logger.info(
+        f"post-processing chosen on {len(samples)} validation images (DSB score "
+        f"{record['val_dsb_score']:.3f}): {knobs}{own}"
+    )
+    return plan

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cellseg import runs
 from cellseg.activations import parse_spec
-from cellseg.calibration import postprocess_params, validation_samples
+from cellseg.calibration import postprocess_plan, validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError, Sample, SampleRef
 from cellseg.data.readers import scan_samples
@@ -27,7 +27,7 @@ from cellseg.hardware import peak_memory_mb
 from cellseg.inference import TiledPredictor, load_predictor
 from cellseg.metrics import ImageScore, score_image, summarize
 from cellseg.outputs import save_labels, save_overlay
-from cellseg.postprocess import PostprocessParams, instances
+from cellseg.postprocess import PostprocessPlan, instances
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def write_per_image(path: Path, scores: list[ImageScore], zooms: list[float]) ->
 def _score_images(
     refs: Sequence[Sample | SampleRef],
     predictor: TiledPredictor,
-    params: PostprocessParams,
+    plan: PostprocessPlan,
     out: Path,
     labels_dir: Path | None,
 ) -> tuple[list[ImageScore], list[float], dict[str, float], int]:
@@ -68,7 +68,7 @@ def _score_images(
         probs = predictor(sample.image, ref.id)
         zooms.append(probs.factor)
         lap("predict")
-        pred = instances(probs, params)
+        pred = instances(probs, plan.params_for(sample.image))
         lap("postprocess")
         scores.append(score_image(ref.id, sample.labels, pred, modality(sample.image, sample.labels)))
         pixels += pred.size
@@ -122,20 +122,20 @@ def evaluate_run(
     )
     _require_masks(refs)  # ... and on missing masks before minutes of calibration
     predictor, cfg = load_predictor(run_dir, options)
-    params = postprocess_params(run_dir, predictor, cfg, options, recalibrate)
+    plan = postprocess_plan(run_dir, predictor, cfg, options, recalibrate)
     out = Path(out) if out is not None else run_dir / (runs.EVALUATION if data else runs.VAL_EVALUATION)
     # everything is written to staging folders and moved into place only once all images succeeded
     with contextlib.ExitStack() as stack:
         stage = stack.enter_context(runs.staged_outputs(out))
         labels_stage = None if labels_dir is None else stack.enter_context(runs.staged_outputs(labels_dir))
-        scores, zooms, timer, pixels = _score_images(refs, predictor, params, stage, labels_stage)
+        scores, zooms, timer, pixels = _score_images(refs, predictor, plan, stage, labels_stage)
         seconds = sum(timer.values())
         metrics = {
             **summarize(scores),
             "run": str(run_dir),
             "activation": parse_spec(cfg.model.activation)[0],
             "data": _data_names(data),
-            "postprocess": params.to_dict(),
+            "postprocess": plan.to_dict(),
             "inference": dataclasses.asdict(options),
             "megapixels": round(pixels / 1e6, 3),
             "seconds": round(seconds, 2),

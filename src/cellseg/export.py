@@ -37,7 +37,7 @@ from cellseg.data.sample import normalize, to_channels
 from cellseg.inference import probabilities
 from cellseg.models import load_model
 from cellseg.outputs import save_overlay
-from cellseg.postprocess import PostprocessParams, instances
+from cellseg.postprocess import PostprocessParams, PostprocessPlan, instances
 from cellseg.preprocessing import Preprocessing
 from cellseg.pretrained import example_image, licence_of
 from cellseg.runs import Run, label_of_spec
@@ -135,7 +135,7 @@ def _manual_steps(cfg: Config) -> str:
     return "".join(f"\n{note}\n" for note in Preprocessing.from_config(cfg.data).describe())
 
 
-def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict[str, Any]) -> str:
+def _readme(run_dir: Path, cfg: Config, plan: PostprocessPlan, metrics: dict[str, Any]) -> str:
     activation = label_of_spec(cfg.model.activation)
     heads = {1: "one sigmoid channel: foreground probability",
              3: "three softmax channels: background, nucleus interior, nucleus boundary"}  # fmt: skip
@@ -147,7 +147,9 @@ def _readme(run_dir: Path, cfg: Config, params: PostprocessParams, metrics: dict
         if test
         else "- No held-out evaluation was recorded (run `cellseg-evaluate` before exporting)."
     )
-    knobs = ", ".join(f"{k} = {v}" for k, v in params.to_dict().items())
+    knobs = ", ".join(f"{k} = {v}" for k, v in plan.default.to_dict().items())
+    for kind, own in plan.by_modality.items():
+        knobs += f"; on {kind} images: " + ", ".join(f"{k} = {v}" for k, v in own.to_dict().items())
     source = Run(run_dir).summary["data_source"]
     return f"""# cellseg U-Net for nucleus segmentation ({activation})
 
@@ -305,7 +307,7 @@ def export_run(
         )
     model = load_model(run.kept_model, compile=False)
     saved = run.postprocess
-    params = PostprocessParams(**saved["params"]) if saved is not None else PostprocessParams()
+    plan = PostprocessPlan.from_dict(saved) if saved is not None else PostprocessPlan()
     raw = test_image(run_dir, cfg)
     normalized = normalize(raw[0])[None]
     output = keras.ops.convert_to_numpy(model(normalized, training=False)).astype(np.float32)
@@ -325,8 +327,8 @@ def export_run(
         tifffile.imwrite(files["sample_output"], output, metadata={"axes": "QYXC"})
         shutil.copyfile(run.kept_model, files["keras"])
         save_saved_model(model, cfg.data.channels, files["saved_model"])
-        _cover(stage / COVER, raw, output, params)
-        runs.write_text(stage / README, _readme(run_dir, cfg, params, _metrics(run)))
+        _cover(stage / COVER, raw, output, plan.params_for(example_image(run_dir)))  # as imaged
+        runs.write_text(stage / README, _readme(run_dir, cfg, plan, _metrics(run)))
         runs.write_text(
             stage / "rdf.yaml", yaml.safe_dump(_rdf(cfg, run_dir, files, authors), sort_keys=False)
         )

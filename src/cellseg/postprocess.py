@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential, watershed
+
+from cellseg.data.sample import modality
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,34 @@ class PostprocessParams:
 
     def to_dict(self) -> dict[str, float | int | str]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PostprocessPlan:
+    """A run's post-processing: one setting for every image, and a modality's own setting where
+    calibration found that it beats the common one on held-out validation images (stained tissue's
+    nuclei, for one, are drawn smaller). The modality is read off each image (:func:`modality`), as
+    it must be for images without masks."""
+
+    default: PostprocessParams = PostprocessParams()
+    by_modality: dict[str, PostprocessParams] = field(default_factory=dict)
+
+    def params_for(self, image: np.ndarray) -> PostprocessParams:
+        """The setting for one raw image."""
+        return self.by_modality.get(modality(image), self.default) if self.by_modality else self.default
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.default.to_dict(),
+            "by_modality": {k: v.to_dict() for k, v in self.by_modality.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> PostprocessPlan:
+        """From :meth:`to_dict`'s keys (``postprocess.json``; one calibrated before modalities: no
+        ``by_modality``)."""
+        by_modality = {k: PostprocessParams(**v) for k, v in saved.get("by_modality", {}).items()}
+        return cls(PostprocessParams(**saved["params"]), by_modality)
 
 
 def instances(probs: Probabilities, params: PostprocessParams) -> np.ndarray:

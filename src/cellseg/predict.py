@@ -118,7 +118,7 @@ def predict_images(
             report.rows.append({**row, **failure})
             continue
         probs = segment.predictor(image, path.stem)
-        labels = instances(probs, segment.params)
+        labels = instances(probs, segment.plan.params_for(image))
         table = nucleus_table(labels, image)
         save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
         save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)

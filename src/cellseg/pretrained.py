@@ -102,7 +102,7 @@ class Segmenter:
 
     name: str
     predictor: Any  # cellseg.inference.TiledPredictor
-    params: Any  # cellseg.postprocess.PostprocessParams
+    plan: Any  # cellseg.postprocess.PostprocessPlan
     card: dict[str, Any]
 
     def probabilities(self, image: np.ndarray) -> Any:
@@ -113,21 +113,21 @@ class Segmenter:
         """Instance labels of the nuclei in a raw image: 0 background, 1..N one per nucleus."""
         from cellseg.postprocess import instances
 
-        return instances(self.probabilities(image), self.params)
+        return instances(self.probabilities(image), self.plan.params_for(image))
 
 
 def load_run(run_dir: Path, options: InferenceOptions | None = None, name: str | None = None) -> Segmenter:
     """A :class:`Segmenter` of any finished run (a shipped model is one)."""
-    from cellseg.calibration import postprocess_params
+    from cellseg.calibration import postprocess_plan
     from cellseg.inference import load_predictor
 
     run_dir = Path(run_dir)
     runs.Run(run_dir).require_finished()
     options = options or InferenceOptions()
     predictor, cfg = load_predictor(run_dir, options)
-    params = postprocess_params(run_dir, predictor, cfg, options)
+    plan = postprocess_plan(run_dir, predictor, cfg, options)
     card = json.loads((run_dir / CARD).read_text()) if (run_dir / CARD).is_file() else {}
-    return Segmenter(name or run_dir.name, predictor, params, card)
+    return Segmenter(name or run_dir.name, predictor, plan, card)
 
 
 def load(name: str, options: InferenceOptions | None = None) -> Segmenter:
