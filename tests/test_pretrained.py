@@ -114,6 +114,18 @@ def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp
     assert "keeping the recorded post-processing" in caplog.text
 
 
+def test_a_shipped_example_is_the_raw_image_in_rgb_whatever_its_channels(tmp_path):
+    from cellseg.data.sample import to_channels
+    from cellseg.shipping import write_example
+
+    grey = np.random.default_rng(0).integers(0, 255, (300, 280), dtype=np.uint8)
+    rgba = np.dstack([grey, grey // 2, grey // 3, np.full_like(grey, 255)])  # a DSB2018 PNG's layout
+    for image in (grey, rgba, rgba[..., :3]):
+        write_example(image, tmp_path / "example.png")
+        back = read_image_2d(tmp_path / "example.png")
+        np.testing.assert_array_equal(to_channels(back, 3), to_channels(image, 3)[:256, :256])
+
+
 def test_the_shipped_models_fit_the_size_budget():
     size = sum(f.stat().st_size for f in pretrained.ZOO.rglob("*") if f.is_file())
     assert size <= 30e6, f"{size / 1e6:.1f} MB of shipped models (budget 30 MB)"

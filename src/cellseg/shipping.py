@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cellseg import runs
+from cellseg.data.sample import to_channels
 from cellseg.pretrained import (
     CARD,
     EXAMPLE,
@@ -97,6 +98,15 @@ def _model_card(name: str, card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_example(image: np.ndarray, path: Path, size: int = 256) -> None:
+    """A shipped model's example image (the export's test image): the top-left ``size`` px of a raw
+    image as RGB, alpha dropped (DSB2018 PNGs are RGBA), grey repeated, its bit depth kept."""
+    import cv2
+
+    rgb = np.ascontiguousarray(to_channels(image, 3)[:size, :size])
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
 def _save_float32(run: runs.Run, path: Path) -> None:
     """The run's kept model, without its optimiser state (two thirds of a trained model's file) and
     with float32 layers: a model trained in mixed bfloat16 computes in bfloat16, which most CPUs only
@@ -132,8 +142,6 @@ def ship(
     Everything is assembled and scored in a staging folder and moved into place only then, so a
     failure leaves any earlier model of that name intact.
     """
-    import cv2
-
     from cellseg.evaluation import evaluate_run
 
     run_dir, zoo = Path(run_dir), zoo or ZOO
@@ -146,8 +154,7 @@ def ship(
                 _save_float32(run, stage / file)
             else:
                 shutil.copyfile(run_dir / file, stage / file)
-        example = example_image(run_dir)[:256, :256]  # the export's test image, at most 256 px a side
-        cv2.imwrite(str(stage / EXAMPLE), example[..., ::-1] if example.ndim == 3 else example)
+        write_example(example_image(run_dir), stage / EXAMPLE)
         scratch = stage / ".scores"
         test_out, test = evaluate_run(stage, test_data, out=scratch / "test")
         _, val = evaluate_run(stage, None, out=scratch / "val")
