@@ -2,7 +2,7 @@
 
 Predicts a run's (or a shipped model's) validation images once and makes the calibration's choice
 (:func:`cellseg.calibration.choose_plan`: a modality's own setting only where it beats the common one on
-held-out halves of the validation images), printing the record of it. The held-out test set is then
+its validation images left out one at a time), printing the record of it. The held-out test set is then
 scored with the plan and with the common setting alone, for the record, never used to choose:
 
     python benchmarks/bench_modality_calibration.py --model versatile \\

@@ -128,7 +128,7 @@ def test_a_modality_gets_its_own_post_processing_only_where_held_out_images_conf
         table[20 + i, 1 + i] = 1.0
     plan, record = choose_plan(table, settings, kinds)
     assert record["modalities"]["stained"]["own_params"] != settings[0].to_dict()  # in sample it wins
-    assert plan.by_modality == {}  # on held-out halves it loses (0.45 against 0.5)
+    assert plan.by_modality == {}  # on the image left out it loses (0.45 against 0.5)
 
 
 def test_a_post_processing_plan_applies_by_the_look_of_each_image_and_reads_older_records():
