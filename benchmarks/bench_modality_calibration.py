@@ -3,7 +3,8 @@
 Predicts a run's (or a shipped model's) validation images once and makes the calibration's choice
 (:func:`cellseg.calibration.choose_plan`: a modality's own setting only where it beats the common one on
 its validation images left out one at a time), printing the record of it. The held-out test set is then
-scored with the plan and with the common setting alone, for the record, never used to choose:
+scored with the plan, with the common setting alone, and with every modality's own setting whether
+the check kept it or not (what the check saved or cost), for the record, never used to choose:
 
     python benchmarks/bench_modality_calibration.py --model versatile \\
         --test-data ../shared/data/dsb2018/stage1_test
@@ -24,7 +25,7 @@ from cellseg.calibration import choose_plan, score_table, validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data.readers import scan_samples
 from cellseg.inference import load_predictor
-from cellseg.postprocess import PostprocessPlan, grid
+from cellseg.postprocess import PostprocessParams, PostprocessPlan, grid
 
 
 def scores(items: list[Predicted], plan: PostprocessPlan, settings: list, table: np.ndarray) -> np.ndarray:
@@ -53,14 +54,21 @@ def main() -> None:
     if args.test_data:
         test = predicted(predictor, scan_samples(args.test_data), with_masks=False)
         table = score_table([(t, p) for _, t, p, _ in test], settings)
-        common = PostprocessPlan(plan.default)
-        with_plan, alone = scores(test, plan, settings, table), scores(test, common, settings, table)
+        own = {k: PostprocessParams(**m["own_params"]) for k, m in record["modalities"].items()}
+        plans = {
+            "plan": plan,
+            "common": PostprocessPlan(plan.default),
+            "own": PostprocessPlan(plan.default, own),
+        }
+        scored = {name: scores(test, p, settings, table) for name, p in plans.items()}
         kinds = np.array([kind for *_, kind in test])
-        for kind in sorted(set(kinds)):
-            mine = kinds == kind
-            print(f"  test {kind}, {mine.sum()} images: DSB plan {with_plan[mine].mean():.4f}, "
-                  f"common setting {alone[mine].mean():.4f}")  # fmt: skip
-        print(f"  test, all {len(test)} images: DSB plan {with_plan.mean():.4f}, common {alone.mean():.4f}")
+        print("  test DSB with the plan / the common setting alone / every modality's own (used or not)")
+        for kind in [*sorted(set(kinds)), "all"]:
+            mine = kinds == kind if kind != "all" else np.ones(len(kinds), bool)
+            print(
+                f"  {kind}, {mine.sum()} images: "
+                + " / ".join(f"{v[mine].mean():.4f}" for v in scored.values())
+            )
 
 
 if __name__ == "__main__":
