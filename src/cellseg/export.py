@@ -73,14 +73,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_image(run_dir: Path, cfg: Config, size: int = 256) -> np.ndarray:
-    """A raw (unnormalised) crop of the run's example image (:func:`cellseg.pretrained.example_image`:
+def test_image(run_dir: Path, image: np.ndarray, cfg: Config, size: int = 256) -> np.ndarray:
+    """A raw (unnormalised) crop of the run's example ``image`` (:func:`cellseg.pretrained.example_image`:
     its first validation image), (1, H, W, C) float32, inverted if the run inverts dark-nuclei images
     (data.polarity) and it is one.
 
     Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
     """
-    image = example_image(run_dir)
     raw = to_channels(image, cfg.data.channels).astype(np.float32)
     if Preprocessing.from_config(cfg.data).inverts(image):
         raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images
@@ -308,7 +307,8 @@ def export_run(
     model = load_model(run.kept_model, compile=False)
     saved = run.postprocess
     plan = PostprocessPlan.from_dict(saved) if saved is not None else PostprocessPlan()
-    raw = test_image(run_dir, cfg)
+    example = example_image(run_dir)  # read once: without a shipped example.png it scans the data set
+    raw = test_image(run_dir, example, cfg)
     normalized = normalize(raw[0])[None]
     output = keras.ops.convert_to_numpy(model(normalized, training=False)).astype(np.float32)
     authors = [{"name": author, **({"github_user": github_user} if github_user else {})}]
@@ -327,7 +327,7 @@ def export_run(
         tifffile.imwrite(files["sample_output"], output, metadata={"axes": "QYXC"})
         shutil.copyfile(run.kept_model, files["keras"])
         save_saved_model(model, cfg.data.channels, files["saved_model"])
-        _cover(stage / COVER, raw, output, plan.params_for(example_image(run_dir)))  # as imaged
+        _cover(stage / COVER, raw, output, plan.params_for(example))  # chosen by the image as imaged
         runs.write_text(stage / README, _readme(run_dir, cfg, plan, _metrics(run)))
         runs.write_text(
             stage / "rdf.yaml", yaml.safe_dump(_rdf(cfg, run_dir, files, authors), sort_keys=False)
