@@ -31,7 +31,7 @@ from cellseg.postprocess import PostprocessParams, PostprocessPlan, grid
 def scores(items: list[Predicted], plan: PostprocessPlan, settings: list, table: np.ndarray) -> np.ndarray:
     """Each image's DSB score under the plan's setting for its modality (read off the image, as
     prediction does; here from the scored table)."""
-    chosen = [settings.index(plan.by_modality.get(kind, plan.default)) for _, _, _, kind in items]
+    chosen = [settings.index(plan.for_modality(kind)) for _, _, _, kind in items]
     return table[np.arange(len(items)), chosen]
 
 

@@ -118,7 +118,7 @@ def choose_plan(
         entry["own_setting_used"] = kind in by_modality
         modalities[kind] = entry
     plan = PostprocessPlan(settings[default], by_modality)
-    chosen = [settings.index(plan.by_modality.get(k, plan.default)) for k in kinds]
+    chosen = [settings.index(plan.for_modality(k)) for k in kinds]
     record = {
         "val_dsb_score": float(table[everything, chosen].mean()),
         "modalities": modalities,

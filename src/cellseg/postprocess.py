@@ -57,7 +57,11 @@ class PostprocessPlan:
 
     def params_for(self, image: np.ndarray) -> PostprocessParams:
         """The setting for one raw image."""
-        return self.by_modality.get(modality(image), self.default) if self.by_modality else self.default
+        return self.for_modality(modality(image)) if self.by_modality else self.default
+
+    def for_modality(self, kind: str) -> PostprocessParams:
+        """The setting for images of modality ``kind``."""
+        return self.by_modality.get(kind, self.default)
 
     def to_dict(self) -> dict[str, Any]:
         return {
