@@ -39,11 +39,16 @@ class Preprocessing:
         """A raw image as the network sees it: its channels, zoomed by ``factor`` (nucleus size, see
         :mod:`cellseg.data.scale`), inverted if :meth:`inverts`, normalised to [0, 1], equalised locally
         with ``equalize``."""
+        return self.prepare(image, name, factor)[0]
+
+    def prepare(self, image: np.ndarray, name: str = "image", factor: float = 1.0) -> tuple[np.ndarray, bool]:
+        """:meth:`apply`, and whether it inverted the image (training records it per image)."""
         image = to_channels(image, self.channels, name)
-        if self.inverts(image):  # negated before normalising: what any tool's "invert" gives, since
+        inverted = self.inverts(image)
+        if inverted:  # negated before normalising: what any tool's "invert" gives, since
             image = -image.astype(np.float32)  # normalize() ignores offsets (see describe)
         normalized = normalize(resize(image, factor))
-        return equalize(normalized) if self.equalize else normalized
+        return (equalize(normalized) if self.equalize else normalized), inverted
 
     def describe(self) -> list[str]:
         """What a user of the exported model must do by hand, one paragraph each (the package README):

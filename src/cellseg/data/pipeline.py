@@ -147,27 +147,33 @@ def split_samples(
     return [samples[i] for i in sorted(train)], [samples[i] for i in sorted(val)]
 
 
-def _image_array(image: np.ndarray, cfg: DataConfig, name: str, factor: float = 1.0) -> np.ndarray:
-    """The float32 network input for an image (see :class:`Preprocessing`), padded up to a patch."""
-    return pad_to(Preprocessing.from_config(cfg).apply(image, name, factor), cfg.patch_size)
+def _image_array(
+    image: np.ndarray, cfg: DataConfig, name: str, factor: float = 1.0
+) -> tuple[np.ndarray, bool]:
+    """The float32 network input for an image (see :class:`Preprocessing`), padded up to a patch, and
+    whether preprocessing inverted it."""
+    array, inverted = Preprocessing.from_config(cfg).prepare(image, name, factor)
+    return pad_to(array, cfg.patch_size), inverted
 
 
 def _arrays(
     sample: Sample, cfg: DataConfig, num_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """A checked sample's network input, target map, instance labels and zoom, all at the zoomed size.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, bool]:
+    """A checked sample's network input, target map, instance labels and zoom, all at the zoomed size,
+    and whether preprocessing inverted it (data.polarity).
 
     With ``cfg.nucleus_size`` the zoom brings the sample's annotated nuclei to that width; else it is 1.
     """
     factor = 1.0
     if cfg.nucleus_size is not None:
         factor = annotated_factor(sample.labels, num_classes, cfg.nucleus_size)
-    image = _image_array(sample.image, cfg, sample.id, factor)  # rejects bad channel layouts first
+    image, inverted = _image_array(sample.image, cfg, sample.id, factor)  # rejects bad channels first
     size = sample.image.shape[:2]
     if size != sample.labels.shape:
         raise DataError(f"{sample.id}: mask size {sample.labels.shape} differs from image {size}")
     labels = resize_labels(sample.labels, factor)
-    return image, pad_to(target_map(labels, num_classes)[..., None], cfg.patch_size), labels, factor
+    target = pad_to(target_map(labels, num_classes)[..., None], cfg.patch_size)
+    return image, target, labels, factor, inverted
 
 
 def one_hot_targets(masks: tf.Tensor | np.ndarray, num_classes: int) -> tf.Tensor:
@@ -216,7 +222,7 @@ class _Loader:
     def _load(self, ref: Sample | SampleRef) -> _Loaded | None:
         try:
             sample = ref.load()
-            image, target, labels, factor = _arrays(sample, self.cfg, self.num_classes)
+            image, target, labels, factor, inverted = _arrays(sample, self.cfg, self.num_classes)
         except DataError as exc:
             if self.cfg.on_bad_sample == "error":
                 raise DataError(f"{exc} (set data.on_bad_sample: skip to leave bad samples out)") from exc
@@ -225,7 +231,6 @@ class _Loader:
             return None
         centres = np.round([r.centroid for r in measure.regionprops(labels)]).reshape(-1, 2)
         self.held += image.size * np.dtype(TRAIN_DTYPE).itemsize  # as held for training
-        inverted = Preprocessing.from_config(self.cfg).inverts(sample.image)
         item = _Loaded(ref, image, target, centres, modality(sample.image, sample.labels), factor, inverted)
         self.kept.append(item)
         if self.streaming:  # over budget: stream every image from disk instead
@@ -240,7 +245,7 @@ class _Loader:
     def image_of(self, item: _Loaded) -> np.ndarray:
         if item.image is not None:
             return item.image
-        return _image_array(item.ref.load_image(), self.cfg, item.id, item.factor)
+        return _image_array(item.ref.load_image(), self.cfg, item.id, item.factor)[0]
 
 
 def prepare(
@@ -404,7 +409,7 @@ def train_dataset(
         refs, per_image = data.train_refs, cfg.patches_per_image
 
         def read(k: np.int32) -> tuple[np.ndarray, np.ndarray]:
-            image = _image_array(refs[k].load_image(), cfg, refs[k].id, data.train_factors[k])
+            image = _image_array(refs[k].load_image(), cfg, refs[k].id, data.train_factors[k])[0]
             return image, data.train_targets[k]
 
         def patches_of(c: tf.Tensor) -> tf.data.Dataset:
