@@ -81,7 +81,7 @@ def test_image(run_dir: Path, image: np.ndarray, cfg: Config, size: int = 256) -
     Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
     """
     raw = to_channels(image, cfg.data.channels).astype(np.float32)
-    if Preprocessing.from_config(cfg.data).inverts(image):
+    if Preprocessing.from_config(cfg.data).inverts(raw):  # read as training reads it: channels first
         raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images
     multiple = 2**cfg.model.depth
     h, w = (min(size, s) // multiple * multiple for s in raw.shape[:2])
