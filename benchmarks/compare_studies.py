@@ -2,11 +2,11 @@
 
 Reads the ``comparison.csv`` of two sweeps over the same variants (e.g. the same activations at two
 budgets), ranks the variants they share by the mean of ``--by`` (default: test DSB score), and prints a
-markdown table: each variant's mean, difference from the baseline with its 95 % interval over seeds and
-its verdict in both sweeps, side by side; then Spearman's and Kendall's rank correlation over the shared
-variants (Kendall's with its exact p: with a handful of variants even a perfect agreement is weak evidence)
-and the verdicts that change. ``--exclude`` leaves out variants whose definition differs between the two
-(e.g. an activation redefined in between):
+markdown table: each variant's mean, difference from the baseline (in the figure each sweep ranked by)
+with its 95 % interval over seeds, and verdict in both sweeps, side by side; then Spearman's and
+Kendall's rank correlation over the shared variants (Kendall's with its exact p: with a handful of
+variants even a perfect agreement is weak evidence) and the verdicts that change. ``--exclude`` leaves
+out variants whose definition differs between the two (e.g. an activation redefined in between):
 
     python benchmarks/compare_studies.py benchmarks/results/study/comparison.csv \
         benchmarks/results/study_full/comparison.csv --names "200 steps" "full recipe" --exclude gated_mish
@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 
 from scipy import stats
+
+from cellseg.sweep.spec import METRICS
 
 Rows = dict[str, dict[str, str]]  # comparison.csv rows by variant label
 
@@ -47,17 +49,16 @@ def _verdict(row: dict[str, str]) -> str:
     return row["vs_baseline_verdict"].split(" (")[0]
 
 
-def compare(
-    a: dict[str, dict[str, str]], b: dict[str, dict[str, str]], by: str, names: tuple[str, str]
-) -> str:
-    """The markdown comparison of two sweeps' shared variants."""
+def compare(a: Rows, b: Rows, by: str, names: tuple[str, str]) -> str:
+    """The markdown comparison of two sweeps' shared variants, ranked best first (in ``by``'s direction)."""
     shared = [label for label in a if label in b]
     if len(shared) < 3:
         raise SystemExit(f"only {len(shared)} variants in both sweeps ({shared}): a ranking needs 3 or more")
     mean_a = {v: _float(a[v], f"{by}_mean") for v in shared}
     mean_b = {v: _float(b[v], f"{by}_mean") for v in shared}
-    rank_a = {v: i + 1 for i, v in enumerate(sorted(shared, key=lambda v: -mean_a[v]))}
-    rank_b = {v: i + 1 for i, v in enumerate(sorted(shared, key=lambda v: -mean_b[v]))}
+    sign = -1 if METRICS[by] else 1  # higher is better for scores, lower for losses
+    rank_a = {v: i + 1 for i, v in enumerate(sorted(shared, key=lambda v: sign * mean_a[v]))}
+    rank_b = {v: i + 1 for i, v in enumerate(sorted(shared, key=lambda v: sign * mean_b[v]))}
     seeds = {v: (a[v]["ok"], b[v]["ok"]) for v in shared}
     head = ["variant"]
     for name in names:
@@ -81,9 +82,12 @@ def compare(
         f"Over the {len(shared)} shared variants: Spearman's rho {rho.statistic:+.2f}, "
         f"Kendall's tau {tau.statistic:+.2f} (exact p {tau.pvalue:.2f}).",
     ]
-    changed = [v for v in shared if _verdict(a[v]) != _verdict(b[v])]
+    untested = [v for v in shared if "too few seeds" in _verdict(a[v]) + _verdict(b[v])]
+    changed = [v for v in shared if v not in untested and _verdict(a[v]) != _verdict(b[v])]
     verdicts = "; ".join(f"{v}: {_verdict(a[v])} -> {_verdict(b[v])}" for v in changed) or "none"
     lines.append(f"Verdicts that change ({names[0]} -> {names[1]}): {verdicts}.")
+    if untested:
+        lines.append(f"Too few seeds in one of the two to compare verdicts: {', '.join(untested)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -93,7 +97,9 @@ def main() -> None:
     )
     parser.add_argument("first", type=Path, help="the first sweep's comparison.csv")
     parser.add_argument("second", type=Path, help="the second sweep's comparison.csv")
-    parser.add_argument("--by", default="test_dsb_score", help="the figure to rank by (a column stem)")
+    parser.add_argument(
+        "--by", default="test_dsb_score", choices=sorted(METRICS), help="the figure to rank by"
+    )
     parser.add_argument("--names", nargs=2, default=("first", "second"), help="the two sweeps' names")
     parser.add_argument("--exclude", nargs="*", default=[], help="variants to leave out of both")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
