@@ -33,7 +33,7 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import Config
-from cellseg.data.sample import normalize, to_channels
+from cellseg.data.sample import normalize
 from cellseg.inference import probabilities
 from cellseg.models import load_model
 from cellseg.outputs import save_overlay
@@ -80,8 +80,9 @@ def test_image(run_dir: Path, image: np.ndarray, cfg: Config, size: int = 256) -
 
     Its sides are a multiple of 2**depth (at most ``size``), so the U-Net takes it as it is.
     """
-    raw = to_channels(image, cfg.data.channels).astype(np.float32)
-    if Preprocessing.from_config(cfg.data).inverts(raw):  # read as training reads it: channels first
+    converted, inverted = Preprocessing.from_config(cfg.data).oriented(image)
+    raw = converted.astype(np.float32)
+    if inverted:
         raw = raw.max() - raw  # inverted, as the package README asks of dark-nuclei images
     multiple = 2**cfg.model.depth
     h, w = (min(size, s) // multiple * multiple for s in raw.shape[:2])

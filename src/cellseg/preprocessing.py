@@ -35,6 +35,12 @@ class Preprocessing:
         """Whether this image is inverted: dark nuclei on a light ground, with ``bright_nuclei``."""
         return self.bright_nuclei and dark_nuclei(image)
 
+    def oriented(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, bool]:
+        """The raw image in the network's channels, and whether it is to be inverted (:meth:`inverts`,
+        read off the converted image: what the network is fed, also by an exported model's user)."""
+        image = to_channels(image, self.channels, name)
+        return image, self.inverts(image)
+
     def apply(self, image: np.ndarray, name: str = "image", factor: float = 1.0) -> np.ndarray:
         """A raw image as the network sees it: its channels, zoomed by ``factor`` (nucleus size, see
         :mod:`cellseg.data.scale`), inverted if :meth:`inverts`, normalised to [0, 1], equalised locally
@@ -43,8 +49,7 @@ class Preprocessing:
 
     def prepare(self, image: np.ndarray, name: str = "image", factor: float = 1.0) -> tuple[np.ndarray, bool]:
         """:meth:`apply`, and whether it inverted the image (training records it per image)."""
-        image = to_channels(image, self.channels, name)
-        inverted = self.inverts(image)
+        image, inverted = self.oriented(image, name)
         if inverted:  # negated before normalising: what any tool's "invert" gives, since
             image = -image.astype(np.float32)  # normalize() ignores offsets (see describe)
         normalized = normalize(resize(image, factor))
