@@ -59,14 +59,14 @@ def compare(a: Rows, b: Rows, by: str, names: tuple[str, str]) -> str:
     sign = -1 if METRICS[by] else 1  # higher is better for scores, lower for losses
     rank_a = {v: i + 1 for i, v in enumerate(sorted(shared, key=lambda v: sign * mean_a[v]))}
     rank_b = {v: i + 1 for i, v in enumerate(sorted(shared, key=lambda v: sign * mean_b[v]))}
-    seeds = {v: (a[v]["ok"], b[v]["ok"]) for v in shared}
     head = ["variant"]
     for name in names:
         head += [f"rank, {name}", f"{by}, {name}", f"Δ vs baseline, {name}", f"verdict, {name}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in sorted(shared, key=rank_b.__getitem__):
         cells = [v]
-        for rank, mean, rows, ok in ((rank_a, mean_a, a, seeds[v][0]), (rank_b, mean_b, b, seeds[v][1])):
+        for rank, mean, rows in ((rank_a, mean_a, a), (rank_b, mean_b, b)):
+            ok = rows[v]["ok"]
             cells += [
                 str(rank[v]),
                 f"{mean[v]:.3f} ({ok} seed{'s' * (ok != '1')})",
