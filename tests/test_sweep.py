@@ -249,6 +249,20 @@ def test_a_grid_over_a_section_sets_several_keys_per_variant():
     assert (train.optimizer, train.learning_rate, train.schedule) == ("sgd", 0.1, "cosine")
 
 
+def test_the_baseline_is_named_by_variant_key_value_or_config_and_a_wrong_one_fails_before_training():
+    stain = parse_grid(["data.augment.stain=0,0.5"])
+    assert SweepSpec(grid=stain, seeds=[0]).baseline_variant() == "0", "no relu swept: the first variant"
+    for name in ("0.5", "stain=0.5", "data.augment.stain=0.5"):
+        assert SweepSpec(grid=stain, seeds=[0], baseline=name).baseline_variant() == "0.5"
+    with pytest.raises(ConfigError, match=r"--baseline 'stain=1' names no variant.*variants: 0, 0\.5"):
+        SweepSpec(grid=stain, seeds=[0], baseline="stain=1")
+    activations = parse_grid(["model.activation=mish,relu"])
+    assert SweepSpec(grid=activations, seeds=[0]).baseline_variant() == "relu"
+    configs = [str(ROOT / "configs/isru.yaml"), str(ROOT / "configs/dsb2018.yaml")]
+    assert SweepSpec(configs=configs, seeds=[0], baseline="configs/isru.yaml").baseline_variant() == "isru"
+    assert SweepSpec(configs=configs, seeds=[0]).baseline_variant() == "dsb2018", "its activation is relu"
+
+
 def test_compare_pairs_runs_by_seed_and_ranks_lower_loss_first():
     def rec(config: str, seed: int, loss: float) -> RunRecord:
         return RunRecord(config, config, seed, "ok", params=1, figures={"best_val_loss": loss})

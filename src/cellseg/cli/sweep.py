@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
         help="config override applied to every run, e.g. --set train.epochs=10 (repeatable)",
     )  # fmt: skip
-    p.add_argument("--baseline", help="variant the others are tested against (default relu)")
+    p.add_argument(
+        "--baseline",
+        help="variant the others are tested against: its name, its config file, or with one grid key "
+        "KEY=VALUE (default: relu if swept, else the first variant)",
+    )
     p.add_argument("--data-seed", type=int, help="seed of the data and split every run shares (default 0)")
     p.add_argument(
         "--workers", type=int, help="runs trained at once, the cores split between them (default 1)"
@@ -83,7 +88,7 @@ def spec_from_args(args: argparse.Namespace):
     given = {k: v for k, v in given.items() if v is not None}
     if args.sweep is not None:
         spec = load_sweep_file(args.sweep)
-        return SweepSpec(**{**spec.__dict__, **given})
+        return dataclasses.replace(spec, **given)
     if "configs" not in given and "grid" not in given:
         raise ConfigError("give --configs FILE ..., --grid KEY=V1,V2 or --sweep FILE")
     return SweepSpec(**given)

@@ -62,8 +62,7 @@ def run_one(
     name = f"{variant.name}_s{seed}"
     run_dir = root / "runs" / name
     cfg = spec.run_config(variant, seed)
-    label = variant.name if spec.grid else runs.label_of_spec(cfg.model.activation)
-    record = RunRecord(variant.name, label, seed, "ok", run_dir=str(run_dir))
+    record = RunRecord(variant.name, spec.label(variant), seed, "ok", run_dir=str(run_dir))
     try:
         with runs.locked(run_dir):  # two sweeps on one folder: the second skips what the first trains
             _train_or_reuse(name, cfg, run_dir, train)
@@ -316,4 +315,4 @@ def run_sweep(
             futures = [pool.submit(_job, spec, variant, seed, root, 0) for variant, seed in jobs]
             for future in concurrent.futures.as_completed(futures):
                 done(future.result())
-    return compare(records, spec.baseline, spec.rank_by)
+    return compare(records, spec.baseline_variant(), spec.rank_by)

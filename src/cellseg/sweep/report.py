@@ -62,15 +62,13 @@ def _per_image_diffs(ok: list[RunRecord], base: list[RunRecord]) -> np.ndarray:
     return np.array([np.mean([m[i] for m in mine]) - np.mean([t[i] for t in theirs]) for i in images])
 
 
-def compare(records: list[RunRecord], baseline: str, rank_by: str) -> list[dict[str, Any]]:
+def compare(records: list[RunRecord], base_name: str, rank_by: str) -> list[dict[str, Any]]:
     """One row per variant: mean and std over its finished seeds, and the paired comparison with the
-    baseline (95 % intervals over seeds and over test images, Holm-corrected p, detectable difference)."""
+    baseline variant ``base_name`` (95 % intervals over seeds and over test images, Holm-corrected p,
+    detectable difference)."""
     by_config: dict[str, list[RunRecord]] = {}
     for r in records:
         by_config.setdefault(r.variant, []).append(r)
-    exact = [c for c, g in by_config.items() if baseline in (c, g[0].label)]
-    stem = [c for c in by_config if c == Path(baseline).stem]  # --baseline configs/relu.yaml
-    base_name = (exact or stem or [baseline])[0]
     base_ok = [r for r in by_config.get(base_name, []) if r.status == "ok"]
     base = {r.seed: r.figures.get(rank_by, math.nan) for r in base_ok}
     higher = METRICS[rank_by]
@@ -160,10 +158,10 @@ def _interval(row: dict[str, Any], prefix: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     """comparison.md: the table a person reads, best first."""
-    test = spec.test_data is not None
+    test, baseline = spec.test_data is not None, spec.baseline_variant()
     head = ["#", "variant", "ok / runs", "best val_loss", "val IoU", "val Dice", "val DSB score"]
     head += ["test DSB score", "test AP50", "test AJI"] if test else []
-    head += ["epochs to best", "s / epoch", "params", f"Δ {spec.rank_by} vs {spec.baseline} [95 % CI]"]
+    head += ["epochs to best", "s / epoch", "params", f"Δ {spec.rank_by} vs {baseline} [95 % CI]"]
     head += ["paired t-test p (Holm)", "detectable Δ"]
     head += ["Δ test DSB [95 % CI over images]"] if test else []
     head += ["verdict"]
@@ -191,7 +189,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
         f"Mean ± standard deviation over seeds {spec.seeds}; sorted by {spec.rank_by}. Every run trains on "
         f"the same images and train/validation split (data seed {spec.data_seed}); a seed changes only the "
         "initialisation and the order of training patches, so runs with the same seed are paired. "
-        f"Δ: mean paired difference from {spec.baseline} with its 95 % t-interval over seeds; p: two-sided "
+        f"Δ: mean paired difference from {baseline} with its 95 % t-interval over seeds; p: two-sided "
         "paired t-test, in brackets Holm-corrected over every variant compared; detectable Δ: the difference "
         "this many seeds would detect with 80 % power at the 5 % level. A verdict says better or worse only "
         "when the corrected p is below 0.05.",
@@ -208,7 +206,8 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
 
     records = sorted(records, key=lambda r: (r.seed, r.variant))  # parallel workers finish in any order
     runs.write_csv(root / RUNS_TABLE, [r.row() for r in records])
-    rows = compare(records, spec.baseline, spec.rank_by)
+    baseline = spec.baseline_variant()
+    rows = compare(records, baseline, spec.rank_by)
     runs.write_csv(root / COMPARISON_CSV, rows)
     runs.write_text(root / COMPARISON_MD, markdown(rows, spec))
     series: dict[str, list[tuple[list[int], list[float]]]] = {}
@@ -232,6 +231,6 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
         intervals = {"vs_baseline": f"Δ {spec.rank_by} over seeds (t)"}
         if spec.test_data is not None:
             intervals["test_dsb"] = "Δ test DSB score over test images (bootstrap)"
-        title = f"against {spec.baseline}, seeds {spec.seeds}"
-        plot_differences(compared, intervals, root / DIFFERENCES_PLOT, spec.baseline, title=title)
+        title = f"against {baseline}, seeds {spec.seeds}"
+        plot_differences(compared, intervals, root / DIFFERENCES_PLOT, baseline, title=title)
     return rows

@@ -85,7 +85,7 @@ class SweepSpec:
     data: list[str] | None = None
     test_data: list[str] | None = None
     set: list[str] = field(default_factory=list)
-    baseline: str = "relu"
+    baseline: str | None = None  # None: the variant named relu if there is one, else the first
     rank_by: str = "best_val_iou"
     data_seed: int = 0
     workers: int = 1  # runs at once (local), or the share of each machine's CPUs a run reserves (ray)
@@ -113,6 +113,7 @@ class SweepSpec:
                 if isinstance(exc, ConfigError):
                     raise
                 raise ConfigError(f"sweep variant {variant.name}: {exc}") from exc
+        self.baseline_variant()  # a --baseline that names no variant fails here, before any training
 
     def variants(self) -> list[Variant]:
         configs: list[str | None] = list(self.configs) or [None]
@@ -131,6 +132,35 @@ class SweepSpec:
         if len(set(names)) != len(names):
             raise ConfigError(f"grid values must give distinct run names: {names}")
         return out
+
+    def label(self, variant: Variant) -> str:
+        """What a variant's rows and plots are called: its grid name, or its config's activation."""
+        if self.grid:
+            return variant.name
+        return runs.label_of_spec(self.run_config(variant, self.seeds[0]).model.activation)
+
+    def baseline_variant(self) -> str:
+        """The name of the variant the others are tested against.
+
+        ``baseline`` may name a variant, its label (a config's activation), its config file, or, with
+        one grid key, ``key=value`` (``stain=0`` or ``data.augment.stain=0`` for the variant ``0``)."""
+        variants = self.variants()
+        wanted = self.baseline or "relu"
+        if Path(wanted).suffix in (".yaml", ".yml"):  # --baseline configs/relu.yaml
+            wanted = Path(wanted).stem
+        for variant in variants:
+            aliases = {variant.name, self.label(variant)}
+            if variant.config is not None:
+                aliases.add(Path(variant.config).stem)
+            if len(self.grid) == 1:
+                key = next(iter(self.grid))
+                aliases |= {f"{key}={variant.name}", f"{key.split('.')[-1]}={variant.name}"}
+            if wanted in aliases:
+                return variant.name
+        if self.baseline is None:
+            return variants[0].name
+        names = ", ".join(v.name for v in variants)
+        raise ConfigError(f"--baseline '{self.baseline}' names no variant of this sweep; variants: {names}")
 
     def run_config(self, variant: Variant, seed: int):
         """The full config of ``variant`` at ``seed``: file, grid values, --set, the sweep's data."""
