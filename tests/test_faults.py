@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, held_by_another_process, run_python, write_paired
+from conftest import TINY, held_by_another_process, run_python, write_paired
 from skimage import io as skio
 
 from cellseg import runs
@@ -257,23 +257,18 @@ def test_evaluation_of_images_without_masks_fails_before_calibrating(capsys, two
     assert not (two_epoch_run / runs.POSTPROCESS).exists(), "nothing was calibrated or written"
 
 
-@pytest.mark.slow
-def test_a_run_trained_on_a_relative_path_evaluates_from_elsewhere(tmp_path):
+def test_a_run_trained_on_a_relative_path_evaluates_from_elsewhere(tmp_path, monkeypatch, capsys):
     write_paired(tmp_path / "work" / "data", seed=4, count=4, size=64)
     sets = [s for s in SETS if not s.startswith("--set=data.synthetic")]
-    train = [sys.executable, str(ROOT / "scripts/train.py"), "--quiet", "--data", "data", "--out", "runs"]
-    proc = subprocess.run([*train, *sets], cwd=tmp_path / "work", env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    run_dir = tmp_path / "work" / proc.stdout.strip().splitlines()[-1]
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    evaluate = [sys.executable, str(ROOT / "scripts/evaluate.py"), "--run", str(run_dir), "--tile", "32"]
-    proc = subprocess.run(
-        [*evaluate, "--overlap", "8", "--data", str(tmp_path / "work" / "data")],
-        cwd=elsewhere, env=ENV, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "DSB score" in proc.stdout
+    monkeypatch.chdir(tmp_path / "work")
+    code, out, err = train_cli(capsys, "--data", "data", "--out", "runs", *sets)
+    assert code == 0, err
+    run_dir = tmp_path / "work" / out[-1]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    evaluate = ["--run", str(run_dir), "--tile", "32", "--overlap", "8"]
+    assert evaluate_main([*evaluate, "--data", str(tmp_path / "work" / "data")]) == 0
+    assert "DSB score" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------- 5. skip before splitting
