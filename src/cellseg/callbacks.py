@@ -244,7 +244,6 @@ class Diagnostics(keras.callbacks.Callback):
         ]
         self.kernel_names = [layer.name for layer in convs]
 
-        @tf.function  # one traced graph: an eager probe stalls the thread pools for seconds per epoch
         def measure() -> tuple[tf.Tensor, ...]:
             with tf.GradientTape() as tape:
                 *acts, pred = probe(self.images, training=False)
@@ -261,7 +260,9 @@ class Diagnostics(keras.callbacks.Callback):
             dead_fraction = tf.add_n([tf.reduce_sum(d) for d in dead]) / sum(int(a.shape[-1]) for a in acts)
             return tf.stack(stats), tf.stack([tf.norm(g) for g in grads]), dead_fraction
 
-        self.measure = measure
+        # traced once, as the steps are: an eager probe of a real run stalls the thread pools for seconds
+        # an epoch; a run stepping eagerly (train.run_eagerly) probes eagerly too, without the trace
+        self.measure = measure if self.model.run_eagerly else tf.function(measure)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.guard.where is not None:
