@@ -156,9 +156,9 @@ def _interval(row: dict[str, Any], prefix: str) -> str:
     return f"{diff:+.4f}" + ("" if math.isnan(low) else f" [{low:+.4f}, {high:+.4f}]")
 
 
-def markdown(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
-    """comparison.md: the table a person reads, best first."""
-    test, baseline = spec.test_data is not None, spec.baseline_variant()
+def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
+    """comparison.md: the table a person reads, best first, against the variant ``baseline``."""
+    test = spec.test_data is not None
     head = ["#", "variant", "ok / runs", "best val_loss", "val IoU", "val Dice", "val DSB score"]
     head += ["test DSB score", "test AP50", "test AJI"] if test else []
     head += ["epochs to best", "s / epoch", "params", f"Δ {spec.rank_by} vs {baseline} [95 % CI]"]
@@ -209,7 +209,7 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
     baseline = spec.baseline_variant()
     rows = compare(records, baseline, spec.rank_by)
     runs.write_csv(root / COMPARISON_CSV, rows)
-    runs.write_text(root / COMPARISON_MD, markdown(rows, spec))
+    runs.write_text(root / COMPARISON_MD, markdown(rows, spec, baseline))
     series: dict[str, list[tuple[list[int], list[float]]]] = {}
     for r in records:
         if r.figures:
