@@ -56,6 +56,7 @@ def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
     test = card["scores"]["test"]
     metrics = json.loads((shipped / runs.EVALUATION / runs.EVALUATION_METRICS).read_text())
     assert test["dsb_score"] == metrics["instance"]["dsb_score"] and test["images"] == 3
+    assert metrics["run"] == "tiny", "the model's name, not the staging folder it was scored in"
     assert card["scores"]["validation"]["images"] == len(runs.Run(isru_run).split["val"])
     readme = (shipped / pretrained.MODEL_CARD).read_text()
     assert "CC-BY-NC-SA-4.0" in readme and "Known failure cases" in readme and pretrained.FAILURES in readme

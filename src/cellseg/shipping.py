@@ -159,8 +159,9 @@ def ship(
         test_out, test = evaluate_run(stage, test_data, out=scratch / "test")
         _, val = evaluate_run(stage, None, out=scratch / "val")
         (stage / runs.EVALUATION).mkdir()
-        for file in (runs.EVALUATION_METRICS, runs.PER_IMAGE):
-            shutil.copyfile(test_out / file, stage / runs.EVALUATION / file)
+        shutil.copyfile(test_out / runs.PER_IMAGE, stage / runs.EVALUATION / runs.PER_IMAGE)
+        # scored in the staging folder, whose name means nothing once the model is in place
+        runs.write_json(stage / runs.EVALUATION / runs.EVALUATION_METRICS, {**test, "run": name})
         with (test_out / runs.PER_IMAGE).open() as f:
             _failures(test_out, list(csv.DictReader(f)), stage / FAILURES)
         shutil.rmtree(scratch)
