@@ -263,6 +263,16 @@ def test_the_baseline_is_named_by_variant_key_value_or_config_and_a_wrong_one_fa
     assert SweepSpec(configs=configs, seeds=[0]).baseline_variant() == "dsb2018", "its activation is relu"
 
 
+def test_config_variants_are_labelled_by_activation_only_where_that_tells_them_apart():
+    isru, dsb, versatile = (str(ROOT / f"configs/{name}.yaml") for name in ("isru", "dsb2018", "versatile"))
+    both = SweepSpec(configs=[isru, dsb], seeds=[0])
+    assert [both.label(v) for v in both.variants()] == ["isru(alpha=1.0)", "relu"]
+    same = SweepSpec(configs=[dsb, versatile], seeds=[0])  # both ReLU: the activation names neither
+    assert [same.label(v) for v in same.variants()] == ["dsb2018", "versatile"]
+    alone = SweepSpec(configs=[versatile], seeds=[0])
+    assert [alone.label(v) for v in alone.variants()] == ["versatile"], "its baseline is called so too"
+
+
 def test_compare_pairs_runs_by_seed_and_ranks_lower_loss_first():
     def rec(config: str, seed: int, loss: float) -> RunRecord:
         return RunRecord(config, config, seed, "ok", params=1, figures={"best_val_loss": loss})

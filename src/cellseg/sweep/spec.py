@@ -134,10 +134,18 @@ class SweepSpec:
         return out
 
     def label(self, variant: Variant) -> str:
-        """What a variant's rows and plots are called: its grid name, or its config's activation."""
+        """What a variant's rows and plots are called: its grid name; for config files alone, each
+        config's activation where that tells them apart (relu.yaml, isru.yaml), else the config's name
+        (one config, or dsb2018.yaml and versatile.yaml, both ReLU)."""
         if self.grid:
             return variant.name
-        return runs.label_of_spec(self.run_config(variant, self.seeds[0]).model.activation)
+        activations = {
+            v.name: runs.label_of_spec(self.run_config(v, self.seeds[0]).model.activation)
+            for v in self.variants()
+        }
+        if len(activations) > 1 and len(set(activations.values())) == len(activations):
+            return activations[variant.name]
+        return variant.name
 
     def baseline_variant(self) -> str:
         """The name of the variant the others are tested against.
