@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,13 @@ def test_cpu_budget_is_a_sweep_workers_share_not_the_whole_machine(monkeypatch):
     assert cpu_budget() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
     assert cpu_budget() == available_cores()
+
+
+def test_the_run_records_a_results_folder_keeps_are_not_ignored_by_git():
+    """docs/study.md: `--results` keeps every finished run's record in a folder to commit, so that a fresh
+    checkout resumes the sweep; an ignore rule over them would silently keep them out of every commit."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    record = "benchmarks/results/some_sweep/runs/relu_s0/summary.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", record], cwd=ROOT).returncode == 0
+    assert not ignored, f"{record} is ignored by git (.gitignore): a fresh checkout could not resume"
