@@ -134,30 +134,34 @@ class SweepSpec:
         return out
 
     def label(self, variant: Variant) -> str:
-        """What a variant's rows and plots are called: its grid name; for config files alone, each
-        config's activation where that tells them apart (relu.yaml, isru.yaml), else the config's name
-        (one config, or dsb2018.yaml and versatile.yaml, both ReLU)."""
+        """What a variant's rows and plots are called (see :meth:`labels`)."""
+        return self.labels()[variant.name]
+
+    def labels(self) -> dict[str, str]:
+        """Every variant's label by name: its grid name; for config files alone, each config's activation
+        where that tells them apart (relu.yaml, isru.yaml), else the config's name (one config, or
+        dsb2018.yaml and versatile.yaml, both ReLU)."""
+        variants = self.variants()
         if self.grid:
-            return variant.name
+            return {v.name: v.name for v in variants}
         activations = {
-            v.name: runs.label_of_spec(self.run_config(v, self.seeds[0]).model.activation)
-            for v in self.variants()
+            v.name: runs.label_of_spec(self.run_config(v, self.seeds[0]).model.activation) for v in variants
         }
         if len(activations) > 1 and len(set(activations.values())) == len(activations):
-            return activations[variant.name]
-        return variant.name
+            return activations
+        return {v.name: v.name for v in variants}
 
     def baseline_variant(self) -> str:
         """The name of the variant the others are tested against.
 
         ``baseline`` may name a variant, its label (a config's activation), its config file, or, with
         one grid key, ``key=value`` (``stain=0`` or ``data.augment.stain=0`` for the variant ``0``)."""
-        variants = self.variants()
+        variants, labels = self.variants(), self.labels()
         wanted = self.baseline or "relu"
         if Path(wanted).suffix in (".yaml", ".yml"):  # --baseline configs/relu.yaml
             wanted = Path(wanted).stem
         for variant in variants:
-            aliases = {variant.name, self.label(variant)}
+            aliases = {variant.name, labels[variant.name]}
             if variant.config is not None:
                 aliases.add(Path(variant.config).stem)
             if len(self.grid) == 1:
