@@ -4,8 +4,10 @@ without a run folder or the training data; each really shipped model still score
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -125,6 +127,45 @@ def test_a_shipped_example_is_the_raw_image_in_rgb_whatever_its_channels(tmp_pat
         write_example(image, tmp_path / "example.png")
         back = read_image_2d(tmp_path / "example.png")
         np.testing.assert_array_equal(to_channels(back, 3), to_channels(image, 3)[:256, :256])
+
+
+def test_weights_stored_as_float16_load_as_float32_layers_in_half_the_file(isru_run, tmp_path):
+    from cellseg.models import load_model
+    from cellseg.shipping import KERAS_WEIGHTS, store_weights_half
+
+    def weights_size(path: Path) -> int:
+        with zipfile.ZipFile(path) as z:
+            return z.getinfo(KERAS_WEIGHTS).file_size
+
+    def stored_dtypes(path: Path) -> list[str]:
+        import h5py
+
+        with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read(KERAS_WEIGHTS))) as f:
+            found: list[str] = []
+            f.visititems(
+                lambda _, item: found.append(str(item.dtype)) if isinstance(item, h5py.Dataset) else None
+            )
+            return found
+
+    model = load_model(isru_run / runs.KEPT_MODEL, compile=False)
+    weights = model.get_weights()
+    big = min(range(len(weights)), key=lambda i: weights[i].size)
+    weights[big] = np.full_like(weights[big], 1e6)  # beyond float16 (65504): it must stay float32
+    model.set_weights(weights)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    before = weights_size(path)
+    store_weights_half(path)
+    assert sorted(stored_dtypes(path)) == ["float16"] * (len(weights) - 1) + ["float32"]
+    halved = sum(w.size for i, w in enumerate(weights) if i != big)
+    assert before - weights_size(path) >= 0.9 * 2 * halved, "about 2 bytes less a weight"
+    loaded = load_model(path, compile=False)
+    assert {w.dtype for w in loaded.weights} == {"float32"}
+    policies = [layer.dtype_policy.name for layer in loaded.layers]
+    assert policies == [layer.dtype_policy.name for layer in model.layers], "computes as before"
+    for i, (stored, original) in enumerate(zip(loaded.get_weights(), weights, strict=True)):
+        expected = original if i == big else original.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(stored, expected)
 
 
 def test_the_shipped_models_fit_the_size_budget():

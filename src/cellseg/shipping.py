@@ -1,15 +1,17 @@
 """Make a trained run a model shipped inside the package (:mod:`cellseg.pretrained` loads them).
 
-The shipped folder keeps the run files a model needs (the kept model in float32), its scores on held-out
-images and on its own validation images, a model card with the data, licence and citation, and pictures
-of its weakest held-out images; everything is scored from the staged folder itself, so the figures are
-those of exactly what ships.
+The shipped folder keeps the run files a model needs (the kept model in float32, its weights stored in
+float32 or float16), its scores on held-out images and on its own validation images, a model card with
+the data, licence and citation, and pictures of its weakest held-out images; everything is scored from
+the staged folder itself, so the figures are those of exactly what ships.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,48 @@ def write_example(image: np.ndarray, path: Path, size: int = 256) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
+#: Where a ``.keras`` file keeps its weights (Keras 3's layout: a zip of config, metadata and this HDF5 file).
+KERAS_WEIGHTS = "model.weights.h5"
+WEIGHT_DTYPES = ("float32", "float16")
+
+
+def _half_h5(data: bytes) -> bytes:
+    """An HDF5 file of Keras weights with every float32 array that float16 holds (within +-65504)
+    stored as float16; groups, attributes and every other array copied as they are."""
+    import h5py
+
+    limit = float(np.finfo(np.float16).max)
+    out = io.BytesIO()
+    with h5py.File(io.BytesIO(data), "r") as src, h5py.File(out, "w") as dst:
+        dst.attrs.update(src.attrs)
+
+        def copy(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Group):
+                dst.require_group(name).attrs.update(item.attrs)
+                return
+            values = item[()]
+            if item.dtype == np.float32 and np.all(np.abs(values) <= limit):
+                dst.create_dataset(name, data=values.astype(np.float16)).attrs.update(item.attrs)
+            else:
+                src.copy(item, dst, name=name)
+
+        src.visititems(copy)
+    return out.getvalue()
+
+
+def store_weights_half(path: Path) -> None:
+    """Rewrite a saved ``.keras`` model with its weights stored as float16: half the file. The model
+    still builds float32 layers and variables (Keras casts the stored arrays on loading), so it loads
+    and computes as before, with weights rounded to float16's 11 significant bits."""
+    with zipfile.ZipFile(path) as z:
+        entries = [(info, z.read(info)) for info in z.infolist()]
+    if KERAS_WEIGHTS not in {info.filename for info, _ in entries}:
+        raise ValueError(f"{path}: no {KERAS_WEIGHTS} inside (not a Keras 3 .keras file?)")
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries:
+            z.writestr(info, _half_h5(data) if info.filename == KERAS_WEIGHTS else data)
+
+
 def _save_float32(run: runs.Run, path: Path) -> None:
     """The run's kept model, without its optimiser state (two thirds of a trained model's file) and
     with float32 layers: a model trained in mixed bfloat16 computes in bfloat16, which most CPUs only
@@ -134,16 +178,20 @@ def ship(
     test_data: str,
     card: dict[str, Any],
     zoo: Path | None = None,
+    weights: str = "float32",
 ) -> Path:
-    """Make the shipped model ``name`` from a finished run: its model files (the model in float32),
-    scores of the shipped model on ``test_data`` and on the run's validation images, and the card
-    (``card`` gives description, data, licence, citation, recipe, training, failures, date, command).
+    """Make the shipped model ``name`` from a finished run: its model files (the model in float32, its
+    weights stored as ``weights``: float32, or float16 for half the size), scores of the shipped model
+    on ``test_data`` and on the run's validation images, and the card (``card`` gives description,
+    data, licence, citation, recipe, training, failures, date, command).
 
     Everything is assembled and scored in a staging folder and moved into place only then, so a
     failure leaves any earlier model of that name intact.
     """
     from cellseg.evaluation import evaluate_run
 
+    if weights not in WEIGHT_DTYPES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, not '{weights}'")
     run_dir, zoo = Path(run_dir), zoo or ZOO
     run = runs.Run(run_dir)
     load_run(run_dir)  # the run's post-processing, calibrated on its validation images if not yet
@@ -152,6 +200,8 @@ def ship(
         for file in RUN_FILES:
             if file == runs.KEPT_MODEL:
                 _save_float32(run, stage / file)
+                if weights == "float16":
+                    store_weights_half(stage / file)
             else:
                 shutil.copyfile(run_dir / file, stage / file)
         write_example(example_image(run_dir), stage / EXAMPLE)
@@ -168,7 +218,8 @@ def ship(
         card = {
             **card,
             "architecture": f"depth {cfg.model.depth}, {cfg.model.base_filters} base filters, "
-            f"{cfg.model.num_classes}-class head, activation {cfg.model.activation}, float32",
+            f"{cfg.model.num_classes}-class head, activation {cfg.model.activation}, float32"
+            + (", weights stored as float16" if weights == "float16" else ""),
             "scores": {
                 "test": _scores(test, Path(test_data).name),
                 "validation": _scores(val, "validation images"),

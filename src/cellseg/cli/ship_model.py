@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", required=True, help="the config it was trained with, e.g. configs/dsb2018.yaml"
     )
     p.add_argument("--failures", required=True, help="known failure cases, in words")
+    p.add_argument(
+        "--weights",
+        choices=("float32", "float16"),
+        default="float32",
+        help="how the weights are stored: float16 halves the file (the model still computes in float32); "
+        "the card's scores are those of what ships",
+    )
     p.add_argument("--zoo", type=Path, help="where shipped models live (default: inside the package)")
     return p
 
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": run.path.name,
     }
     try:
-        folder = shipping.ship(args.run, args.name, args.test_data, card, args.zoo)
+        folder = shipping.ship(args.run, args.name, args.test_data, card, args.zoo, args.weights)
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
