@@ -7,6 +7,7 @@ import datetime as dt
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from cellseg.cli import input_errors, setup_logging
 
@@ -18,6 +19,13 @@ CITATIONS = {
     "monuseg": "Kumar et al., IEEE TMI 36(7) 2017, doi:10.1109/TMI.2017.2677499; Kumar et al., IEEE TMI "
     "39(5) 2020, doi:10.1109/TMI.2019.2947628",
 }
+
+
+def _machine(machine: dict[str, Any]) -> str:
+    """What a run trained on, as its card says it: "AMD EPYC, 2 cores, mixed_bfloat16" (or its GPUs)."""
+    cores = machine["cores"]
+    where = ", ".join(machine["gpus"]) or f"{machine['cpu']}, {cores} core{'s' * (cores != 1)}"
+    return f"{where}, {machine['precision']}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "citation": [CITATIONS[d] for d in args.data],
         "recipe": args.recipe,
         "training": f"{summary['epochs_run']} epochs, {summary['wall_seconds'] / 60:.0f} min on "
-        f"{summary['machine']['cpu']}",
+        f"{_machine(summary['machine'])}",
         "failures": args.failures,
         "date": dt.date.today().isoformat(),
         "command": " ".join(["python scripts/ship_model.py", *map(shlex.quote, argv or sys.argv[1:])]),
