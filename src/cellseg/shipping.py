@@ -128,8 +128,8 @@ def _half_h5(data: bytes) -> bytes:
             if isinstance(item, h5py.Group):
                 dst.require_group(name).attrs.update(item.attrs)
                 return
-            values = item[()]
-            if item.dtype == np.float32 and np.all(np.abs(values) <= limit):
+            values = item[()] if item.dtype == np.float32 else None
+            if values is not None and np.all(np.abs(values) <= limit):
                 dst.create_dataset(name, data=values.astype(np.float16)).attrs.update(item.attrs)
             else:
                 src.copy(item, dst, name=name)
