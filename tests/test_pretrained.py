@@ -27,8 +27,10 @@ def zoo(isru_run, tmp_path_factory) -> Path:
     """The session's tiny ISRU run shipped as ``tiny`` into a zoo of its own."""
     root = tmp_path_factory.mktemp("shipping")
     test = write_paired(root / "test", seed=21, count=3, size=64)
+    tissue = write_paired(root / "tissue", seed=22, count=2, size=64)
     zoo = root / "zoo"
     args = ["--run", str(isru_run), "--name", "tiny", "--test-data", str(test), "--zoo", str(zoo),
+            "--extra-test-data", str(tissue),
             "--description", "A tiny test model.", "--data", "dsb2018", "monuseg",
             "--recipe", "configs/isru.yaml", "--failures", "Everything: it trained for seconds."]  # fmt: skip
     assert ship_main(args) == 0
@@ -62,9 +64,26 @@ def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
     assert test["dsb_score"] == metrics["instance"]["dsb_score"] and test["images"] == 3
     assert metrics["run"] == "tiny", "the model's name, not the staging folder it was scored in"
     assert card["scores"]["validation"]["images"] == len(runs.Run(isru_run).split["val"])
+    [extra] = card["scores"]["extra_tests"]
+    assert extra["data_name"] == "tissue" and extra["images"] == 2
     readme = (shipped / pretrained.MODEL_CARD).read_text()
+    assert "| held out: tissue, all | 2 |" in readme
     assert "CC-BY-NC-SA-4.0" in readme and "Known failure cases" in readme and pretrained.FAILURES in readme
     assert cv2.imread(str(shipped / pretrained.FAILURES)).shape[0] == 256
+
+
+def test_a_model_is_not_shipped_with_scores_on_images_it_has_seen(isru_run, tmp_path, capsys):
+    test = write_paired(tmp_path / "test", seed=21, count=2, size=64)
+    seen = runs.Run(isru_run).split["val"][0]  # a validation image chose the post-processing
+    for folder in ("images", "masks"):
+        min((test / folder).iterdir()).rename(test / folder / f"{seen}.png")  # the same pair in both
+    args = ["--run", str(isru_run), "--name", "tiny", "--test-data", str(tmp_path / "fine"),
+            "--extra-test-data", str(test), "--zoo", str(tmp_path / "zoo"), "--description", "x",
+            "--data", "dsb2018", "--recipe", "configs/isru.yaml", "--failures", "x"]  # fmt: skip
+    write_paired(tmp_path / "fine", seed=23, count=1, size=64)
+    assert ship_main(args) == 2
+    assert f"{test} holds 1 image(s) the run trained or validated on (e.g. {seen}" in capsys.readouterr().err
+    assert not (tmp_path / "zoo").exists(), "refused before anything was written"
 
 
 def test_list_predict_and_load_a_shipped_model_by_name(shipped, tmp_path, capsys):

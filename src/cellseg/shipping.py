@@ -12,13 +12,14 @@ import csv
 import io
 import shutil
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cellseg import runs
-from cellseg.data.sample import to_channels
+from cellseg.data.sample import DataError, to_channels
 from cellseg.pretrained import (
     CARD,
     EXAMPLE,
@@ -76,8 +77,12 @@ def _model_card(name: str, card: dict[str, Any]) -> str:
         "| images | n | DSB score | AP50 | AP75 | AJI | pixel IoU |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key, label in (("test", "held out"), ("validation", "validation (chose the post-processing)")):
-        scores = card["scores"].get(key)
+    sets = [
+        ("held out", card["scores"].get("test")),
+        *(("held out", extra) for extra in card["scores"].get("extra_tests", [])),
+        ("validation (chose the post-processing)", card["scores"].get("validation")),
+    ]
+    for label, scores in sets:
         if not scores:
             continue
         groups = {"all": scores, **scores["by_source"], **scores["by_modality"]}
@@ -172,6 +177,20 @@ def _save_float32(run: runs.Run, path: Path) -> None:
     model.save(path)
 
 
+def require_held_out(run: runs.Run, data: str) -> None:
+    """Refuse held-out images the run trained on or chose its post-processing with (matched by image
+    id across data sources), so that a card's held-out scores are held out."""
+    from cellseg.data.readers import scan_samples
+
+    seen = {i.rsplit("/", 1)[-1] for ids in run.split.values() for i in ids}
+    used = sorted(ref.id for ref in scan_samples(data) if ref.id.rsplit("/", 1)[-1] in seen)
+    if used:
+        raise DataError(
+            f"{data} holds {len(used)} image(s) the run trained or validated on (e.g. {used[0]}, in "
+            f"{run.path / runs.SPLIT}); score a model only on images it has not seen"
+        )
+
+
 def ship(
     run_dir: str | Path,
     name: str,
@@ -179,11 +198,13 @@ def ship(
     card: dict[str, Any],
     zoo: Path | None = None,
     weights: str = "float32",
+    extra_test_data: Sequence[str] = (),
 ) -> Path:
     """Make the shipped model ``name`` from a finished run: its model files (the model in float32, its
     weights stored as ``weights``: float32, or float16 for half the size), scores of the shipped model
-    on ``test_data`` and on the run's validation images, and the card (``card`` gives description,
-    data, licence, citation, recipe, training, failures, date, command).
+    on ``test_data`` (and on each of ``extra_test_data``: held-out images of a kind the test set lacks)
+    and on the run's validation images, and the card (``card`` gives description, data, licence,
+    citation, recipe, training, failures, date, command).
 
     Everything is assembled and scored in a staging folder and moved into place only then, so a
     failure leaves any earlier model of that name intact.
@@ -194,6 +215,8 @@ def ship(
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, not '{weights}'")
     run_dir, zoo = Path(run_dir), zoo or ZOO
     run = runs.Run(run_dir)
+    for data in (test_data, *extra_test_data):
+        require_held_out(run, data)
     load_run(run_dir)  # the run's post-processing, calibrated on its validation images if not yet
     cfg = run.config
     with runs.staged_outputs(zoo / name) as stage:
@@ -208,6 +231,10 @@ def ship(
         scratch = stage / ".scores"
         test_out, test = evaluate_run(stage, test_data, out=scratch / "test")
         _, val = evaluate_run(stage, None, out=scratch / "val")
+        extra = [
+            _scores(evaluate_run(stage, data, out=scratch / f"extra{i}")[1], Path(data).name)
+            for i, data in enumerate(extra_test_data)
+        ]
         (stage / runs.EVALUATION).mkdir()
         shutil.copyfile(test_out / runs.PER_IMAGE, stage / runs.EVALUATION / runs.PER_IMAGE)
         # scored in the staging folder, whose name means nothing once the model is in place
@@ -223,6 +250,7 @@ def ship(
             "scores": {
                 "test": _scores(test, Path(test_data).name),
                 "validation": _scores(val, "validation images"),
+                **({"extra_tests": extra} if extra else {}),
             },
         }
         runs.write_json(stage / CARD, card)

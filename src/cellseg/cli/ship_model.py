@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a finished run folder")
     p.add_argument("--name", required=True, help="the model's name (predict.py --model NAME)")
     p.add_argument("--test-data", required=True, metavar="PATH", help="held-out annotated images")
+    p.add_argument(
+        "--extra-test-data",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="more held-out annotated images scored on the card, e.g. a modality the test images lack "
+        "(H&E tissue: ../shared/data/monuseg for a model that never saw it)",
+    )
     p.add_argument("--description", required=True, help="one paragraph: what the model segments")
     p.add_argument(
         "--data",
@@ -86,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         "run": run.path.name,
     }
     try:
-        folder = shipping.ship(args.run, args.name, args.test_data, card, args.zoo, args.weights)
+        folder = shipping.ship(
+            args.run, args.name, args.test_data, card, args.zoo, args.weights, args.extra_test_data
+        )
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
