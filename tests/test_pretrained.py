@@ -16,6 +16,7 @@ import pytest
 from conftest import DSB2018, write_paired
 
 from cellseg import pretrained, runs
+from cellseg.cli.evaluate import main as evaluate_main
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
 from cellseg.cli.ship_model import main as ship_main
@@ -103,6 +104,21 @@ def test_list_predict_and_load_a_shipped_model_by_name(shipped, tmp_path, capsys
     with pytest.raises(SystemExit):
         predict_main(["--model", "tin", str(images)])
     assert "no shipped model 'tin'" in capsys.readouterr().err
+
+
+def test_a_shipped_model_is_scored_by_name_without_writing_into_the_package(
+    shipped, tmp_path, monkeypatch, capsys
+):
+    before = {p: p.read_bytes() for p in shipped.rglob("*") if p.is_file()}
+    data = write_paired(tmp_path / "mine", seed=24, count=2, size=64)
+    monkeypatch.chdir(tmp_path)
+    assert evaluate_main(["--model", "tiny", "--data", str(data)]) == 0
+    assert capsys.readouterr().out.strip().endswith("evaluation_tiny")
+    assert json.loads((tmp_path / "evaluation_tiny" / runs.EVALUATION_METRICS).read_text())["images"] == 2
+    assert {p: p.read_bytes() for p in shipped.rglob("*") if p.is_file()} == before
+    with pytest.raises(SystemExit):
+        evaluate_main(["--model", "tiny", "--data", str(data), "--recalibrate"])
+    assert "--recalibrate would change a shipped model" in capsys.readouterr().err
 
 
 def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licence(shipped, tmp_path):

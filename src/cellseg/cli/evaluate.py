@@ -7,7 +7,14 @@ import math
 import sys
 from pathlib import Path
 
-from cellseg.cli import add_inference_options, inference_options, input_errors, setup_logging
+from cellseg.cli import (
+    add_inference_options,
+    add_model_choice,
+    inference_options,
+    input_errors,
+    model_folder,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: python scripts/evaluate.py --run runs/20261123-134336_isru_s0 "
         "--data ../shared/data/dsb2018/stage1_test --save-labels labels/",
     )
-    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a run folder of train.py")
+    add_model_choice(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--data", nargs="+", metavar="PATH", help="annotated image folder(s)")
     which.add_argument(
@@ -34,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         help="where metrics.json, per_image.csv and overlays/ go (default RUN_DIR/evaluation, or "
-        "RUN_DIR/evaluation_val with --split val)",
+        "RUN_DIR/evaluation_val with --split val; with --model, evaluation_NAME here)",
     )
     p.add_argument(
         "--save-labels", type=Path, metavar="DIR", help="write predicted labels as 16-bit <id>.png"
@@ -51,14 +58,20 @@ def _fmt(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    run_dir, out = model_folder(p, args), args.out
+    if args.model is not None:  # a shipped model's folder is part of the installed package: left as it is
+        if args.recalibrate:
+            p.error("--recalibrate would change a shipped model; copy its folder and use --run on the copy")
+        out = out or Path(f"evaluation_{args.model}")
     setup_logging()
     from cellseg.evaluation import evaluate_run
 
     options = inference_options(args)
     try:
         out, m = evaluate_run(
-            args.run, args.data, args.out, args.save_labels, options, args.layout, args.recalibrate
+            run_dir, args.data, out, args.save_labels, options, args.layout, args.recalibrate
         )
     except input_errors() as exc:  # OSError: disk full
         print(f"error: {exc}", file=sys.stderr)
