@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cellseg import runs
-from cellseg.data.sample import DataError, to_channels
+from cellseg.data.sample import DataError, image_id, to_channels
 from cellseg.pretrained import (
     CARD,
     EXAMPLE,
@@ -182,8 +182,8 @@ def require_held_out(run: runs.Run, data: str) -> None:
     id across data sources), so that a card's held-out scores are held out."""
     from cellseg.data.readers import scan_samples
 
-    seen = {i.rsplit("/", 1)[-1] for ids in run.split.values() for i in ids}
-    used = sorted(ref.id for ref in scan_samples(data) if ref.id.rsplit("/", 1)[-1] in seen)
+    seen = {image_id(i) for ids in run.split.values() for i in ids}
+    used = sorted(ref.id for ref in scan_samples(data) if image_id(ref.id) in seen)
     if used:
         raise DataError(
             f"{data} holds {len(used)} image(s) the run trained or validated on (e.g. {used[0]}, in "

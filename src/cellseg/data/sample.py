@@ -61,6 +61,12 @@ def source_of(sample_id: str) -> str:
     return sample_id.split("/", 1)[0] if "/" in sample_id else ""
 
 
+def image_id(sample_id: str) -> str:
+    """A sample's id within its data source (``sample_id`` without the root's name :func:`source_of`
+    reads): the same image has it whether it was scanned alone or beside other roots."""
+    return sample_id.split("/", 1)[1] if "/" in sample_id else sample_id
+
+
 def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """The per-pixel training target (H, W) uint8 for a model with ``num_classes`` outputs.
 
