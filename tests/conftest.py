@@ -53,7 +53,7 @@ def _private_sample_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["CELLSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("sample-cache"))
 
 
-def _train_tiny(out: Path, config: str | None = None, sets: tuple[str, ...] = ()) -> Path:
+def train_tiny(out: Path, config: str | None = None, sets: tuple[str, ...] = ()) -> Path:
     """A tiny run trained through the command line (``train.py``), as a user would; its folder.
     ``sets`` come after the tiny overrides, so they win."""
     from cellseg.cli.train import main
@@ -70,13 +70,13 @@ def isru_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick start's ISRU run (an activation with options), tiny: 3 epochs, a snapshot after each.
     Trained once per test session and shared: copy it before changing anything in it."""
     config = str(ROOT / "configs/isru.yaml")
-    return _train_tiny(tmp_path_factory.mktemp("isru"), config, ("train.snapshot_every=1", "train.epochs=3"))
+    return train_tiny(tmp_path_factory.mktemp("isru"), config, ("train.snapshot_every=1", "train.epochs=3"))
 
 
 @pytest.fixture(scope="session")
 def relu_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ReLU run of 2 epochs (the defaults), trained once per session: copy it to change it."""
-    return _train_tiny(tmp_path_factory.mktemp("relu"))
+    return train_tiny(tmp_path_factory.mktemp("relu"))
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
 """Package a trained run as a BioImage Model Zoo model (bioimage.io spec 0.5) for Fiji, QuPath, napari.
 
 The package folder holds ``rdf.yaml``, ``README.md`` (with a Validation section), ``cover.png``, the test
-tensors ``test_input.npy`` / ``test_output.npy`` and two weights entries:
-
-- ``tensorflow_saved_model_bundle``: a zipped TensorFlow SavedModel whose ``serve`` endpoint maps the
-  normalised image to ``{"probabilities": ...}``. It runs with TensorFlow alone: no cellseg, no custom
-  objects (the activations are traced into the graph).
-- ``keras_v3``: the run's ``model.keras``, the cellseg-native parent the SavedModel was converted from;
-  it loads where cellseg is installed (``import cellseg`` registers its layers).
+tensors ``test_input.npy`` / ``test_output.npy`` and one weights entry,
+``tensorflow_saved_model_bundle``: a zipped TensorFlow SavedModel whose ``serve`` endpoint maps the
+normalised image to ``{"probabilities": ...}``. It runs with TensorFlow alone: no cellseg, no custom
+objects (the activations are traced into the graph). Its layers compute in float32 whatever precision the
+run trained in, and the test output is the SavedModel's own output on the test input, so the package's
+test passes on every CPU (bfloat16 rounds differently with AMX, AVX512-BF16 and emulation). The run's
+``model.keras`` is not an entry: its custom activation layers load only where cellseg is imported, and
+bioimage.io's tools load weights without it.
 
 The run's normalisation (percentiles 1 and 99.8 over all channels, clipped to [0, 1]) is the spec's
 ``scale_range`` + ``clip``; instance post-processing (threshold, watershed) has no spec operation, so
@@ -19,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -35,7 +35,7 @@ from cellseg import runs
 from cellseg.config import Config
 from cellseg.data.sample import normalize
 from cellseg.inference import probabilities
-from cellseg.models import load_model
+from cellseg.models import as_float32, load_model
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, PostprocessPlan, instances
 from cellseg.preprocessing import Preprocessing
@@ -44,7 +44,6 @@ from cellseg.runs import Run, label_of_spec
 
 FORMAT_VERSION = "0.5.4"
 SAVED_MODEL = "saved_model.zip"
-KERAS_WEIGHTS = "model.keras"
 TEST_INPUT, TEST_OUTPUT = "test_input.npy", "test_output.npy"
 SAMPLE_INPUT, SAMPLE_OUTPUT = "sample_input.tif", "sample_output.tif"  # the same tensors, for viewers
 COVER, README = "cover.png", "README.md"
@@ -106,6 +105,17 @@ def save_saved_model(model: keras.Model, channels: int, path: Path) -> None:
             for file in sorted(Path(tmp).rglob("*")):
                 if file.is_file():
                     zf.write(file, file.relative_to(tmp).as_posix())
+
+
+def served_output(path: Path, normalized: np.ndarray) -> np.ndarray:
+    """What the zipped SavedModel at ``path`` outputs for a normalised (B, H, W, C) input: the package's
+    test output comes from the graph bioimage.io's test runs, not from a Keras call beside it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(tmp)
+        loaded = tf.saved_model.load(tmp)  # held: its variables die with it
+        served = loaded.serve(tf.constant(normalized, tf.float32))
+        return served[OUTPUT_ID].numpy().astype(np.float32)
 
 
 def _cover(path: Path, raw: np.ndarray, output: np.ndarray, params: PostprocessParams) -> None:
@@ -181,9 +191,9 @@ its validation images: {knobs} (see cellseg's `postprocess.py`; `cellseg-predict
   which the bioimage.io model test reproduces with the SavedModel weights and TensorFlow alone.
 
 ## Weights
-- `{SAVED_MODEL}`: TensorFlow SavedModel (serving endpoint `serve`), runs without cellseg.
-- `{KERAS_WEIGHTS}`: the Keras 3 file it was converted from; loading it needs `pip install cellseg`
-  and `import cellseg` (custom activation layers).
+`{SAVED_MODEL}`: TensorFlow SavedModel (serving endpoint `serve`), float32, runs without cellseg.
+The run's Keras file (`model.keras` in the run folder) is not included: its custom activation layers
+load only where cellseg is imported (`pip install cellseg`).
 
 ## Limitations
 Trained on 2-D nuclei images like its training data; other stains, magnifications or 3-D stacks need
@@ -265,17 +275,11 @@ def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[
             }
         ],
         "weights": {
-            "keras_v3": {
-                **file["keras"],
-                "keras_version": versions["keras"],
-                "backend": ["tensorflow", versions["tensorflow"]],
-                "comment": "cellseg-native; needs `import cellseg` for its custom activation layers",
-            },
             "tensorflow_saved_model_bundle": {
                 **file["saved_model"],
                 "tensorflow_version": tf.__version__,
-                "parent": "keras_v3",
-                "comment": "converted with keras.export.ExportArchive; runs with TensorFlow alone",
+                "comment": f"float32, converted from a Keras {versions['keras']} model with "
+                "keras.export.ExportArchive; runs with TensorFlow alone",
             },
         },
         "config": {"cellseg": {"run": run_dir.name, "activation": cfg.model.activation}},
@@ -305,13 +309,12 @@ def export_run(
             f"{run_dir} was trained on locally equalised images (data.equalize: true), which bioimage.io "
             "preprocessing cannot describe; export a run trained without it"
         )
-    model = load_model(run.kept_model, compile=False)
+    model = as_float32(load_model(run.kept_model, compile=False), cfg.model)
     saved = run.postprocess
     plan = PostprocessPlan.from_dict(saved) if saved is not None else PostprocessPlan()
     example = example_image(run_dir)  # read once: without a shipped example.png it scans the data set
     raw = test_image(run_dir, example, cfg)
     normalized = normalize(raw[0])[None]
-    output = keras.ops.convert_to_numpy(model(normalized, training=False)).astype(np.float32)
     authors = [{"name": author, **({"github_user": github_user} if github_user else {})}]
     with runs.staged_outputs(out) as stage:
         files = {
@@ -319,15 +322,14 @@ def export_run(
             "test_output": stage / TEST_OUTPUT,
             "sample_input": stage / SAMPLE_INPUT,
             "sample_output": stage / SAMPLE_OUTPUT,
-            "keras": stage / KERAS_WEIGHTS,
             "saved_model": stage / SAVED_MODEL,
         }
+        save_saved_model(model, cfg.data.channels, files["saved_model"])
+        output = served_output(files["saved_model"], normalized)
         np.save(files["test_input"], raw)
         np.save(files["test_output"], output)
         tifffile.imwrite(files["sample_input"], raw, metadata={"axes": "QYXC"})
         tifffile.imwrite(files["sample_output"], output, metadata={"axes": "QYXC"})
-        shutil.copyfile(run.kept_model, files["keras"])
-        save_saved_model(model, cfg.data.channels, files["saved_model"])
         _cover(stage / COVER, raw, output, plan.params_for(example))  # chosen by the image as imaged
         runs.write_text(stage / README, _readme(run_dir, cfg, plan, _metrics(run)))
         runs.write_text(

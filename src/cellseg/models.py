@@ -109,6 +109,22 @@ def load_model(path: str | Path, compile: bool = True) -> keras.Model:
     return keras.saving.load_model(path, compile=compile)
 
 
+def as_float32(model: keras.Model, cfg: ModelConfig) -> keras.Model:
+    """``model`` with float32 layers: the same weights, computed in float32 whatever policy it was
+    trained in. A mixed-bfloat16 model computes in bfloat16, whose rounding differs between CPUs
+    (AMX, AVX512-BF16, emulation) and between a Keras call and a traced graph; float32 does not."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_unet(cfg, model.input_shape[-1])
+        copy.set_weights(model.get_weights())
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return copy
+
+
 def conv_flops(model: keras.Model, height: int, width: int) -> int:
     """Analytic forward FLOPs of one (height x width) image: 2 x multiply-adds of every convolution.
 

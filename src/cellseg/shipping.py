@@ -160,21 +160,9 @@ def _save_float32(run: runs.Run, path: Path) -> None:
     """The run's kept model, without its optimiser state (two thirds of a trained model's file) and
     with float32 layers: a model trained in mixed bfloat16 computes in bfloat16, which most CPUs only
     emulate (about 10x slower); its weights are float32 either way, so nothing is lost."""
-    import keras
+    from cellseg.models import as_float32, load_model
 
-    from cellseg.models import build_unet, load_model
-
-    model = load_model(run.kept_model, compile=False)
-    if any(layer.dtype_policy.name != "float32" for layer in model.layers):
-        policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy("float32")
-        try:
-            copy = build_unet(run.config.model)
-            copy.set_weights(model.get_weights())
-        finally:
-            keras.config.set_dtype_policy(policy)
-        model = copy
-    model.save(path)
+    as_float32(load_model(run.kept_model, compile=False), run.config.model).save(path)
 
 
 def require_held_out(run: runs.Run, data: str) -> None:
