@@ -23,14 +23,15 @@ from pathlib import Path
 import numpy as np
 from common import DSB2018, machine
 
-from cellseg.calibration import postprocess_plan, validation_samples
+from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import Sample, SampleRef
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
-from cellseg.inference import TiledPredictor, load_predictor
+from cellseg.inference import TiledPredictor
 from cellseg.metrics import score_image, summarize
 from cellseg.postprocess import PostprocessParams, Probabilities, instances
+from cellseg.segmenter import open_segmenter
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -69,9 +70,9 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--test", default=str(DSB2018 / "stage1_test"), help="held-out annotated folder")
     args = p.parse_args()
-    options = InferenceOptions()
-    predictor, cfg = load_predictor(args.run, options)
-    params = postprocess_plan(args.run, predictor, cfg, options).default  # the common setting
+    segmenter = open_segmenter(args.run, InferenceOptions())
+    predictor, cfg = segmenter.predictor, segmenter.config
+    params = segmenter.plan.default  # the common setting
     sets = {
         "validation": predicted(predictor, validation_samples(args.run, cfg)),
         "test": predicted(predictor, scan_samples(args.test, "auto")),

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
-from cellseg.calibration import postprocess_plan, validation_samples
+from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
 from cellseg.data.scale import annotated_factor
-from cellseg.inference import load_predictor
 from cellseg.metrics import instance_counts
 from cellseg.postprocess import instances
+from cellseg.segmenter import open_segmenter
 
 
 def main() -> None:
@@ -38,11 +38,12 @@ def main() -> None:
     p.add_argument("--score", action="store_true", help="DSB score at the estimated and the annotated zoom")
     args = p.parse_args()
     options = InferenceOptions()
-    predictor, cfg = load_predictor(args.run, options)
+    segmenter = open_segmenter(args.run, options)  # calibrated first if not yet
+    predictor, cfg = segmenter.predictor, segmenter.config
     size = cfg.data.nucleus_size
     if size is None:
         raise SystemExit(f"{args.run} was trained at the native scale (data.nucleus_size: null)")
-    plan = postprocess_plan(args.run, predictor, cfg, options) if args.score else None
+    plan = segmenter.plan if args.score else None
     samples = scan_samples(args.data, "auto") if args.data else validation_samples(args.run, cfg)
     print(f"{machine()}; run {args.run}, nucleus size {size:g} px, {len(samples)} images")
     scored = " DSB at estimated zoom | DSB at annotated zoom |" if plan else ""

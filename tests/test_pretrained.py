@@ -20,7 +20,9 @@ from cellseg.cli.evaluate import main as evaluate_main
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
 from cellseg.cli.ship_model import main as ship_main
+from cellseg.data import DataError
 from cellseg.data.readers import read_image_2d
+from cellseg.segmenter import open_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -93,32 +95,94 @@ def test_list_predict_and_load_a_shipped_model_by_name(shipped, tmp_path, capsys
     assert line.startswith("tiny") and "CC-BY-NC-SA-4.0" in line
     images = write_paired(tmp_path / "new", seed=5, count=2, size=64) / "images"
     assert predict_main(["--model", "tiny", str(images), "--out", str(tmp_path / "seg")]) == 0
-    segment = pretrained.load("tiny")
+    segment = open_segmenter("tiny")
     for path in sorted(images.iterdir()):
         written = cv2.imread(str(tmp_path / "seg" / "labels" / path.name), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(segment(read_image_2d(path)), written), (
             "Python and the command give the same nuclei"
         )
     with pytest.raises(ValueError, match="Did you mean 'tiny'"):
-        pretrained.load("tin")
+        open_segmenter("tin")
     with pytest.raises(SystemExit):
         predict_main(["--model", "tin", str(images)])
     assert "no shipped model 'tin'" in capsys.readouterr().err
 
 
-def test_a_shipped_model_is_scored_by_name_without_writing_into_the_package(
-    shipped, tmp_path, monkeypatch, capsys
-):
-    before = {p: p.read_bytes() for p in shipped.rglob("*") if p.is_file()}
+def _contents(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+INFERENCE_OPTIONS = ([], ["--tta"], ["--batch-size", "2"], ["--tile", "32", "--overlap", "8", "--tta"])
+
+
+def test_no_command_with_any_option_changes_a_shipped_model(shipped, tmp_path, monkeypatch, capsys):
+    """Its validation images are at hand (synthetic), so nothing but the rule keeps it from recalibrating."""
+    before = _contents(shipped)
     data = write_paired(tmp_path / "mine", seed=24, count=2, size=64)
     monkeypatch.chdir(tmp_path)
+    for i, options in enumerate(INFERENCE_OPTIONS):
+        out = str(tmp_path / f"seg{i}")
+        assert predict_main(["--model", "tiny", str(data / "images"), "--out", out, *options]) == 0
+        assert evaluate_main(["--model", "tiny", "--data", str(data), "--out", f"{out}_eval", *options]) == 0
+        assert "post-processing chosen on" not in capsys.readouterr().out
     assert evaluate_main(["--model", "tiny", "--data", str(data)]) == 0
     assert capsys.readouterr().out.strip().endswith("evaluation_tiny")
     assert json.loads((tmp_path / "evaluation_tiny" / runs.EVALUATION_METRICS).read_text())["images"] == 2
-    assert {p: p.read_bytes() for p in shipped.rglob("*") if p.is_file()} == before
-    with pytest.raises(SystemExit):
-        evaluate_main(["--model", "tiny", "--data", str(data), "--recalibrate"])
-    assert "--recalibrate would change a shipped model" in capsys.readouterr().err
+    assert export_main(["--model", "tiny", "--out", str(tmp_path / "pkg")]) in (0, 1)
+    open_segmenter("tiny")(read_image_2d(next((data / "images").iterdir())))
+    for main, args in ((evaluate_main, ["--data", str(data)]), (predict_main, [str(data / "images")])):
+        with pytest.raises(SystemExit):
+            main(["--model", "tiny", *args, "--recalibrate"])
+        assert "--recalibrate would change a shipped model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="never recalibrated"):
+        open_segmenter("tiny", recalibrate=True)
+    assert _contents(shipped) == before
+
+
+def test_the_installed_models_stay_byte_identical_and_name_no_machine_path(tmp_path):
+    """The real shipped models under --tta (which recalibrated and rewrote them where their training data
+    was at the recorded path); their files name their data by source, not by a path."""
+    before = _contents(pretrained.ZOO)
+    image = tmp_path / "images"
+    write_paired(tmp_path / "mine", seed=25, count=1, size=64)
+    shutil.copytree(tmp_path / "mine" / "images", image)
+    for name in _shipped_models():
+        assert predict_main(["--model", name, str(image), "--out", str(tmp_path / name), "--tta"]) == 0
+        for file in (runs.CONFIG, runs.SUMMARY, runs.POSTPROCESS, pretrained.CARD):
+            text = (pretrained.ZOO / name / file).read_text()
+            assert "/work/" not in text and "/home/" not in text and "/tmp/" not in text, (name, file)
+    assert _contents(pretrained.ZOO) == before
+
+
+def test_other_inference_options_keep_a_runs_post_processing_until_asked(relu_run, tmp_path, caplog):
+    run = Path(shutil.copytree(relu_run, tmp_path / "run"))
+    (run / runs.POSTPROCESS).unlink(missing_ok=True)
+    open_segmenter(run)  # none recorded: calibrated
+    recorded = (run / runs.POSTPROCESS).read_bytes()
+    images = write_paired(tmp_path / "new", seed=9, count=1, size=64) / "images"
+    for options in INFERENCE_OPTIONS:
+        assert predict_main(["--run", str(run), str(images), "--out", str(tmp_path / "seg"), *options]) == 0
+    assert (run / runs.POSTPROCESS).read_bytes() == recorded
+    assert "--recalibrate chooses it again for these options" in caplog.text
+    args = ["--run", str(run), str(images), "--out", str(tmp_path / "seg"), "--tta", "--recalibrate"]
+    assert predict_main(args) == 0
+    assert json.loads((run / runs.POSTPROCESS).read_text())["inference"]["flips"] is True
+
+
+def test_a_run_whose_model_changed_is_calibrated_again(isru_run, tmp_path, caplog):
+    from cellseg.calibration import model_digest
+
+    run = Path(shutil.copytree(isru_run, tmp_path / "run"))
+    open_segmenter(run)
+    first = json.loads((run / runs.POSTPROCESS).read_text())["model_sha256"]
+    assert first == model_digest(run / runs.KEPT_MODEL)
+    other = next(p for e, p in runs.snapshots(run).items() if e != runs.Run(run).kept_epoch)
+    shutil.copyfile(other, run / runs.KEPT_MODEL)  # another epoch's model
+    open_segmenter(run)
+    assert "the model changed since its post-processing was chosen" in caplog.text
+    assert json.loads((run / runs.POSTPROCESS).read_text())["model_sha256"] == model_digest(
+        run / runs.KEPT_MODEL
+    )
 
 
 def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licence(shipped, tmp_path):
@@ -138,20 +202,15 @@ def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licenc
 
 
 def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp_path, caplog):
-    from cellseg.calibration import postprocess_plan
     from cellseg.config import InferenceOptions
-    from cellseg.inference import load_predictor
 
     run = Path(shutil.copytree(relu_run, tmp_path / "run"))
-    options = InferenceOptions()
-    predictor, cfg = load_predictor(run, options)
-    recorded = postprocess_plan(run, predictor, cfg, options)
+    recorded = open_segmenter(run).plan
     config = run / runs.CONFIG
     config.write_text(config.read_text().replace("path: null", "path: /nowhere/at/all"))
-    other = InferenceOptions(tile=128)
-    predictor, cfg = load_predictor(run, other)
-    assert postprocess_plan(run, predictor, cfg, other) == recorded
-    assert "keeping the recorded post-processing" in caplog.text
+    assert open_segmenter(run, InferenceOptions(tile=128)).plan == recorded
+    with pytest.raises(DataError, match="not found: /nowhere"):
+        open_segmenter(run, recalibrate=True)
 
 
 def test_a_shipped_example_is_the_raw_image_in_rgb_whatever_its_channels(tmp_path):

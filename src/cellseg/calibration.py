@@ -2,14 +2,16 @@
 
 The knobs (probability threshold, watershed seeds, minimum size) with the best mean DSB score on the
 validation images of ``split.json``, and a modality's own knobs where they pass a held-out check
-(:func:`choose_plan`), are recorded in ``<run>/postprocess.json`` with the inference options they were
-chosen under; evaluation, prediction, export and sweeps read them from there.
+(:func:`choose_plan`), are recorded in ``<run>/postprocess.json`` with what they depend on (the model
+file's digest, the validation images, the inference options); :mod:`cellseg.segmenter` reads them from
+there and decides when to calibrate (never for a shipped model).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,39 +132,22 @@ def choose_plan(
     return plan, record
 
 
-def recorded_plan(run: Run, options: InferenceOptions) -> PostprocessPlan | None:
-    """The run's recorded post-processing if it was calibrated under ``options``, else None."""
-    saved = run.postprocess
-    if saved is None or saved["inference"] != dataclasses.asdict(options):
-        return None
-    return PostprocessPlan.from_dict(saved)
+def model_digest(path: Path) -> str:
+    """SHA-256 of a saved model file: a calibration holds for the model it was made with."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def postprocess_plan(
-    run_dir: Path,
-    predictor: TiledPredictor,
-    cfg: Config,
-    options: InferenceOptions,
-    recalibrate: bool = False,
+def probability_options(options: InferenceOptions) -> dict[str, Any]:
+    """The inference options that change the probabilities (tiles, overlap, flips); batch size does not."""
+    return {k: v for k, v in dataclasses.asdict(options).items() if k != "batch_size"}
+
+
+def calibrate_run(
+    run: Run, predictor: TiledPredictor, cfg: Config, options: InferenceOptions
 ) -> PostprocessPlan:
-    """The run's recorded post-processing, calibrated on its validation images first if needed.
-
-    A run whose validation images are not on this machine (a shipped model, a run copied without its
-    data) keeps its recorded setting when other inference options would call for calibrating again.
-    """
-    run = Run(run_dir)
-    saved = run.postprocess
-    if saved is not None and not recalibrate:
-        if (plan := recorded_plan(run, options)) is not None:
-            return plan
-        logger.info("inference options differ from the recorded calibration: calibrating again")
-    try:
-        samples = validation_samples(run_dir, cfg)
-    except DataError as exc:
-        if saved is None or recalibrate:
-            raise
-        logger.warning(f"{exc}; keeping the recorded post-processing, calibrated with {saved['inference']}")
-        return PostprocessPlan.from_dict(saved)
+    """Choose the run's post-processing on its validation images and record it in ``postprocess.json``
+    with what it depends on: the model (its file's digest), the images, the inference options."""
+    samples = validation_samples(run.path, cfg)
     plan, record = calibrate(predictor, samples, cfg.model.num_classes == 3)
     run.save_postprocess(
         {
@@ -170,6 +155,7 @@ def postprocess_plan(
             "val_dsb_score": record["val_dsb_score"],
             "val_images": [s.id for s in samples],
             "inference": dataclasses.asdict(options),
+            "model_sha256": model_digest(run.kept_model),
             "modalities": record["modalities"],
             "grid": record["grid"],
         }

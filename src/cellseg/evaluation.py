@@ -1,7 +1,7 @@
 """Score a trained run on held-out annotated images: predict, post-process, match, write the results.
 
-The post-processing is the run's own, calibrated on its validation images (:mod:`cellseg.calibration`),
-never on the images being scored.
+The model and its post-processing come from :func:`cellseg.segmenter.open_segmenter`: the run's own
+setting, chosen on its validation images, never on the images being scored.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from tqdm import tqdm
 
 from cellseg import runs
 from cellseg.activations import parse_spec
-from cellseg.calibration import postprocess_plan, validation_samples
+from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError, Sample, SampleRef
 from cellseg.data.readers import scan_samples
 from cellseg.data.sample import modality
 from cellseg.hardware import peak_memory_mb
-from cellseg.inference import TiledPredictor, load_predictor
 from cellseg.metrics import ImageScore, score_image, summarize
 from cellseg.outputs import save_labels, save_overlay
-from cellseg.postprocess import PostprocessPlan, instances
+from cellseg.segmenter import Segmenter, open_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ def write_per_image(path: Path, scores: list[ImageScore], zooms: list[float]) ->
 
 def _score_images(
     refs: Sequence[Sample | SampleRef],
-    predictor: TiledPredictor,
-    plan: PostprocessPlan,
+    segmenter: Segmenter,
     out: Path,
     labels_dir: Path | None,
 ) -> tuple[list[ImageScore], list[float], dict[str, float], int]:
@@ -65,10 +63,10 @@ def _score_images(
         if sample.labels.shape != size:
             raise DataError(f"{ref.id}: mask size {sample.labels.shape} differs from image size {size}")
         lap("read")
-        probs = predictor(sample.image, ref.id)
+        probs = segmenter.probabilities(sample.image, ref.id)
         zooms.append(probs.factor)
         lap("predict")
-        pred = instances(probs, plan.params_for(sample.image))
+        pred = segmenter.labels(probs, sample.image)
         lap("postprocess")
         scores.append(score_image(ref.id, sample.labels, pred, modality(sample.image, sample.labels)))
         pixels += pred.size
@@ -121,14 +119,14 @@ def evaluate_run(
         validation_samples(run_dir, runs.Run(run_dir).config) if data is None else scan_samples(data, layout)
     )
     _require_masks(refs)  # ... and on missing masks before minutes of calibration
-    predictor, cfg = load_predictor(run_dir, options)
-    plan = postprocess_plan(run_dir, predictor, cfg, options, recalibrate)
+    segmenter = open_segmenter(run_dir, options, recalibrate)
+    cfg, plan = segmenter.config, segmenter.plan
     out = Path(out) if out is not None else run_dir / (runs.EVALUATION if data else runs.VAL_EVALUATION)
     # everything is written to staging folders and moved into place only once all images succeeded
     with contextlib.ExitStack() as stack:
         stage = stack.enter_context(runs.staged_outputs(out))
         labels_stage = None if labels_dir is None else stack.enter_context(runs.staged_outputs(labels_dir))
-        scores, zooms, timer, pixels = _score_images(refs, predictor, plan, stage, labels_stage)
+        scores, zooms, timer, pixels = _score_images(refs, segmenter, stage, labels_stage)
         seconds = sum(timer.values())
         metrics = {
             **summarize(scores),

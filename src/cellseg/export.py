@@ -35,12 +35,13 @@ from cellseg import runs
 from cellseg.config import Config
 from cellseg.data.sample import normalize
 from cellseg.inference import probabilities
-from cellseg.models import as_float32, load_model
+from cellseg.models import as_float32
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, PostprocessPlan, instances
 from cellseg.preprocessing import Preprocessing
 from cellseg.pretrained import example_image, licence_of
 from cellseg.runs import Run, label_of_spec
+from cellseg.segmenter import open_segmenter
 
 FORMAT_VERSION = "0.5.4"
 SAVED_MODEL = "saved_model.zip"
@@ -309,9 +310,8 @@ def export_run(
             f"{run_dir} was trained on locally equalised images (data.equalize: true), which bioimage.io "
             "preprocessing cannot describe; export a run trained without it"
         )
-    model = as_float32(load_model(run.kept_model, compile=False), cfg.model)
-    saved = run.postprocess
-    plan = PostprocessPlan.from_dict(saved) if saved is not None else PostprocessPlan()
+    segmenter = open_segmenter(run_dir)  # the post-processing the README and cover show
+    model, plan = as_float32(segmenter.model, cfg.model), segmenter.plan
     example = example_image(run_dir)  # read once: without a shipped example.png it scans the data set
     raw = test_image(run_dir, example, cfg)
     normalized = normalize(raw[0])[None]

@@ -65,7 +65,7 @@ class TiledPredictor:
             raise ValueError(f"tile size {tile} must be a multiple of {multiple} (2**model.depth)")
         if not 0 <= overlap < tile // 2:
             raise ValueError(f"overlap {overlap} must be in [0, {tile // 2}) for tile size {tile}")
-        self.preprocessing, self.options = preprocessing, options
+        self.model, self.preprocessing, self.options = model, preprocessing, options
         self.tile, self.overlap = tile, overlap
         self.window = blend_window(tile, overlap)
         spec = tf.TensorSpec([None, tile, tile, preprocessing.channels], tf.float32)

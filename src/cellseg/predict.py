@@ -23,8 +23,7 @@ from cellseg.data import DataError
 from cellseg.data.readers import IMAGE_SUFFIXES, detect_layout, read_image_2d
 from cellseg.hardware import peak_memory_mb
 from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
-from cellseg.postprocess import instances
-from cellseg.pretrained import load_run
+from cellseg.segmenter import open_segmenter
 
 SUMMARY_CSV = "summary.csv"  # one row per image predicted
 
@@ -94,6 +93,7 @@ def predict_images(
     out: str | Path,
     options: InferenceOptions | None = None,
     label_format: str = "png",
+    recalibrate: bool = False,
 ) -> PredictionReport:
     """Segment and measure ``images`` with ``run_dir``'s best model; write the outputs into ``out``.
 
@@ -103,7 +103,7 @@ def predict_images(
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
     out = Path(out)
-    segment = load_run(Path(run_dir), options)
+    segment = open_segmenter(Path(run_dir), options, recalibrate)
     report = PredictionReport()
     start = time.perf_counter()
     for path in tqdm(images, desc="segment", unit="img", disable=None):
@@ -117,8 +117,8 @@ def predict_images(
             failure = {"nuclei": 0, "mean_area": "", "zoom": "", "seconds": "", "error": str(exc)}
             report.rows.append({**row, **failure})
             continue
-        probs = segment.predictor(image, path.stem)
-        labels = instances(probs, segment.plan.params_for(image))
+        probs = segment.probabilities(image, path.stem)
+        labels = segment.labels(probs, image)
         table = nucleus_table(labels, image)
         save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
         save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)

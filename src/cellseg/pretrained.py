@@ -7,9 +7,13 @@ A shipped model is a folder ``cellseg/zoo/<name>/`` laid out as a finished run (
 readable form ``MODEL_CARD.md``, ``example.png`` (a raw validation crop: the export's test image) and
 ``failures.png`` (the weakest held-out images, with true and predicted outlines).
 
-    >>> from cellseg import pretrained
-    >>> segment = pretrained.load("dsb2018")
-    >>> labels = segment(image)          # 16-bit instance labels, one id per nucleus
+    >>> from cellseg.segmenter import open_segmenter
+    >>> segment = open_segmenter("dsb2018")    # a shipped model by name, or a run folder
+    >>> labels = segment(image)                # 16-bit instance labels, one id per nucleus
+
+A shipped model's folder is part of the installed package and nothing writes to it: its post-processing
+is the one recorded when it was shipped (:mod:`cellseg.segmenter`), and its ``config.yaml`` names its
+training data by source (the folder names image ids carry), not by a machine's paths.
 
 :func:`cellseg.shipping.ship` makes such a folder from a trained run (``scripts/ship_model.py``).
 """
@@ -25,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from cellseg import runs
-from cellseg.config import InferenceOptions
 
 ZOO = Path(__file__).parent / "zoo"
 CARD = "card.json"
@@ -96,40 +99,6 @@ def example_image(run_dir: Path) -> np.ndarray:
     return validation_samples(run_dir, runs.Run(run_dir).config)[0].load().image
 
 
-@dataclass
-class Segmenter:
-    """A model ready to segment: whole-image tiled prediction and its calibrated post-processing."""
-
-    name: str
-    predictor: Any  # cellseg.inference.TiledPredictor
-    plan: Any  # cellseg.postprocess.PostprocessPlan
-    card: dict[str, Any]
-
-    def probabilities(self, image: np.ndarray) -> Any:
-        """The model's probability maps for a raw image (any size, grey or RGB, any dtype)."""
-        return self.predictor(image, self.name)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Instance labels of the nuclei in a raw image: 0 background, 1..N one per nucleus."""
-        from cellseg.postprocess import instances
-
-        return instances(self.probabilities(image), self.plan.params_for(image))
-
-
-def load_run(run_dir: Path, options: InferenceOptions | None = None, name: str | None = None) -> Segmenter:
-    """A :class:`Segmenter` of any finished run (a shipped model is one)."""
-    from cellseg.calibration import postprocess_plan
-    from cellseg.inference import load_predictor
-
-    run_dir = Path(run_dir)
-    runs.Run(run_dir).require_finished()
-    options = options or InferenceOptions()
-    predictor, cfg = load_predictor(run_dir, options)
-    plan = postprocess_plan(run_dir, predictor, cfg, options)
-    card = json.loads((run_dir / CARD).read_text()) if (run_dir / CARD).is_file() else {}
-    return Segmenter(name or run_dir.name, predictor, plan, card)
-
-
-def load(name: str, options: InferenceOptions | None = None) -> Segmenter:
-    """The shipped model ``name`` (see :func:`available`), ready to segment images."""
-    return load_run(model_dir(name), options, name)
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` lies in the installed zoo: such a folder is part of the package and is only read."""
+    return Path(path).resolve().is_relative_to(ZOO.resolve())

@@ -28,7 +28,6 @@ from cellseg.pretrained import (
     RUN_FILES,
     ZOO,
     example_image,
-    load_run,
 )
 
 
@@ -165,6 +164,37 @@ def _save_float32(run: runs.Run, path: Path) -> None:
     as_float32(load_model(run.kept_model, compile=False), run.config.model).save(path)
 
 
+def record_model(folder: Path) -> None:
+    """Point the folder's recorded post-processing at its own model file (the shipped model is
+    re-saved in float32, so its digest is not the run's): the setting holds for it unchanged."""
+    from cellseg.calibration import model_digest
+
+    run = runs.Run(folder)
+    saved = run.postprocess
+    if saved is not None:
+        run.save_postprocess({**saved, "model_sha256": model_digest(run.kept_model)})
+
+
+def without_machine_paths(folder: Path) -> None:
+    """Name the training data of a shipped folder by source (each ``data.path`` entry's folder name,
+    the name image ids carry), not by the paths of the machine it was trained on, in its config and
+    summary: a shipped model carries no machine's paths, and nothing reads its training data."""
+    run = runs.Run(folder)
+    cfg = run.config
+    paths = cfg.data.path if isinstance(cfg.data.path, list) else [cfg.data.path]
+    names = {str(p): Path(p).name for p in paths if p is not None}
+    if not names:
+        return  # synthetic data: no paths
+    cfg.data.path = (
+        [names[str(p)] for p in paths] if isinstance(cfg.data.path, list) else names[str(paths[0])]
+    )
+    run.save_config(cfg)
+    summary = run.summary
+    for path, name in names.items():
+        summary["data_source"] = summary["data_source"].replace(path, name)
+    run.save_summary(summary)
+
+
 def require_held_out(run: runs.Run, data: str) -> None:
     """Refuse held-out images the run trained on or chose its post-processing with (matched by image
     id across data sources), so that a card's held-out scores are held out."""
@@ -205,7 +235,9 @@ def ship(
     run = runs.Run(run_dir)
     for data in (test_data, *extra_test_data):
         require_held_out(run, data)
-    load_run(run_dir)  # the run's post-processing, calibrated on its validation images if not yet
+    from cellseg.segmenter import open_segmenter
+
+    open_segmenter(run_dir)  # the run's post-processing, calibrated on its validation images if not yet
     cfg = run.config
     with runs.staged_outputs(zoo / name) as stage:
         for file in RUN_FILES:
@@ -215,6 +247,7 @@ def ship(
                     store_weights_half(stage / file)
             else:
                 shutil.copyfile(run_dir / file, stage / file)
+        record_model(stage)
         write_example(example_image(run_dir), stage / EXAMPLE)
         scratch = stage / ".scores"
         test_out, test = evaluate_run(stage, test_data, out=scratch / "test")
@@ -230,6 +263,7 @@ def ship(
         with (test_out / runs.PER_IMAGE).open() as f:
             _failures(test_out, list(csv.DictReader(f)), stage / FAILURES)
         shutil.rmtree(scratch)
+        without_machine_paths(stage)  # after scoring its validation images, which it reads by path
         card = {
             **card,
             "architecture": f"depth {cfg.model.depth}, {cfg.model.base_filters} base filters, "

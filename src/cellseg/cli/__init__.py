@@ -59,6 +59,9 @@ def model_folder(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     if args.model is not None:
         from cellseg.pretrained import model_dir
 
+        if getattr(args, "recalibrate", False):  # a shipped model's folder is part of the installed package
+            p.error("--recalibrate would change a shipped model; copy its folder and use --run on the copy")
+
         try:
             return model_dir(args.model)
         except ValueError as exc:
@@ -100,6 +103,12 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tta", action="store_true", help="average over flips (test-time augmentation, 4x slower)"
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="choose the post-processing on the run's validation images again, with these options (other "
+        "options keep the recorded choice; a run without one is calibrated first; never a shipped model)",
     )
 
 

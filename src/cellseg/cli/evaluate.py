@@ -46,9 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-labels", type=Path, metavar="DIR", help="write predicted labels as 16-bit <id>.png"
     )
-    p.add_argument(
-        "--recalibrate", action="store_true", help="choose post-processing on the validation images again"
-    )
     add_inference_options(p)
     return p
 
@@ -62,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run_dir, out = model_folder(p, args), args.out
     if args.model is not None:  # a shipped model's folder is part of the installed package: left as it is
-        if args.recalibrate:
-            p.error("--recalibrate would change a shipped model; copy its folder and use --run on the copy")
         out = out or Path(f"evaluation_{args.model}")
     setup_logging()
     from cellseg.evaluation import evaluate_run

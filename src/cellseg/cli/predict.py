@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     options = inference_options(args)
     try:
         images = find_images(args.inputs)
-        report = predict_images(run, images, args.out, options, args.label_format)
+        report = predict_images(run, images, args.out, options, args.label_format, args.recalibrate)
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

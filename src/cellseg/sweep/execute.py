@@ -121,10 +121,9 @@ def test_figures(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
-    from cellseg.calibration import postprocess_plan, recorded_plan
     from cellseg.config import InferenceOptions
     from cellseg.evaluation import evaluate_run
-    from cellseg.inference import load_predictor
+    from cellseg.segmenter import open_segmenter
 
     options = InferenceOptions()
 
@@ -133,9 +132,8 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
         metrics = run.evaluation_metrics() if spec.test_data is not None else None
         if spec.test_data is not None and metrics is None:  # calibrates on validation first if needed
             metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
-        elif recorded_plan(run, options) is None:  # else: scored earlier, no model needed
-            predictor, cfg = load_predictor(run_dir, options)
-            postprocess_plan(run_dir, predictor, cfg, options)
+        elif run.postprocess is None:  # else: calibrated earlier, no model needed
+            open_segmenter(run_dir, options)  # calibrates
         figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
         if spec.test_data is not None:
             figures.update(test_figures(metrics))
