@@ -80,7 +80,7 @@ class DataConfig:
 
     path: str | list[str] | None = None
     seed: int | None = field(default=None, metadata=_bounded(0))  # images and split; None: the run's seed
-    layout: Literal["auto", "dsb2018", "paired", "rle"] = "auto"
+    layout: Literal["auto", "dsb2018", "paired", "rle", "beside"] = "auto"
     rle_csv: str | None = None
     patch_size: int = field(default=128, metadata=_bounded(16))
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
@@ -138,6 +138,7 @@ class TrainConfig:
     jit_compile: bool | Literal["auto"] = "auto"
     run_eagerly: bool = False  # Keras runs each step eagerly: no graph tracing (debuggers, tiny runs)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    init: str | None = None  # start from a shipped model (its name) or a run folder: fine-tuning
 
 
 @dataclass(frozen=True)

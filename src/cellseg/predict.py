@@ -20,6 +20,7 @@ from tqdm import tqdm
 from cellseg import runs
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError
+from cellseg.data.annotations import is_annotation
 from cellseg.data.readers import IMAGE_SUFFIXES, detect_layout, read_image_2d
 from cellseg.hardware import peak_memory_mb
 from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
@@ -40,7 +41,8 @@ def _images_in(folder: Path) -> list[Path]:
         folders = sorted(p / "images" for p in folder.iterdir() if (p / "images").is_dir())
     else:
         folders = [folder]
-    return [p for f in folders for p in sorted(f.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    found = [p for f in folders for p in sorted(f.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [p for p in found if not is_annotation(p)] if layout == "beside" else found
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:

@@ -195,6 +195,15 @@ def without_machine_paths(folder: Path) -> None:
     run.save_summary(summary)
 
 
+def combined_licence(licences: Sequence[str]) -> str:
+    """The licence of a model trained on data under each of ``licences`` (a fine-tuned model: its
+    starting model's and its own data's): share-alike CC BY-NC-SA binds the whole; CC0 adds nothing."""
+    if "CC-BY-NC-SA-4.0" in licences:
+        return "CC-BY-NC-SA-4.0"
+    rest = sorted({lic for lic in licences if lic != "CC0-1.0"})
+    return " AND ".join(rest) if rest else "CC0-1.0"
+
+
 def require_held_out(run: runs.Run, data: str) -> None:
     """Refuse held-out images the run trained on or chose its post-processing with (matched by image
     id across data sources), so that a card's held-out scores are held out."""

@@ -44,6 +44,7 @@ from cellseg.checkpoint import Checkpoint, read_checkpoint
 from cellseg.config import Config
 from cellseg.data.pipeline import PreparedData, one_hot_targets, train_dataset, val_dataset
 from cellseg.data.prepare import DataCache, prepare_run_data
+from cellseg.finetune import adopt_contract, keep_the_better, load_start_weights, provenance
 from cellseg.models import build_unet, check_model_config, load_model
 from cellseg.optim import compile_model, make_schedule, make_strategy, seed_everything
 from cellseg.plots import plot_run_history
@@ -96,8 +97,8 @@ def train(
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
+    cfg = _absolute_paths(adopt_contract(cfg))  # a fine-tuned run takes its starting model's contract
     check_model_config(cfg.model)  # a bad activation or option fails before any data is read
-    cfg = _absolute_paths(cfg)
     with contextlib.ExitStack() as hold:
         if resume is not None:  # before anything in the folder is read: another process may be training
             hold.enter_context(runs.locked(resume))
@@ -115,9 +116,28 @@ def train(
             with strategy.scope():
                 opened = _open_run(cfg, data, out, resume, checkpoint, run_name)
             hold.enter_context(runs.locked(opened.run_dir))  # a new folder: held from its first epoch
-            return _fit(cfg, data, opened, machine, start, verbose)
+            result = _fit(cfg, data, opened, machine, start, verbose)
+            if cfg.train.init is not None and result.summary["stopped_reason"] == "completed":
+                result.summary["init_comparison"] = _compare_with_start(Run(result.run_dir))
+            return result
         finally:
             keras.config.set_dtype_policy(policy)
+
+
+def _compare_with_start(run: Run) -> dict[str, Any]:
+    """A fine-tuned run keeps the better of itself and its starting model (:func:`keep_the_better`)."""
+    comparison = keep_the_better(run)
+    tuned, before = comparison["fine_tuned_val_dsb"], comparison["start_val_dsb"]
+    scores = f"validation DSB {tuned:.3f} fine-tuned, {before:.3f} before"
+    if comparison["kept"] == "start":
+        logger.warning(
+            f"fine-tuning did not beat the model it started from ({scores}, on {comparison['val_images']} "
+            f"validation images): model.keras holds the starting model's weights"
+        )
+    else:
+        logger.info(f"fine-tuned model kept ({scores})")
+    run.save_summary({**run.summary, "init_comparison": comparison})
+    return comparison
 
 
 @dataclass
@@ -168,6 +188,9 @@ def _start_run(cfg: Config, data: PreparedData, run_dir: Path) -> _OpenRun:
     run.save_config(cfg)
     run.save_split(data.train_ids, data.val_ids)
     opened = _OpenRun(run_dir, build_unet(cfg.model, cfg.data.channels))
+    if cfg.train.init is not None:
+        load_start_weights(opened.model, cfg)
+        logger.info(f"starting from the weights of {cfg.train.init}")
     compile_model(opened.model, cfg.train)
     return opened
 
@@ -332,6 +355,7 @@ def write_summary(
         "skipped_samples": len(data.skipped),
         "skipped": data.skipped,
         "seed": cfg.seed,
+        "init": provenance(cfg),  # the model it started from (fine-tuning), or None
         "machine": machine.record(),  # the precision and oneDNN kernels this run trained with, and why
         "versions": {
             "cellseg": cellseg.__version__,

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the run's own validation images instead, per data source and modality (optimistic: "
         "they chose the post-processing; use --data for a held-out score)",
     )
-    p.add_argument("--layout", default="auto", choices=["auto", "dsb2018", "paired"], help="data layout")
+    p.add_argument(
+        "--layout", default="auto", choices=["auto", "dsb2018", "paired", "beside"], help="data layout"
+    )
     p.add_argument(
         "--out",
         type=Path,

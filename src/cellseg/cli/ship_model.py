@@ -80,11 +80,21 @@ def main(argv: list[str] | None = None) -> int:
 
     run = runs.Run(args.run)
     summary = run.summary
+    started = summary.get("init")  # a fine-tuned run: the model it started from, with its data and licence
+    data = "; ".join(DSB2018 if d == "dsb2018" else MONUSEG for d in args.data)
+    licences = ["CC-BY-NC-SA-4.0" if "monuseg" in args.data else "CC0-1.0"]
+    citations = [CITATIONS[d] for d in args.data]
+    if started:
+        data += f"; fine-tuned from {started['init']} (trained on: {started.get('data', 'see its run')})"
+        licences.append(started["licence"])
+        cited = started.get("citation", [])
+        citations += [c for c in ([cited] if isinstance(cited, str) else cited) if c not in citations]
     card = {
         "description": args.description,
-        "data": "; ".join(DSB2018 if d == "dsb2018" else MONUSEG for d in args.data),
-        "licence": "CC-BY-NC-SA-4.0" if "monuseg" in args.data else "CC0-1.0",
-        "citation": [CITATIONS[d] for d in args.data],
+        "data": data,
+        "licence": shipping.combined_licence(licences),
+        "citation": citations,
+        **({"started_from": started} if started else {}),
         "recipe": args.recipe,
         "training": f"{summary['epochs_run']} epochs, {summary['wall_seconds'] / 60:.0f} min on "
         f"{_machine(summary['machine'])}",

@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set train.epochs=5 --set model.activation=mish (repeatable)",
     )  # fmt: skip
     p.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune: start from a shipped model (dsb2018, versatile) or a run folder; sets train.init "
+        "(e.g. --config configs/finetune.yaml --init versatile --data my_images/)",
+    )
+    p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its last epoch"
     )
     p.add_argument(
@@ -62,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.resume is not None:
-            if args.config or args.data:
-                raise ConfigError("--resume continues a run with its saved config; drop --config and --data")
+            if args.config or args.data or args.init:
+                raise ConfigError(
+                    "--resume continues a run with its saved config; drop --config, --data and --init"
+                )
             cfg = _resume_config(args.resume, args.overrides)
         else:
             cfg = load_config(args.config, args.overrides)  # no --config: the defaults of configs/base.yaml
             if args.data:
                 cfg.data.path = args.data[0] if len(args.data) == 1 else list(args.data)
+            if args.init:
+                cfg.train.init = args.init
         from cellseg.data import DataError
         from cellseg.trainer import TrainingError, train
 

@@ -4,6 +4,8 @@ DSB2018: ``<root>/<id>/images/<id>.png`` with one binary PNG per nucleus in ``<r
 Paired:  ``<root>/images/<stem>.<ext>`` and ``<root>/masks/<stem>.<ext>``; a mask is either binary
 (nuclei are then its connected components) or an instance label image, PNG or TIFF, 8 or 16 bit.
 Run-length: a Kaggle ``ImageId,EncodedPixels`` CSV (one row per nucleus) gives the masks of the images.
+Beside:  ``<root>/<stem>.<ext>`` with its annotation next to it, as QuPath, napari, Cellpose or Fiji write
+it (:mod:`cellseg.data.annotations`).
 """
 
 from __future__ import annotations
@@ -70,16 +72,23 @@ def _check_2d(array: np.ndarray, path: Path, kind: str) -> np.ndarray:
 
 
 def detect_layout(root: Path) -> str:
-    """'paired' if root has images/ and masks/ folders, 'dsb2018' if its sub-folders each have images/."""
+    """'paired' if root has images/ and masks/ folders, 'dsb2018' if its sub-folders each have images/,
+    'beside' if its images have annotation files beside them (:mod:`cellseg.data.annotations`)."""
+    from cellseg.data.annotations import has_annotations_beside
+
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "paired"
     if any((child / "images").is_dir() for child in root.iterdir() if child.is_dir()):
         return "dsb2018"
+    if has_annotations_beside(root):
+        return "beside"
     raise DataError(
-        f"{root}: cannot tell the data layout: expected either images/ and masks/ folders (paired) or "
-        "one folder per image holding images/ and masks/ (DSB2018). Set data.layout to choose."
+        f"{root}: cannot tell the data layout: expected images/ and masks/ folders (paired), one folder "
+        "per image holding images/ and masks/ (DSB2018), or images with their annotations beside them "
+        "(X.geojson from QuPath, X_labels.tif from napari, X_masks.png or X_seg.npy from Cellpose, "
+        "X.zip from Fiji's ROI Manager). Set data.layout to choose."
     )
 
 
@@ -205,7 +214,13 @@ def scan_rle(root: Path, csv_path: Path) -> list[SampleRef]:
     ]
 
 
-SCANNERS = {"dsb2018": scan_dsb2018, "paired": scan_paired}
+def _scan_beside(root: Path) -> list[SampleRef]:
+    from cellseg.data.annotations import scan_beside
+
+    return scan_beside(root)
+
+
+SCANNERS = {"dsb2018": scan_dsb2018, "paired": scan_paired, "beside": _scan_beside}
 
 
 def scan_samples(

@@ -1,0 +1,99 @@
+"""Annotations as QuPath, napari, Cellpose and Fiji write them, found beside each image ("beside" layout)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from cellseg.data import DataError
+from cellseg.data.annotations import read_annotation, scan_beside
+from cellseg.data.readers import detect_layout, read_samples
+from cellseg.predict import find_images
+
+SHAPE = (40, 50)
+
+
+def square(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def qupath_feature(geometry: dict, object_type: str = "detection", **extra) -> dict:
+    """A feature as QuPath's "Export objects as GeoJSON" writes it."""
+    return {
+        "type": "Feature",
+        "id": "0b7d5c3a-8f0e-4a7c-9a55-2d1c1f8f9e01",
+        "geometry": geometry,
+        "properties": {
+            "objectType": object_type,
+            "classification": {"name": "Nucleus", "color": [200, 0, 0]},
+        },
+        **extra,
+    }
+
+
+def test_a_qupath_export_is_rasterised_with_holes_multipolygons_and_cells(tmp_path):
+    with_hole = {"type": "Polygon", "coordinates": [square(2, 2, 12, 12), square(5, 5, 9, 9)]}
+    two_parts = {"type": "MultiPolygon", "coordinates": [[square(20, 2, 24, 6)], [square(30, 2, 34, 6)]]}
+    nucleus = {"type": "Polygon", "coordinates": [square(5, 25, 10, 30)]}
+    cell = qupath_feature(
+        {"type": "Polygon", "coordinates": [square(0, 20, 20, 40)]}, "cell", nucleusGeometry=nucleus
+    )
+    region = qupath_feature({"type": "Polygon", "coordinates": [square(0, 0, 50, 40)]}, "annotation")
+    path = tmp_path / "a.geojson"
+    features = [qupath_feature(with_hole), qupath_feature(two_parts), cell, region]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    labels = read_annotation(path, SHAPE)
+    assert labels.max() == 3, "three nuclei: the annotation object is the region around them"
+    assert (labels[2:12, 2:12] > 0).sum() == 100 - 16, "10x10 pixels less the 4x4 hole"
+    assert labels[6, 6] == 0
+    assert labels[3, 21] == labels[3, 31] > 0, "both parts of a multi-polygon are one nucleus"
+    assert (labels == labels[26, 6]).sum() == 25 and labels[21, 1] == 0, "a cell's nucleus, not the cell"
+    path.write_text(json.dumps([qupath_feature(with_hole, "annotation")]))  # hand-drawn: annotations only
+    assert read_annotation(path, SHAPE).max() == 1
+
+
+def test_label_images_cellpose_files_and_imagej_roi_sets_are_read(tmp_path):
+    from roifile import ROI_TYPE, ImagejRoi, roiwrite
+
+    labels = np.zeros(SHAPE, np.uint16)
+    labels[2:10, 3:9], labels[20:30, 20:35] = 7, 300
+    tifffile.imwrite(tmp_path / "a_labels.tif", labels)
+    cv2.imwrite(str(tmp_path / "a_masks.png"), labels)
+    np.save(tmp_path / "a_seg.npy", {"masks": labels, "outlines": labels * 0, "filename": "a.png"})
+    for name in ("a_labels.tif", "a_masks.png", "a_seg.npy"):
+        np.testing.assert_array_equal(read_annotation(tmp_path / name, SHAPE), labels.astype(np.int32))
+    rois = [ImagejRoi.frompoints(square(3, 2, 9, 10)[:-1]),
+            ImagejRoi(roitype=ROI_TYPE.OVAL, left=20, top=20, right=36, bottom=30),
+            ImagejRoi(roitype=ROI_TYPE.RECT, left=40, top=30, right=44, bottom=34),
+            ImagejRoi.frompoints([[1, 1]])]  # fmt: skip
+    rois[-1].roitype = ROI_TYPE.POINT
+    roiwrite(tmp_path / "a_RoiSet.zip", rois)
+    read = read_annotation(tmp_path / "a_RoiSet.zip", SHAPE)
+    assert read.max() == 3, "a point outlines no nucleus"
+    assert (read == read[5, 5]).sum() == 48 and (read == read[32, 42]).sum() == 16
+    assert 100 < (read == read[25, 28]).sum() < 140, "an ellipse of 16 x 10 px: about 126 px"
+    with pytest.raises(DataError, match="annotation size"):
+        read_annotation(tmp_path / "a_labels.tif", (64, 64))
+
+
+def test_a_folder_of_images_with_annotations_beside_them_trains_and_predicts(tmp_path):
+    image = (np.random.default_rng(0).random(SHAPE) * 255).astype(np.uint8)
+    labels = np.zeros(SHAPE, np.uint16)
+    labels[5:15, 5:15] = 1
+    for stem, writer in (("b", "_labels.tif"), ("c", "_masks.png")):
+        cv2.imwrite(str(tmp_path / f"{stem}.png"), image)
+        if writer.endswith(".tif"):
+            tifffile.imwrite(tmp_path / f"{stem}{writer}", labels)
+        else:
+            cv2.imwrite(str(tmp_path / f"{stem}{writer}"), labels)
+    assert detect_layout(tmp_path) == "beside"
+    samples = read_samples(str(tmp_path))
+    assert [s.id for s in samples] == ["b", "c"] and all(s.labels.max() == 1 for s in samples)
+    assert [p.name for p in find_images([tmp_path])] == ["b.png", "c.png"], "annotations are not images"
+    cv2.imwrite(str(tmp_path / "d.png"), image)  # an image without its annotation
+    with pytest.raises(DataError, match=r"d\.png: no annotation beside it"):
+        [ref.load() for ref in scan_beside(tmp_path)]

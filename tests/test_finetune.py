@@ -1,0 +1,92 @@
+"""Fine-tuning (``train.init`` / ``--init``): a run starts from a shipped model's or a run's weights, keeps
+its architecture and preprocessing, refuses a config that contradicts them, and records where it started."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from cellseg import runs
+from cellseg.cli.train import main as train_main
+from cellseg.config import ConfigError, load_config
+from cellseg.finetune import adopt_contract, load_start_weights
+from cellseg.shipping import combined_licence
+
+
+def test_the_starting_models_contract_is_adopted_and_a_contradiction_refused(isru_run):
+    cfg = adopt_contract(load_config(None, [f"train.init={isru_run}"]))
+    start = runs.Run(isru_run).config
+    assert cfg.model == start.model, "activation, depth, filters, head: the starting model's"
+    assert (cfg.data.channels, cfg.data.polarity, cfg.data.nucleus_size) == (
+        start.data.channels, start.data.polarity, start.data.nucleus_size,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"model\.depth is 5 here but 2 in the model it starts from"):
+        adopt_contract(load_config(None, [f"train.init={isru_run}", "model.depth=5"]))
+    with pytest.raises(ConfigError, match=r"neither a shipped model .* nor a run folder"):
+        adopt_contract(load_config(None, ["train.init=no_such_model"]))
+
+
+def test_the_run_starts_from_the_starting_models_weights(isru_run):
+    from cellseg.models import build_unet, load_model
+
+    cfg = adopt_contract(load_config(None, [f"train.init={isru_run}"]))
+    model = build_unet(cfg.model, cfg.data.channels)
+    load_start_weights(model, cfg)
+    start = load_model(runs.Run(isru_run).kept_model, compile=False)
+    image = np.random.default_rng(0).random((1, 32, 32, cfg.data.channels), np.float32)
+    np.testing.assert_allclose(model(image).numpy(), start(image).numpy(), atol=2e-2)
+
+
+def test_a_fine_tuned_run_trains_from_the_command_line_and_records_where_it_started(
+    isru_run, tmp_path, capsys
+):
+    sets = [f"--set={o}" for o in (*TINY, "train.epochs=1")]
+    args = ["--init", str(isru_run), "--out", str(tmp_path), "--quiet", *sets]
+    assert train_main(args) == 0
+    assert f"starting from the weights of {isru_run}" in capsys.readouterr().out
+    (run_dir,) = tmp_path.iterdir()
+    started = json.loads((run_dir / runs.SUMMARY).read_text())["init"]
+    assert started["init"] == str(Path(isru_run).resolve()) and started["kind"] == "run"
+    assert runs.Run(run_dir).config.model.activation == runs.Run(isru_run).config.model.activation
+    assert train_main([*args, "--set=model.base_filters=8"]) == 2
+    assert "model.base_filters is 8 here but 4" in capsys.readouterr().err
+
+
+def test_a_models_licence_is_its_starting_models_and_its_datas_together():
+    assert combined_licence(["CC0-1.0", "CC0-1.0"]) == "CC0-1.0"
+    assert combined_licence(["CC0-1.0", "CC-BY-NC-SA-4.0"]) == "CC-BY-NC-SA-4.0", "share-alike binds"
+    assert combined_licence(["MIT", "CC0-1.0"]) == "MIT"
+
+
+def test_fine_tuning_never_leaves_a_worse_model_than_it_started_from(tmp_path):
+    """A real shipped model fine-tuned for a few steps; then its result broken on purpose (all weights
+    zero: no nucleus found), so the rule must put the starting model's weights back."""
+    from cellseg import pretrained
+    from cellseg.finetune import keep_the_better
+    from cellseg.models import load_model
+
+    tiny = [f"--set={o}" for o in TINY if not o.startswith("model.")]
+    assert (
+        train_main(["--init", "dsb2018", "--out", str(tmp_path), "--quiet", *tiny, "--set=train.epochs=1"])
+        == 0
+    )
+    (run_dir,) = tmp_path.iterdir()
+    run = runs.Run(run_dir)
+    assert run.summary["init_comparison"]["kept"] in ("fine-tuned", "start")
+    assert run.summary["init"]["kind"] == "shipped model" and run.summary["init"]["licence"] == "CC0-1.0"
+    broken = load_model(run.kept_model, compile=False)
+    broken.set_weights([np.zeros_like(w) for w in broken.get_weights()])
+    broken.save(run.kept_model)
+    comparison = keep_the_better(run)
+    assert (
+        comparison["kept"] == "start" and comparison["start_val_dsb"] > comparison["fine_tuned_val_dsb"] == 0
+    )
+    start = load_model(pretrained.model_dir("dsb2018") / runs.KEPT_MODEL, compile=False)
+    for kept, original in zip(
+        load_model(run.kept_model, compile=False).get_weights(), start.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(kept, original, rtol=1e-2, atol=1e-2)  # the run's precision may round
