@@ -27,10 +27,10 @@ from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import Sample, SampleRef
 from cellseg.data.readers import scan_samples
-from cellseg.data.sample import modality
 from cellseg.inference import TiledPredictor
 from cellseg.metrics import score_image, summarize
 from cellseg.postprocess import PostprocessParams, Probabilities, instances
+from cellseg.preprocessing import modality
 from cellseg.segmenter import open_segmenter
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)

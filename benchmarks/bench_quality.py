@@ -33,7 +33,8 @@ TARGETS = {
     "dsb2018": {"minutes": 10, "dsb_score": 0.45, "ap_50": 0.70, "ap_75": 0.45, "pixel_iou": 0.82},
     "dsb2018_long": {"minutes": 60, "dsb_score": 0.50},
 }
-MODALITIES = ("fluorescence", "stained")  # stage1_test: 31 and 7 images (sample.modality), no brightfield
+# stage1_test has 31 and 7 images of these (preprocessing.modality), no brightfield
+MODALITIES = ("fluorescence", "stained")
 COLUMNS = ("dsb_score", "ap_50", "ap_75", "aji", "pixel_iou", "dsb_fluorescence", "dsb_stained")
 
 
@@ -67,9 +68,9 @@ def train(recipe: Path, out: Path) -> tuple[Path, float]:
 
 
 def scores(predictor, params, test_samples) -> dict[str, float]:
-    from cellseg.data.sample import modality
     from cellseg.metrics import score_image, summarize
     from cellseg.postprocess import instances
+    from cellseg.preprocessing import modality
 
     return figures(
         summarize(

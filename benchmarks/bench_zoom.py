@@ -24,10 +24,10 @@ from common import machine
 from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data.readers import scan_samples
-from cellseg.data.sample import modality
 from cellseg.data.scale import annotated_factor
 from cellseg.metrics import instance_counts
 from cellseg.postprocess import instances
+from cellseg.preprocessing import modality
 from cellseg.segmenter import open_segmenter
 
 

@@ -97,3 +97,22 @@ def test_a_folder_of_images_with_annotations_beside_them_trains_and_predicts(tmp
     cv2.imwrite(str(tmp_path / "d.png"), image)  # an image without its annotation
     with pytest.raises(DataError, match=r"d\.png: no annotation beside it"):
         [ref.load() for ref in scan_beside(tmp_path)]
+
+
+def test_the_check_command_says_per_image_what_it_found(tmp_path, capsys):
+    from cellseg.cli.check_data import main
+
+    image = (np.random.default_rng(1).random(SHAPE) * 255).astype(np.uint8)
+    labels = np.zeros(SHAPE, np.uint16)
+    labels[5:15, 5:15], labels[20:30, 20:30] = 1, 2
+    cv2.imwrite(str(tmp_path / "e.png"), image)
+    tifffile.imwrite(tmp_path / "e_labels.tif", labels)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "layout beside, 1 images" in out and "50x40 px" in out and "2 nuclei  from e_labels.tif" in out
+    tifffile.imwrite(tmp_path / "f_labels.tif", labels[:20])
+    cv2.imwrite(str(tmp_path / "f.png"), image)
+    assert main([str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "f  " in captured.out and "PROBLEM" in captured.out and "differs from its image" in captured.out
+    assert "1 image(s) cannot be used" in captured.err

@@ -17,11 +17,10 @@ from cellseg.data.pipeline import (
     val_dataset,
 )
 from cellseg.data.readers import read_samples
-from cellseg.data.sample import dark_nuclei, modality, normalize, to_channels
 from cellseg.data.synthetic import make_sample, make_samples
 from cellseg.data.tiles import grid_starts
 from cellseg.inference import TiledPredictor
-from cellseg.preprocessing import Preprocessing
+from cellseg.preprocessing import Preprocessing, dark_nuclei, modality, normalize, to_channels
 
 SYN = SyntheticConfig(num_images=6, image_size=128)
 
@@ -467,7 +466,8 @@ def test_polarity_of_real_dsb2018_images_follows_their_masks(dsb2018):
 
 
 def test_polarity_of_dense_h_and_e_tissue_and_of_colour_fluorescence_is_read_off_the_image(dsb2018, monuseg):
-    from cellseg.data.readers import read_image, scan_samples
+    from cellseg.data.images import read_image
+    from cellseg.data.readers import scan_samples
 
     tissue = sorted(monuseg.glob("*/images/*.png"))  # dense: the median is no clue, the colour is
     assert len(tissue) == 13 and all(dark_nuclei(read_image(path)) for path in tissue)
@@ -481,7 +481,7 @@ def test_polarity_of_dense_h_and_e_tissue_and_of_colour_fluorescence_is_read_off
 
 
 def test_a_text_file_named_png_is_refused_in_one_line_without_install_advice(tmp_path):
-    from cellseg.data.readers import read_image
+    from cellseg.data.images import read_image
 
     fake = tmp_path / "notes.png"
     fake.write_text("not an image\n")

@@ -27,10 +27,10 @@ from cellseg.calibration import validation_samples
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
 from cellseg.data import DataError
-from cellseg.data.sample import dark_nuclei, to_channels
 from cellseg.export import zip_path
 from cellseg.outputs import NUCLEUS_COLUMNS
 from cellseg.predict import find_images
+from cellseg.preprocessing import dark_nuclei, to_channels
 
 
 @pytest.fixture

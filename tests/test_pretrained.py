@@ -21,7 +21,7 @@ from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
 from cellseg.cli.ship_model import main as ship_main
 from cellseg.data import DataError
-from cellseg.data.readers import read_image_2d
+from cellseg.data.images import read_image_2d
 from cellseg.segmenter import open_segmenter
 
 
@@ -214,7 +214,7 @@ def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp
 
 
 def test_a_shipped_example_is_the_raw_image_in_rgb_whatever_its_channels(tmp_path):
-    from cellseg.data.sample import to_channels
+    from cellseg.preprocessing import to_channels
     from cellseg.shipping import write_example
 
     grey = np.random.default_rng(0).integers(0, 255, (300, 280), dtype=np.uint8)

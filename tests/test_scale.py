@@ -17,11 +17,10 @@ from cellseg.data.scale import (
     estimate_factor,
     factor_for,
     nucleus_width,
-    resize,
     resize_labels,
 )
 from cellseg.inference import TiledPredictor
-from cellseg.preprocessing import Preprocessing
+from cellseg.preprocessing import Preprocessing, resize
 
 
 def discs(shape: tuple[int, int], radius: float, centres: list[tuple[int, int]]) -> np.ndarray:

@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from cellseg.config import Config, InferenceOptions
 from cellseg.data import DataError, Sample, SampleRef, collect_samples
-from cellseg.data.sample import modality
 from cellseg.inference import TiledPredictor
 from cellseg.metrics import instance_counts
 from cellseg.parallel import cpu_budget
 from cellseg.postprocess import PostprocessParams, PostprocessPlan, Probabilities, grid, instances
+from cellseg.preprocessing import modality
 from cellseg.runs import Run
 
 logger = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError, Sample, SampleRef
 from cellseg.data.readers import scan_samples
-from cellseg.data.sample import modality
 from cellseg.hardware import peak_memory_mb
 from cellseg.metrics import ImageScore, score_image, summarize
 from cellseg.outputs import save_labels, save_overlay
+from cellseg.preprocessing import modality
 from cellseg.segmenter import Segmenter, open_segmenter
 
 logger = logging.getLogger(__name__)

@@ -33,12 +33,11 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import Config
-from cellseg.data.sample import normalize
 from cellseg.inference import probabilities
 from cellseg.models import as_float32
 from cellseg.outputs import save_overlay
 from cellseg.postprocess import PostprocessParams, PostprocessPlan, instances
-from cellseg.preprocessing import Preprocessing
+from cellseg.preprocessing import NORMALIZE_PERCENTILES, Preprocessing, normalize
 from cellseg.pretrained import example_image, licence_of
 from cellseg.runs import Run, label_of_spec
 from cellseg.segmenter import open_segmenter
@@ -49,8 +48,8 @@ TEST_INPUT, TEST_OUTPUT = "test_input.npy", "test_output.npy"
 SAMPLE_INPUT, SAMPLE_OUTPUT = "sample_input.tif", "sample_output.tif"  # the same tensors, for viewers
 COVER, README = "cover.png", "README.md"
 INPUT_ID, OUTPUT_ID = "image", "probabilities"
-#: The run's normalisation (cellseg.data.sample.normalize) as bioimage.io operations
-LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.8
+#: The run's normalisation (cellseg.preprocessing.normalize) as bioimage.io operations
+LOW_PERCENTILE, HIGH_PERCENTILE = NORMALIZE_PERCENTILES
 CLASS_NAMES = {1: ["foreground"], 3: ["background", "interior", "boundary"]}
 
 

@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from cellseg import runs
 from cellseg.config import Config, InferenceOptions
-from cellseg.data.scale import estimate_factor, resize
+from cellseg.data.scale import estimate_factor
 from cellseg.data.tiles import grid_starts, pad_to
 from cellseg.models import load_model
 from cellseg.postprocess import Probabilities
-from cellseg.preprocessing import Preprocessing
+from cellseg.preprocessing import Preprocessing, resize
 
 
 def blend_window(tile: int, overlap: int) -> np.ndarray:

@@ -194,7 +194,7 @@ class ImageScore:
     id: str
     pixels: PixelCounts
     instances: InstanceCounts
-    modality: str = ""  # fluorescence / brightfield / stained (cellseg.data.sample.modality), if known
+    modality: str = ""  # fluorescence / brightfield / stained (cellseg.preprocessing.modality), if known
 
     def row(self) -> dict[str, float | int | str]:
         """The image's ``per_image.csv`` row."""

@@ -15,7 +15,7 @@ import tifffile
 from skimage.measure import regionprops_table
 from skimage.segmentation import mark_boundaries
 
-from cellseg.data.sample import normalize, to_channels
+from cellseg.preprocessing import normalize, to_channels
 from cellseg.runs import atomic_path
 
 LABEL_FORMATS = ("png", "tif")

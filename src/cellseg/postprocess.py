@@ -19,7 +19,7 @@ from skimage.feature import peak_local_max
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential, watershed
 
-from cellseg.data.sample import modality
+from cellseg.preprocessing import modality
 
 
 @dataclass(frozen=True)

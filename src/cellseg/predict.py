@@ -21,7 +21,8 @@ from cellseg import runs
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError
 from cellseg.data.annotations import is_annotation
-from cellseg.data.readers import IMAGE_SUFFIXES, detect_layout, read_image_2d
+from cellseg.data.images import IMAGE_SUFFIXES, read_image_2d
+from cellseg.data.readers import detect_layout
 from cellseg.hardware import peak_memory_mb
 from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
 from cellseg.segmenter import open_segmenter

@@ -91,7 +91,7 @@ def example_image(run_dir: Path) -> np.ndarray:
     this machine), else the run's first validation image."""
     example = Path(run_dir) / EXAMPLE
     if example.is_file():
-        from cellseg.data.readers import read_image_2d
+        from cellseg.data.images import read_image_2d
 
         return read_image_2d(example)
     from cellseg.calibration import validation_samples

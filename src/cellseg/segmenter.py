@@ -71,12 +71,12 @@ class Segmenter:
 
 def _resolve(source: str | Path) -> tuple[Path, str]:
     """The folder and display name of a run folder or a shipped model's name."""
+    if isinstance(source, str) and source in pretrained.available():  # a name wins: "./name" is the folder
+        return pretrained.model_dir(source), source
     path = Path(source)
     if path.is_dir():
         return path, path.name
-    if isinstance(source, str) and "/" not in source and source in pretrained.available():
-        return pretrained.model_dir(source), source
-    if isinstance(source, str) and "/" not in source and not path.exists():
+    if isinstance(source, str) and "/" not in source:
         pretrained.model_dir(source)  # raises, naming the shipped models (and a close match)
     raise FileNotFoundError(f"no run folder at {path}")
 

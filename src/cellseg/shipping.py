@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from cellseg import runs
-from cellseg.data.sample import DataError, image_id, to_channels
+from cellseg.data.sample import DataError, image_id
+from cellseg.preprocessing import to_channels
 from cellseg.pretrained import (
     CARD,
     EXAMPLE,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from skimage import draw
 
+from cellseg.data.images import IMAGE_SUFFIXES, read_image_2d, read_mask_2d
 from cellseg.data.sample import DataError, Sample, SampleRef
 
 #: Annotation file name endings, in the order they are looked for beside an image.
@@ -156,8 +157,6 @@ def read_cellpose_seg(path: Path) -> np.ndarray:
 
 def read_annotation(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Instance labels (int32, 0 background) of the image of size ``shape`` from its annotation file."""
-    from cellseg.data.readers import read_mask_2d
-
     name = path.name
     if name.endswith((".geojson", ".json")):
         labels = read_geojson(path, shape)
@@ -173,8 +172,6 @@ def read_annotation(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _load_beside(image_path: Path, annotation: Path | None) -> Sample:
-    from cellseg.data.readers import read_image_2d
-
     if annotation is None:
         endings = ", ".join(image_path.stem + e for e in ANNOTATION_ENDINGS[:3])
         raise DataError(f"{image_path}: no annotation beside it (looked for {endings}, ...)")
@@ -184,8 +181,6 @@ def _load_beside(image_path: Path, annotation: Path | None) -> Sample:
 
 def scan_beside(root: Path) -> list[SampleRef]:
     """One reference per image in ``root`` with its annotation beside it (see the module docstring)."""
-    from cellseg.data.readers import IMAGE_SUFFIXES, read_image_2d
-
     images = [
         p for p in sorted(root.iterdir())
         if p.suffix.lower() in IMAGE_SUFFIXES and not is_annotation(p) and p.is_file()
@@ -206,8 +201,6 @@ def scan_beside(root: Path) -> list[SampleRef]:
 
 def has_annotations_beside(root: Path) -> bool:
     """Whether some image directly in ``root`` has an annotation file beside it."""
-    from cellseg.data.readers import IMAGE_SUFFIXES
-
     return any(
         p.suffix.lower() in IMAGE_SUFFIXES and not is_annotation(p) and annotation_for(p) is not None
         for p in root.iterdir()

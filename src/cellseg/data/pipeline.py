@@ -19,11 +19,11 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
-from cellseg.data.sample import DataError, Sample, SampleRef, modality, source_of, target_map
+from cellseg.data.sample import DataError, Sample, SampleRef, source_of, target_map
 from cellseg.data.scale import annotated_factor, resize_labels
 from cellseg.data.tiles import grid_starts, pad_to
 from cellseg.parallel import cpu_budget
-from cellseg.preprocessing import Preprocessing
+from cellseg.preprocessing import Preprocessing, modality
 
 T = TypeVar("T", Sample, SampleRef)
 
@@ -70,7 +70,7 @@ class PreparedData:
     train_pixels: np.ndarray | None = None  # (sum of H x W, C) float16 network inputs, image after image
     train_target_pixels: np.ndarray | None = None  # (sum of H x W, 1) uint8 target maps, the same way
     train_offsets: np.ndarray | None = None  # (N + 1,) int64 first row of each image in the two buffers
-    train_modalities: list[str] = field(default_factory=list)  # each training image's (see sample.modality)
+    train_modalities: list[str] = field(default_factory=list)  # each training image's modality
     train_inverted: list[bool] = field(default_factory=list)  # each training image's Preprocessing.inverts
     train_factors: list[float] = field(default_factory=list)  # each training image's zoom (data.nucleus_size)
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images

@@ -1,4 +1,6 @@
-"""One annotated image, and the normalisation every source goes through before training."""
+"""One annotated image (or a reference to one on disk), its ids and its training target.
+
+How an image becomes the network's input is :mod:`cellseg.preprocessing`'s."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from skimage.segmentation import find_boundaries
 
@@ -80,87 +81,3 @@ def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
     elif num_classes != 1:
         raise ValueError(f"num_classes must be 1 or 3, got {num_classes}")
     return target
-
-
-def to_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
-    """Return (H, W, channels): grey is replicated, RGBA loses alpha, RGB becomes grey for 1 channel."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise DataError(f"{name}: expected a 2-D image (H, W[, C]), got an array of shape {image.shape}")
-    if image.shape[-1] == 4:
-        image = image[..., :3]
-    if image.shape[-1] not in (1, 3):
-        raise DataError(f"{name}: expected 1, 3 or 4 channels, got {image.shape[-1]} (shape {image.shape})")
-    if channels == 1:
-        return image.mean(axis=-1, keepdims=True) if image.shape[-1] == 3 else image
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
-def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """Scale an image of any bit depth to float32 so its [low, high] percentiles map to [0, 1].
-
-    Percentiles over all channels keep colour balance and make 8- and 16-bit data comparable; values
-    outside are clipped so a few hot pixels cannot squash the nuclei into a narrow range.
-    """
-    image = image.astype(np.float32)
-    lo, hi = np.percentile(image, [low, high]).astype(np.float32)  # float64 would upcast the image
-    if hi - lo < 1e-6:
-        return np.zeros_like(image)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
-
-
-def equalize(image: np.ndarray, tile: int = 64) -> np.ndarray:
-    """Local histogram equalisation (CLAHE) of a [0, 1] image, channel by channel, over ``tile`` px tiles.
-
-    A dim nucleus beside bright ones is nearly black after a global normalisation; equalised within
-    its neighbourhood it stands out as much as they do.
-    """
-    grid = (max(1, image.shape[1] // tile), max(1, image.shape[0] // tile))
-    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=grid)
-    levels = np.round(image * 255).astype(np.uint8)
-    out = np.stack([clahe.apply(np.ascontiguousarray(levels[..., c])) for c in range(image.shape[-1])], -1)
-    return out.astype(np.float32) / 255
-
-
-def dark_nuclei(image: np.ndarray) -> bool:
-    """Whether a raw image shows dark nuclei on a light background (brightfield, stained tissue).
-
-    Read off the image alone (see :func:`modality`): it agreed with the masks on all 702 annotated
-    DSB2018 images (``stage1_train_full`` and ``stage1_test``) and all 13 MoNuSeg H&E images, and reads
-    DSB2018 fluorescence images tinted blue, green or magenta as bright nuclei (2026-12-03).
-    """
-    return modality(image) != "fluorescence"
-
-
-MODALITIES = ("fluorescence", "brightfield", "stained")
-
-
-def modality(image: np.ndarray, labels: np.ndarray | None = None) -> str:
-    """The imaging modality of a raw image, from its look: the groups nucleus data sets mix.
-
-    fluorescence: nuclei brighter than their background; brightfield: darker nuclei on a grey
-    background; stained: darker nuclei in colour (H&E, haematoxylin). With instance ``labels`` the
-    nuclei are compared with their background directly (right for dense images too). Without, a grey
-    image with a dark median has a dark background; in a colour image, colour that grows with
-    brightness is emitted (fluorescence) and colour that grows with darkness is absorbed (a stain),
-    which holds where dense tissue leaves the median no clue (MoNuSeg H&E: medians 0.34-0.47). Used to
-    balance training patches across modalities (``data.balance``), because one usually dominates a data
-    set, and for polarity (:func:`dark_nuclei`).
-    """
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / 65536)))  # a subsample tells the look
-    rgb = normalize(to_channels(image[::step, ::step], 3))
-    grey = rgb.mean(axis=-1)
-    chroma = np.abs(rgb - grey[..., None]).mean(axis=-1)
-    coloured = float(chroma.mean()) > 0.02  # grey images: below 1e-7; stained DSB2018 / MoNuSeg: 0.039+
-    nuclei = None if labels is None else labels[::step, ::step] > 0
-    if nuclei is not None and nuclei.any() and not nuclei.all():
-        bright_nuclei = grey[nuclei].mean() > grey[~nuclei].mean()
-    elif coloured:  # the extreme 2 %: chroma(darkest) - chroma(brightest) was 0.028+ in stained images
-        darkest, brightest = np.percentile(grey, [2, 98])  # and -0.074 or less in tinted fluorescence
-        bright_nuclei = chroma[grey <= darkest].mean() < chroma[grey >= brightest].mean()
-    else:
-        bright_nuclei = float(np.median(grey)) < 0.5
-    if bright_nuclei:
-        return "fluorescence"
-    return "stained" if coloured else "brightfield"

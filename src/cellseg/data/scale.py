@@ -17,6 +17,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from cellseg.preprocessing import resized_shape
+
 #: Rescaling factors are kept within these bounds: a 256 px image grows to 1024 px at most.
 MIN_FACTOR, MAX_FACTOR = 0.2, 4.0
 
@@ -59,20 +61,6 @@ def factor_for(width: float | None, target: float) -> float:
 def annotated_factor(labels: np.ndarray, num_classes: int, target: float) -> float:
     """The zoom that brings an annotated image's nuclei to ``target`` px: what training applies."""
     return factor_for(nucleus_width(annotated_nuclei(labels, num_classes)), target)
-
-
-def resized_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
-    return max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))
-
-
-def resize(array: np.ndarray, factor: float, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image (H, W[, C]) zoomed by ``factor`` (or to ``size``, (H, W)): area-averaged when shrinking."""
-    h, w = size or resized_shape(array.shape, factor)
-    if (h, w) == array.shape[:2]:
-        return array
-    shrink = h * w < array.shape[0] * array.shape[1]
-    out = cv2.resize(array, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return out[..., None] if array.ndim == 3 and out.ndim == 2 else out
 
 
 def resize_labels(labels: np.ndarray, factor: float) -> np.ndarray:

@@ -29,8 +29,8 @@ import yaml
 from cellseg import runs
 from cellseg.config import ConfigError
 from cellseg.data.prepare import DataCache
-from cellseg.data.sample import MODALITIES
 from cellseg.parallel import available_cores
+from cellseg.preprocessing import MODALITIES
 from cellseg.runs import Run
 from cellseg.sweep.report import RunRecord, compare, write_results
 from cellseg.sweep.spec import SweepSpec, Variant

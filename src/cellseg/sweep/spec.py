@@ -12,7 +12,7 @@ import yaml
 
 from cellseg import runs
 from cellseg.config import ConfigError, load_config
-from cellseg.data.sample import MODALITIES
+from cellseg.preprocessing import MODALITIES
 
 #: Per-run figures compared between variants, and whether higher is better.
 METRICS: dict[str, bool] = {
