@@ -116,6 +116,18 @@ def table(rows: list[dict[str, str]]) -> str:
             seconds = [float(r["train_seconds"]) for r in mine if r["train_seconds"]]
             cost = f"{np.mean(seconds):.0f}" if seconds else "-"
             lines.append(f"| {arm} | {k} | {len(mine)} | {cells[0]} | {cells[1]} | {cost} |")
+    lines += ["", "Paired by fold (the same held-out images): difference in AJI, 95 % interval, p", ""]
+    by = {(r["arm"], int(r["k"]), int(r["fold"])): float(r["aji"]) for r in rows}
+    for arm, other in (("fine-tuned", "zero-shot"), ("fine-tuned", "scratch")):
+        for k in sorted({key[1] for key in by if key[0] == arm}):
+            diffs = [by[(arm, k, f)] - by[(other, k, f)] for (a, kk, f) in by if a == arm and kk == k
+                     and (other, k, f) in by]  # fmt: skip
+            d = paired(diffs)
+            if d.n > 1:
+                interval = f"{d.ci_low:+.3f} to {d.ci_high:+.3f}"
+                lines.append(
+                    f"- k = {k}, {arm} - {other}: {d.diff:+.3f} ({interval}), p {d.p:.2f}, {d.n} folds"
+                )
     return "\n".join(lines)
 
 
