@@ -297,3 +297,17 @@ def test_evaluate_split_val_scores_the_runs_own_validation_images(relu_run, tmp_
     assert not (run / runs.EVALUATION).exists(), "a held-out evaluation is never overwritten"
     with pytest.raises(SystemExit):  # one or the other
         evaluate_main(["--run", str(run), "--split", "val", "--data", "x"])
+
+
+def test_an_evaluation_is_reused_only_for_the_images_it_scored(tmp_path, monkeypatch):
+    """A sweep reuses a run's evaluation/metrics.json only if it scored the sweep's test data."""
+    from cellseg.evaluation import scored_on
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    metrics = {"data": [str(tmp_path / "a")]}
+    assert scored_on(metrics, "a") and scored_on(metrics, [str(tmp_path / "a")]), (
+        "the same folder, any spelling"
+    )
+    assert not scored_on(metrics, "b") and not scored_on(metrics, ["a", "b"])

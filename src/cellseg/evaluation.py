@@ -84,6 +84,16 @@ def _data_names(data: str | Sequence[str] | None) -> list[str]:
     return [str(d) for d in ([data] if isinstance(data, str | Path) else data)]
 
 
+def scored_on(metrics: dict[str, Any], data: str | Sequence[str]) -> bool:
+    """Whether an evaluation's ``metrics.json`` scored exactly the folders ``data`` names (by resolved
+    path): an earlier evaluation is reused only for the data it scored."""
+
+    def resolved(names: Sequence[str]) -> list[str]:
+        return sorted(str(Path(n).resolve()) for n in names)
+
+    return resolved(metrics.get("data", [])) == resolved(_data_names(data))
+
+
 def _require_masks(refs: Sequence[Sample | SampleRef]) -> None:
     """Every image's mask files exist (checked without decoding), or a DataError names the first gap."""
     missing = [(ref, path) for ref in refs for path in ref.sources if not path.exists()]

@@ -122,7 +122,7 @@ def test_figures(metrics: dict[str, Any]) -> dict[str, float]:
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
     from cellseg.config import InferenceOptions
-    from cellseg.evaluation import evaluate_run
+    from cellseg.evaluation import evaluate_run, scored_on
     from cellseg.segmenter import open_segmenter
 
     options = InferenceOptions()
@@ -130,6 +130,8 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     def evaluate(run_dir: Path) -> dict[str, float]:
         run = Run(run_dir)
         metrics = run.evaluation_metrics() if spec.test_data is not None else None
+        if metrics is not None and not scored_on(metrics, spec.test_data):
+            metrics = None  # an evaluation of other images: scored again
         if spec.test_data is not None and metrics is None:  # calibrates on validation first if needed
             metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
         elif run.postprocess is None:  # else: calibrated earlier, no model needed
