@@ -114,8 +114,9 @@ def evaluate_run(
     layout: str = "auto",
     recalibrate: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Score ``run_dir``'s best model on the annotated images under ``data`` (None: on the run's own
-    validation images, per source and modality; optimistic, since they chose the post-processing).
+    """Score ``run_dir``'s kept model (``model.keras``: the epoch ``train.keep_model`` picks) on the
+    annotated images under ``data`` (None: on the run's own validation images, per source and modality;
+    optimistic, since they chose the post-processing).
 
     Writes ``metrics.json``, ``per_image.csv`` and ``overlays/<id>.png`` into ``out`` (default
     ``<run>/evaluation``), and with ``labels_dir`` each predicted label image as ``<id>.png``.

@@ -293,7 +293,7 @@ def export_run(
     author: str = "cellseg user",
     github_user: str | None = None,
 ) -> Path:
-    """Write the bioimage.io package of ``run_dir``'s best model into ``out`` (and ``out``.zip).
+    """Write the bioimage.io package of ``run_dir``'s kept model into ``out`` (and ``out``.zip).
 
     ``author`` (and ``github_user``, which the model zoo wants from someone who maintains the model)
     go into the package's authors.

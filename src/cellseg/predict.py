@@ -98,7 +98,7 @@ def predict_images(
     label_format: str = "png",
     recalibrate: bool = False,
 ) -> PredictionReport:
-    """Segment and measure ``images`` with ``run_dir``'s best model; write the outputs into ``out``.
+    """Segment and measure ``images`` with ``run_dir``'s kept model; write the outputs into ``out``.
 
     An image that cannot be read is reported (on the progress bar and in ``summary.csv``) and skipped; the
     others go on.
