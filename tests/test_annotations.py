@@ -116,3 +116,24 @@ def test_the_check_command_says_per_image_what_it_found(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "f  " in captured.out and "PROBLEM" in captured.out and "differs from its image" in captured.out
     assert "1 image(s) cannot be used" in captured.err
+
+
+def test_a_qupath_rectangle_region_crops_what_is_trained_and_scored(tmp_path):
+    """Users annotate a region, not a slide: its rectangle is all that counts; a free-form one is refused."""
+    image = (np.random.default_rng(2).random(SHAPE) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), image)
+    inside = qupath_feature({"type": "Polygon", "coordinates": [square(12, 12, 18, 18)]})
+    outside = qupath_feature({"type": "Polygon", "coordinates": [square(40, 2, 46, 8)]})
+    region = qupath_feature({"type": "Polygon", "coordinates": [square(10, 10, 30, 35)]}, "annotation")
+    path = tmp_path / "g.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [inside, outside, region]}))
+    (ref,) = scan_beside(tmp_path)
+    sample = ref.load()
+    assert sample.image.shape[:2] == sample.labels.shape == (25, 20), "rows 10-34, columns 10-29"
+    assert len(np.unique(sample.labels)) == 2 and (sample.labels > 0).sum() == 36, "only the nucleus inside"
+    np.testing.assert_array_equal(ref.load_image(), sample.image)
+    triangle = {"type": "Polygon", "coordinates": [[[10, 10], [30, 10], [10, 35], [10, 10]]]}
+    features = [inside, qupath_feature(triangle, "annotation")]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with pytest.raises(DataError, match="not a rectangle; draw it with QuPath's rectangle tool"):
+        ref.load()

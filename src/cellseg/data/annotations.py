@@ -17,7 +17,9 @@ Polygons are rasterised in pixel coordinates whose (0, 0) is the corner of the f
 ImageJ's convention): a pixel belongs to a nucleus when its centre lies inside. Holes are cut out, every
 part of a multi-polygon belongs to the same nucleus, and where nuclei overlap the smaller keeps the shared
 pixels. In a QuPath file, detections and cells are the nuclei (a cell's ``nucleusGeometry`` where it has
-one); annotation objects are nuclei too when the file has no detections (a hand-drawn file).
+one), and annotation objects beside them mark the region of interest: a rectangle to which image and
+nuclei are cropped, so only what was annotated is trained on and scored (:func:`region_box`). In a file
+without detections (a hand-drawn one), the annotation objects are the nuclei and the whole image counts.
 """
 
 from __future__ import annotations
@@ -106,8 +108,9 @@ def _geojson_polygons(geometry: dict[str, Any] | None, where: str) -> list[Polyg
     raise DataError(f"{where}: unknown GeoJSON geometry type {kind!r}")
 
 
-def read_geojson(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Instance labels from a QuPath GeoJSON export (a FeatureCollection, a list of features or one)."""
+def _features(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A QuPath GeoJSON file's nuclei and its regions: detections (cells, tiles) are nuclei and
+    annotation objects beside them regions; in a file without detections the annotations are nuclei."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -120,7 +123,42 @@ def read_geojson(path: Path, shape: tuple[int, int]) -> np.ndarray:
         return str((feature.get("properties") or {}).get("objectType", "annotation"))
 
     detected = [f for f in features if kind(f) in ("detection", "cell", "tile")]
-    nuclei = detected or [f for f in features if kind(f) == "annotation"]
+    annotations = [f for f in features if kind(f) == "annotation"]
+    return (detected, annotations) if detected else (annotations, [])
+
+
+def region_box(path: Path, shape: tuple[int, int]) -> tuple[slice, slice] | None:
+    """The annotated region of a QuPath file (its annotation objects beside detections), as the rows and
+    columns of its rectangle; None when the whole image is annotated (or the file is not QuPath's).
+
+    Only what lies inside the region is trained on and scored. A region must be a rectangle (QuPath's
+    rectangle tool): the pixels of a free-form region's bounding box outside it would count as
+    background, so one is refused with the fix.
+    """
+    if not path.name.endswith((".geojson", ".json")):
+        return None
+    _, regions = _features(path)
+    if not regions:
+        return None
+    polygons = [
+        p for i, f in enumerate(regions) for p in _geojson_polygons(f.get("geometry"), f"{path}, region {i}")
+    ]
+    inside = polygon_mask(polygons, shape)
+    if not inside.any():
+        raise DataError(f"{path}: its region of interest covers no pixel of the {shape[1]}x{shape[0]} image")
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    if inside[box].mean() < 0.99:
+        raise DataError(
+            f"{path}: the region of interest (its annotation objects) is not a rectangle; draw it with "
+            "QuPath's rectangle tool, or annotate its whole bounding box"
+        )
+    return box
+
+
+def read_geojson(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels from a QuPath GeoJSON export (a FeatureCollection, a list of features or one)."""
+    nuclei, _ = _features(path)
     masks = []
     for i, feature in enumerate(nuclei):
         geometry = feature.get("nucleusGeometry") or feature.get("geometry")
@@ -171,12 +209,23 @@ def read_annotation(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return labels
 
 
+def _image_beside(image_path: Path, annotation: Path | None) -> np.ndarray:
+    """The image, cropped to its annotation's region of interest if it has one (:func:`region_box`)."""
+    image = read_image_2d(image_path)
+    box = None if annotation is None else region_box(annotation, image.shape[:2])
+    return image if box is None else image[box]
+
+
 def _load_beside(image_path: Path, annotation: Path | None) -> Sample:
     if annotation is None:
         endings = ", ".join(image_path.stem + e for e in ANNOTATION_ENDINGS[:3])
         raise DataError(f"{image_path}: no annotation beside it (looked for {endings}, ...)")
     image = read_image_2d(image_path)
-    return Sample(image_path.stem, image, read_annotation(annotation, image.shape[:2]))
+    labels = read_annotation(annotation, image.shape[:2])
+    box = region_box(annotation, image.shape[:2])
+    if box is not None:
+        image, labels = image[box], labels[box]
+    return Sample(image_path.stem, image, labels)
 
 
 def scan_beside(root: Path) -> list[SampleRef]:
@@ -192,7 +241,7 @@ def scan_beside(root: Path) -> list[SampleRef]:
             SampleRef(
                 image.stem,
                 partial(_load_beside, image, annotation),
-                partial(read_image_2d, image),
+                partial(_image_beside, image, annotation),
                 (image, *([annotation] if annotation else [])),
             )
         )
