@@ -268,3 +268,15 @@ def test_export_of_a_bright_nuclei_run_asks_for_inverted_dark_nuclei_images(tiny
     plain = to_channels(image, 3).astype(np.float32)
     expected = plain.max() - plain if dark_nuclei(image) else plain
     np.testing.assert_array_equal(raw, expected[: raw.shape[0], : raw.shape[1]])
+
+
+def test_labels_beyond_16_bits_are_written_as_a_32_bit_tiff_never_lost(tmp_path, caplog):
+    """A whole slide holds more than 65,535 nuclei; its labels must not be lost to the output format."""
+    from cellseg.outputs import save_labels
+
+    labels = np.arange(300 * 300, dtype=np.int32).reshape(300, 300)  # 89,999 nuclei
+    written = save_labels(tmp_path / "slide.png", labels)
+    assert written == tmp_path / "slide.tif" and "do not fit a 16-bit PNG" in caplog.text
+    np.testing.assert_array_equal(tifffile.imread(written), labels)
+    assert save_labels(tmp_path / "small.png", labels[:10, :10]) == tmp_path / "small.png"
+    np.testing.assert_array_equal(tifffile.imread(save_labels(tmp_path / "wide.tif", labels)), labels)

@@ -6,6 +6,7 @@ half an image that Fiji, QuPath or napari would then fail to open.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from skimage.segmentation import mark_boundaries
 
 from cellseg.preprocessing import normalize, to_channels
 from cellseg.runs import atomic_path
+
+logger = logging.getLogger(__name__)
 
 LABEL_FORMATS = ("png", "tif")
 
@@ -38,16 +41,23 @@ NUCLEUS_COLUMNS = {
 }
 
 
-def save_labels(path: Path, labels: np.ndarray) -> None:
-    """A 16-bit instance label image (PNG or TIFF, by suffix) that any other tool can read and score."""
-    if labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{path.name}: {labels.max()} instances do not fit a 16-bit label image")
+def save_labels(path: Path, labels: np.ndarray) -> Path:
+    """An instance label image that any other tool can read and score: 16-bit PNG or TIFF (by suffix)
+    while the nuclei fit, else a 32-bit TIFF, since PNG has no 32-bit grey (a large image's labels are
+    written, never lost: ``<id>.tif`` instead of ``<id>.png``, with a warning). Returns the path written."""
+    wide = labels.max() > np.iinfo(np.uint16).max
+    if wide and path.suffix.lower() not in (".tif", ".tiff"):
+        logger.warning(
+            f"{path.name}: {labels.max()} nuclei do not fit a 16-bit PNG; written as a 32-bit TIFF"
+        )
+        path = path.with_suffix(".tif")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if path.suffix.lower() in (".tif", ".tiff"):
-            tifffile.imwrite(tmp, labels.astype(np.uint16), compression="zlib")
+            tifffile.imwrite(tmp, labels.astype(np.uint32 if wide else np.uint16), compression="zlib")
         elif not cv2.imwrite(str(tmp), labels.astype(np.uint16)):
             raise OSError(f"could not write {path}")
+    return path
 
 
 def save_overlay(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> None:
