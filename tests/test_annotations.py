@@ -137,3 +137,25 @@ def test_a_qupath_rectangle_region_crops_what_is_trained_and_scored(tmp_path):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     with pytest.raises(DataError, match="not a rectangle; draw it with QuPath's rectangle tool"):
         ref.load()
+
+
+def test_predicted_nuclei_go_to_qupath_as_geojson_and_come_back_pixel_for_pixel(tmp_path):
+    from skimage.draw import disk, ellipse
+
+    from cellseg.outputs import nucleus_table, save_geojson
+
+    labels = np.zeros((60, 70), np.int32)
+    labels[disk((15, 15), 8)] = 1
+    labels[ellipse(40, 45, 6, 14, rotation=0.5)] = 2
+    labels[5:25, 40:46], labels[19:25, 40:60] = 3, 3  # an L: concave
+    labels[50:52, 5:7] = 4  # a tiny one
+    image = (labels * 40).astype(np.uint8)
+    table = nucleus_table(labels, image)
+    save_geojson(tmp_path / "x.geojson", labels, table)
+    collection = json.loads((tmp_path / "x.geojson").read_text())
+    assert [f["properties"]["measurements"]["label"] for f in collection["features"]] == [1, 2, 3, 4]
+    assert collection["features"][0]["properties"]["objectType"] == "detection"
+    back = read_annotation(tmp_path / "x.geojson", labels.shape)
+    for row in table:  # every nucleus comes back with exactly its pixels
+        (found,) = np.unique(back[labels == row["label"]])
+        np.testing.assert_array_equal(back == found, labels == row["label"])

@@ -83,6 +83,43 @@ def nucleus_table(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]
     ]
 
 
+def nuclei_geojson(labels: np.ndarray, table: list[dict[str, Any]]) -> dict[str, Any]:
+    """The nuclei as a GeoJSON FeatureCollection that QuPath imports as detections (drag and drop, or
+    File > Import objects): one polygon per nucleus, its :func:`nucleus_table` row as measurements.
+
+    Outlines follow pixel edges in QuPath's and ImageJ's coordinates ((0, 0) is the corner of the first
+    pixel), so rasterising them again (:func:`cellseg.data.annotations.read_geojson`) gives back every
+    pixel; a nucleus in several pieces keeps its largest.
+    """
+    from skimage.measure import find_contours
+
+    features = []
+    for row in table:
+        y0, x0, y1, x1 = (row[k] for k in ("bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"))
+        mask = np.pad(labels[y0:y1, x0:x1] == row["label"], 1).astype(np.float32)
+        ring = max(find_contours(mask, 0.5), key=len)  # (row, col) in the padded crop, centres at integers
+        points = [[round(float(x) + x0 - 0.5, 3), round(float(y) + y0 - 0.5, 3)] for y, x in ring]
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [points]},
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": "Nucleus"},
+                "measurements": {k: v for k, v in row.items() if not k.startswith("bbox")},
+            },
+        })  # fmt: skip
+    return {"type": "FeatureCollection", "features": features}
+
+
+def save_geojson(path: Path, labels: np.ndarray, table: list[dict[str, Any]]) -> None:
+    """:func:`nuclei_geojson` written to ``path`` (compact: a slide has hundreds of thousands)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(nuclei_geojson(labels, table), separators=(",", ":")))
+
+
 _PROPERTIES = (
     "label",
     "centroid",

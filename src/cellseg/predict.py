@@ -2,8 +2,10 @@
 
 Each image is predicted whole at native resolution (tiled, as in evaluation) and turned into instances
 with the run's calibrated post-processing. Per image, the output folder gets ``labels/<id>.<png|tif>``
-(16-bit instance labels), ``overlays/<id>.png`` (outlines on the image) and ``nuclei/<id>.csv`` (one
-row per nucleus); ``summary.csv`` has one row per image, failed ones included with their reason.
+(16-bit instance labels; 32-bit TIFF past 65,535 nuclei), ``overlays/<id>.png`` (outlines on the
+image), ``nuclei/<id>.csv`` (one row per nucleus) and ``nuclei/<id>.geojson`` (their outlines and
+measurements, which QuPath imports as detections); ``summary.csv`` has one row per image, failed ones
+included with their reason.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from cellseg.data.annotations import is_annotation
 from cellseg.data.images import IMAGE_SUFFIXES, read_image_2d
 from cellseg.data.readers import detect_layout
 from cellseg.hardware import peak_memory_mb
-from cellseg.outputs import LABEL_FORMATS, NUCLEUS_COLUMNS, nucleus_table, save_labels, save_overlay
+from cellseg.outputs import (
+    LABEL_FORMATS,
+    NUCLEUS_COLUMNS,
+    nucleus_table,
+    save_geojson,
+    save_labels,
+    save_overlay,
+)
 from cellseg.segmenter import open_segmenter
 
 SUMMARY_CSV = "summary.csv"  # one row per image predicted
@@ -126,6 +135,7 @@ def predict_images(
         save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
         save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
         runs.write_csv(out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
+        save_geojson(out / "nuclei" / f"{path.stem}.geojson", labels, table)  # QuPath: drag and drop
         areas = [r["area"] for r in table]
         report.megapixels += labels.size / 1e6
         report.rows.append(
