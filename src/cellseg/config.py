@@ -18,6 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from cellseg.hardware import PRECISIONS  # reads /proc/cpuinfo on demand, never TensorFlow
+
 OPTIMIZERS = ("sgd", "sgd_momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "plateau")
 
@@ -134,7 +136,7 @@ class TrainConfig:
     keep_model: Literal["val_loss", "last"] = "val_loss"  # which epoch model.keras holds
     diagnostics: bool = True  # per-layer dead units, activation statistics, gradient norms per epoch
     # auto: chosen by the hardware (cellseg.hardware.choose_precision); else a Keras dtype policy
-    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
     jit_compile: bool | Literal["auto"] = "auto"
     run_eagerly: bool = False  # Keras runs each step eagerly: no graph tracing (debuggers, tiny runs)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
