@@ -124,9 +124,8 @@ def keep_the_better(run: Run) -> dict[str, Any]:
     """
     from cellseg.calibration import calibrate, validation_samples
     from cellseg.config import InferenceOptions
-    from cellseg.inference import TiledPredictor
-    from cellseg.models import build_unet, load_model
-    from cellseg.preprocessing import Preprocessing
+    from cellseg.inference import load_predictor
+    from cellseg.models import build_unet
     from cellseg.runs import atomic_path
     from cellseg.segmenter import open_segmenter
 
@@ -134,17 +133,16 @@ def keep_the_better(run: Run) -> dict[str, Any]:
     assert cfg.train.init is not None
     open_segmenter(run.path, options, recalibrate=True)
     tuned = float(run.postprocess["val_dsb_score"])
-    start = load_model(Run(start_folder(cfg.train.init)).kept_model, compile=False)
-    preprocessing = Preprocessing.from_config(cfg.data)
+    start_model = Run(start_folder(cfg.train.init)).kept_model
+    predictor, _ = load_predictor(run.path, options, model_path=start_model)  # the run's preprocessing
     samples = validation_samples(run.path, cfg)
-    _, record = calibrate(TiledPredictor(start, preprocessing, 2**cfg.model.depth, options), samples,
-                          cfg.model.num_classes == 3)  # fmt: skip
+    _, record = calibrate(predictor, samples, cfg.model.num_classes == 3)
     before = float(record["val_dsb_score"])
     comparison = {"val_images": len(samples), "fine_tuned_val_dsb": tuned, "start_val_dsb": before}
     if before <= tuned:
         return {**comparison, "kept": "fine-tuned"}
     model = build_unet(cfg.model, cfg.data.channels)
-    model.set_weights(start.get_weights())
+    model.set_weights(predictor.model.get_weights())
     with atomic_path(run.kept_model) as tmp:
         model.save(tmp)
     open_segmenter(run.path, options)  # the model file changed: calibrated again

@@ -34,7 +34,7 @@ from cellseg.config import Config, InferenceOptions
 from cellseg.data import DataError
 from cellseg.inference import TiledPredictor, load_predictor
 from cellseg.postprocess import PostprocessPlan, Probabilities, instances
-from cellseg.runs import Run
+from cellseg.runs import POSTPROCESS, Run
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,6 @@ class Segmenter:
     predictor: TiledPredictor
     plan: PostprocessPlan
     card: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def shipped(self) -> bool:
-        """Whether this is a model of the installed package (never written to)."""
-        return pretrained.is_shipped(self.run.path)
 
     def probabilities(self, image: np.ndarray, name: str = "image") -> Probabilities:
         """The model's probability maps for a raw image (any size, grey or RGB, any dtype)."""
@@ -82,9 +77,9 @@ def _resolve(source: str | Path) -> tuple[Path, str]:
 
 
 def _note_other_options(saved: dict[str, Any], options: InferenceOptions, fix: str) -> None:
-    recorded = {k: v for k, v in saved.get("inference", {}).items() if k != "batch_size"}
+    recorded = probability_options(InferenceOptions(**saved["inference"]))
     wanted = probability_options(options)
-    if recorded and recorded != wanted:
+    if recorded != wanted:
         logger.info(f"post-processing recorded for {recorded}, kept for {wanted}{fix}")
 
 
@@ -100,7 +95,7 @@ def choose_plan(
                 "copy its folder and use --run on the copy"
             )
         if saved is None:
-            raise DataError(f"{run.path}: the shipped model has no {run.path / 'postprocess.json'}")
+            raise DataError(f"{run.path}: the shipped model has no {POSTPROCESS}")
         _note_other_options(saved, options, " (a shipped model is never recalibrated)")
         return PostprocessPlan.from_dict(saved)
     stale = saved is not None and saved.get("model_sha256") not in (None, model_digest(run.kept_model))

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import numpy as np
+
     from cellseg.data import DataError
     from cellseg.data.readers import detect_layout, scan_samples
     from cellseg.preprocessing import modality
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 problems += 1
                 print(f"  {ref.id:<32} PROBLEM: {exc}")
                 continue
-            nuclei = len({int(v) for v in sample.labels.ravel()} - {0})
+            nuclei = int(np.count_nonzero(np.unique(sample.labels)))
             h, w = sample.labels.shape
             kind = modality(sample.image)
             print(f"  {ref.id:<32} {w}x{h} px, {kind:<12} {nuclei:>5} nuclei  from {annotation}")

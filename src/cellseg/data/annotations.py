@@ -228,14 +228,18 @@ def _load_beside(image_path: Path, annotation: Path | None) -> Sample:
     return Sample(image_path.stem, image, labels)
 
 
-def scan_beside(root: Path) -> list[SampleRef]:
-    """One reference per image in ``root`` with its annotation beside it (see the module docstring)."""
-    images = [
+def _images(root: Path) -> list[Path]:
+    """The image files directly in ``root``, annotations named as such (``X_labels.tif``...) left out."""
+    return [
         p for p in sorted(root.iterdir())
         if p.suffix.lower() in IMAGE_SUFFIXES and not is_annotation(p) and p.is_file()
     ]  # fmt: skip
+
+
+def scan_beside(root: Path) -> list[SampleRef]:
+    """One reference per image in ``root`` with its annotation beside it (see the module docstring)."""
     refs = []
-    for image in images:
+    for image in _images(root):
         annotation = annotation_for(image)
         refs.append(
             SampleRef(
@@ -250,7 +254,4 @@ def scan_beside(root: Path) -> list[SampleRef]:
 
 def has_annotations_beside(root: Path) -> bool:
     """Whether some image directly in ``root`` has an annotation file beside it."""
-    return any(
-        p.suffix.lower() in IMAGE_SUFFIXES and not is_annotation(p) and annotation_for(p) is not None
-        for p in root.iterdir()
-    )
+    return any(annotation_for(p) is not None for p in _images(root))
