@@ -154,6 +154,26 @@ class InferenceOptions:
     flips: bool = False
 
 
+@dataclass(frozen=True)
+class SlideOptions:
+    """How a slide is cut: ``chunk`` and ``halo`` in px of the level read (the halo grows to three
+    nucleus widths if smaller); ``zoom``: None estimates it on tissue; ``pixel_size_um`` overrides the
+    file's."""
+
+    chunk: int = 2048
+    halo: int = 128
+    zoom: float | None = None
+    pixel_size_um: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk < 256 or self.halo < 0 or not 2 * self.halo < self.chunk:
+            raise ValueError(
+                f"chunk {self.chunk} px and halo {self.halo} px: need chunk >= 256, 0 <= 2 halo < chunk"
+            )
+        if self.zoom is not None and not self.zoom > 0:
+            raise ValueError(f"zoom {self.zoom}: must be positive")
+
+
 @dataclass
 class Config:
     """A complete, resolved run configuration."""

@@ -105,17 +105,20 @@ class TiledPredictor:
                 weight[y : y + self.tile, x : x + self.tile] += self.window
         return (total / weight)[:h, :w]
 
-    def _output(self, image: np.ndarray, factor: float, name: str) -> np.ndarray:
+    def _output(self, image: np.ndarray, factor: float, name: str, invert: bool | None = None) -> np.ndarray:
         """Model output for a raw image zoomed by ``factor``, prepared exactly as in training."""
-        return self.predict_normalized(self.preprocessing.apply(image, name, factor))
+        return self.predict_normalized(self.preprocessing.apply(image, name, factor, invert))
 
-    def at_zoom(self, image: np.ndarray, factor: float, name: str = "image") -> Probabilities:
+    def at_zoom(
+        self, image: np.ndarray, factor: float, name: str = "image", invert: bool | None = None
+    ) -> Probabilities:
         """Probability maps for a raw image predicted at a zoom given, not estimated (e.g. the zoom its
-        masks give: ``benchmarks/bench_zoom.py`` measures what the estimate costs), at its size."""
-        return _zoomed_back(self._output(image, factor, name), factor, image)
+        masks give: ``benchmarks/bench_zoom.py`` measures what the estimate costs, or one zoom for all of
+        a slide's chunks), at its size; ``invert`` overrides the polarity read off the image."""
+        return _zoomed_back(self._output(image, factor, name, invert), factor, image)
 
-    def __call__(self, image: np.ndarray, name: str = "image") -> Probabilities:
-        """Probability maps for a raw image (any dtype), prepared exactly as in training, at its size."""
+    def _estimate(self, image: np.ndarray, name: str) -> tuple[float, np.ndarray]:
+        """The zoom for a raw image (1 without ``nucleus_size``) and the model's output at that zoom."""
         outputs: dict[float, np.ndarray] = {}
 
         def output_at(factor: float) -> np.ndarray:
@@ -125,14 +128,25 @@ class TiledPredictor:
 
         size = self.preprocessing.nucleus_size
         if size is None:
-            return probabilities(output_at(1.0))
+            return 1.0, output_at(1.0)
 
         def nuclei_at(factor: float) -> np.ndarray:
             probs = probabilities(output_at(factor))
             return (probs.foreground if probs.interior is None else probs.interior) > 0.5
 
         factor = estimate_factor(nuclei_at, size)
-        return _zoomed_back(output_at(factor), factor, image)
+        return factor, output_at(factor)
+
+    def zoom(self, image: np.ndarray, name: str = "image") -> float:
+        """The zoom :meth:`__call__` would predict a raw image at (1 for a model without ``nucleus_size``)."""
+        return self._estimate(image, name)[0] if self.preprocessing.nucleus_size is not None else 1.0
+
+    def __call__(self, image: np.ndarray, name: str = "image") -> Probabilities:
+        """Probability maps for a raw image (any dtype), prepared exactly as in training, at its size."""
+        factor, output = self._estimate(image, name)
+        if self.preprocessing.nucleus_size is None:
+            return probabilities(output)
+        return _zoomed_back(output, factor, image)
 
 
 def load_predictor(

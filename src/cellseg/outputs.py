@@ -83,32 +83,47 @@ def nucleus_table(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]
     ]
 
 
-def nuclei_geojson(labels: np.ndarray, table: list[dict[str, Any]]) -> dict[str, Any]:
-    """The nuclei as a GeoJSON FeatureCollection that QuPath imports as detections (drag and drop, or
-    File > Import objects): one polygon per nucleus, its :func:`nucleus_table` row as measurements.
+def nucleus_features(
+    labels: np.ndarray,
+    table: list[dict[str, Any]],
+    measurements: list[dict[str, Any]] | None = None,
+    origin: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    """One GeoJSON Feature per row of ``table`` (:func:`nucleus_table` of ``labels``): the nucleus's
+    outline as a detection, with its row (or the matching row of ``measurements``) as measurements.
 
     Outlines follow pixel edges in QuPath's and ImageJ's coordinates ((0, 0) is the corner of the first
     pixel), so rasterising them again (:func:`cellseg.data.annotations.read_geojson`) gives back every
-    pixel; a nucleus in several pieces keeps its largest.
+    pixel; a nucleus in several pieces keeps its largest. ``labels`` may be a crop at ``origin`` (y, x)
+    of an image ``scale`` times smaller than the coordinates wanted (a slide's level).
     """
     from skimage.measure import find_contours
 
     features = []
-    for row in table:
+    for i, row in enumerate(table):
         y0, x0, y1, x1 = (row[k] for k in ("bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"))
         mask = np.pad(labels[y0:y1, x0:x1] == row["label"], 1).astype(np.float32)
         ring = max(find_contours(mask, 0.5), key=len)  # (row, col) in the padded crop, centres at integers
-        points = [[round(float(x) + x0 - 0.5, 3), round(float(y) + y0 - 0.5, 3)] for y, x in ring]
+        oy, ox = origin[0] + y0 - 0.5, origin[1] + x0 - 0.5
+        points = [[round((float(x) + ox) * scale, 3), round((float(y) + oy) * scale, 3)] for y, x in ring]
+        shown = row if measurements is None else measurements[i]
         features.append({
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [points]},
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": "Nucleus"},
-                "measurements": {k: v for k, v in row.items() if not k.startswith("bbox")},
+                "measurements": {k: v for k, v in shown.items() if not k.startswith("bbox")},
             },
         })  # fmt: skip
-    return {"type": "FeatureCollection", "features": features}
+    return features
+
+
+def nuclei_geojson(labels: np.ndarray, table: list[dict[str, Any]]) -> dict[str, Any]:
+    """The nuclei as a GeoJSON FeatureCollection that QuPath imports as detections (drag and drop, or
+    File > Import objects): :func:`nucleus_features` of the whole image."""
+    return {"type": "FeatureCollection", "features": nucleus_features(labels, table)}
 
 
 def save_geojson(path: Path, labels: np.ndarray, table: list[dict[str, Any]]) -> None:

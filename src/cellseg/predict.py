@@ -6,6 +6,10 @@ with the run's calibrated post-processing. Per image, the output folder gets ``l
 image), ``nuclei/<id>.csv`` (one row per nucleus) and ``nuclei/<id>.geojson`` (their outlines and
 measurements, which QuPath imports as detections); ``summary.csv`` has one row per image, failed ones
 included with their reason.
+
+Whole slides (:func:`cellseg.slides.is_slide`: SVS, NDPI, OME-TIFF, tiled or pyramidal TIFF, OME-Zarr)
+are never read whole: :func:`cellseg.slides.segment_slide` segments them chunk by chunk into
+``labels/<id>.ome.zarr`` and the same nucleus files, in full-resolution slide coordinates.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from cellseg.outputs import (
     save_overlay,
 )
 from cellseg.segmenter import open_segmenter
+from cellseg.slides import SLIDE_SUFFIXES, SlideOptions, is_slide, segment_slide
 
 SUMMARY_CSV = "summary.csv"  # one row per image predicted
 
@@ -51,7 +56,12 @@ def _images_in(folder: Path) -> list[Path]:
         folders = sorted(p / "images" for p in folder.iterdir() if (p / "images").is_dir())
     else:
         folders = [folder]
-    found = [p for f in folders for p in sorted(f.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    found = [
+        p
+        for f in folders
+        for p in sorted(f.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(SLIDE_SUFFIXES)
+    ]
     return [p for p in found if not is_annotation(p)] if layout == "beside" else found
 
 
@@ -63,7 +73,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(str, inputs):
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and not is_slide(path):  # an OME-Zarr folder is one slide
             found += _images_in(path)
         elif path.is_file():
             found.append(path)
@@ -106,11 +116,12 @@ def predict_images(
     options: InferenceOptions | None = None,
     label_format: str = "png",
     recalibrate: bool = False,
+    slide_options: SlideOptions | None = None,
 ) -> PredictionReport:
     """Segment and measure ``images`` with ``run_dir``'s kept model; write the outputs into ``out``.
 
     An image that cannot be read is reported (on the progress bar and in ``summary.csv``) and skipped; the
-    others go on.
+    others go on. Slides are segmented chunk by chunk with ``slide_options``.
     """
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
@@ -122,6 +133,11 @@ def predict_images(
         began = time.perf_counter()
         row: dict[str, Any] = {"image": path.stem, "path": str(path), "height": "", "width": ""}
         try:
+            if is_slide(path):
+                summary = segment_slide(segment, path, out, slide_options).summary
+                report.megapixels += summary["height"] * summary["width"] / 1e6
+                report.rows.append({**summary, "error": ""})
+                continue
             image = read_image_2d(path)
         except DataError as exc:
             report.failed.append((path, str(exc)))
@@ -152,5 +168,6 @@ def predict_images(
         )
     report.seconds = time.perf_counter() - start
     report.peak_memory_mb = peak_memory_mb()
-    runs.write_csv(out / SUMMARY_CSV, report.rows)
+    columns = list(dict.fromkeys(k for r in report.rows for k in r))  # slides add their own columns
+    runs.write_csv(out / SUMMARY_CSV, report.rows, columns=columns)
     return report

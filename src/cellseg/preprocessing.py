@@ -40,21 +40,28 @@ class Preprocessing:
         """Whether this image is inverted: dark nuclei on a light ground, with ``bright_nuclei``."""
         return self.bright_nuclei and dark_nuclei(image)
 
-    def oriented(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, bool]:
-        """The raw image in the network's channels, and whether it is to be inverted (:meth:`inverts`,
-        read off the converted image: what the network is fed, also by an exported model's user)."""
+    def oriented(
+        self, image: np.ndarray, name: str = "image", invert: bool | None = None
+    ) -> tuple[np.ndarray, bool]:
+        """The raw image in the network's channels, and whether it is to be inverted: ``invert`` when
+        given (a slide's chunks share the slide's polarity), else :meth:`inverts`, read off the converted
+        image (what the network is fed, also by an exported model's user)."""
         image = to_channels(image, self.channels, name)
-        return image, self.inverts(image)
+        return image, (self.inverts(image) if invert is None else invert and self.bright_nuclei)
 
-    def apply(self, image: np.ndarray, name: str = "image", factor: float = 1.0) -> np.ndarray:
+    def apply(
+        self, image: np.ndarray, name: str = "image", factor: float = 1.0, invert: bool | None = None
+    ) -> np.ndarray:
         """A raw image as the network sees it: its channels, zoomed by ``factor`` (nucleus size, see
-        :mod:`cellseg.data.scale`), inverted if :meth:`inverts`, normalised to [0, 1], equalised locally
-        with ``equalize``."""
-        return self.prepare(image, name, factor)[0]
+        :mod:`cellseg.data.scale`), inverted as :meth:`oriented` decides, normalised to [0, 1], equalised
+        locally with ``equalize``."""
+        return self.prepare(image, name, factor, invert)[0]
 
-    def prepare(self, image: np.ndarray, name: str = "image", factor: float = 1.0) -> tuple[np.ndarray, bool]:
+    def prepare(
+        self, image: np.ndarray, name: str = "image", factor: float = 1.0, invert: bool | None = None
+    ) -> tuple[np.ndarray, bool]:
         """:meth:`apply`, and whether it inverted the image (training records it per image)."""
-        image, inverted = self.oriented(image, name)
+        image, inverted = self.oriented(image, name, invert)
         if inverted:  # negated before normalising: what any tool's "invert" gives, since
             image = -image.astype(np.float32)  # normalize() ignores offsets (see describe)
         normalized = normalize(resize(image, factor))

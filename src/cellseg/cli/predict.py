@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Segment nuclei in images that have no masks, with a trained run: whole-image tiled prediction, "
             "the run's calibrated post-processing, and per image a 16-bit label image, an outline overlay "
-            "and a table of nuclei (position, area, perimeter, shape, intensity)."
+            "and a table of nuclei (position, area, perimeter, shape, intensity); whole slides chunk by "
+            "chunk, into an OME-Zarr label image and the nuclei as QuPath-ready GeoJSON."
         ),
         epilog="example: python scripts/predict.py --run runs/20261123-134336_relu_s0 "
         "'images/*.tif' more_images/ --out segmented/",
@@ -39,7 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", dest="label_format", default="png", choices=["png", "tif"], help="label image format"
     )
     add_inference_options(p)
+    add_slide_options(p)
     return p
+
+
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    """How whole slides (SVS, NDPI, OME-TIFF, tiled TIFF, OME-Zarr) are cut; defaults from SlideOptions."""
+    from cellseg.config import SlideOptions  # light: no TensorFlow
+
+    d = SlideOptions()
+    g = p.add_argument_group(
+        "whole slides", "read lazily and segmented chunk by chunk into labels/<id>.ome.zarr (resumable)"
+    )
+    g.add_argument("--chunk", type=int, default=d.chunk, help=f"chunk side in px (default {d.chunk})")
+    g.add_argument(
+        "--halo", type=int, default=d.halo,
+        help=f"context read around each chunk, px; wider than a nucleus (default {d.halo})",
+    )  # fmt: skip
+    g.add_argument(
+        "--zoom", type=float, default=None,
+        help="zoom of the slide's full-resolution pixels for the model (default: estimated on its tissue)",
+    )  # fmt: skip
+    g.add_argument(
+        "--pixel-size", type=float, default=None, metavar="UM",
+        help="µm per full-resolution pixel, where the file does not say (measurements in µm)",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inputs:
         parser.error("give the images to segment (files, folders or glob patterns)")
     setup_logging()
+    from cellseg.config import SlideOptions
     from cellseg.predict import find_images, predict_images
 
     options = inference_options(args)
     try:
+        slides = SlideOptions(args.chunk, args.halo, args.zoom, args.pixel_size)
         images = find_images(args.inputs)
-        report = predict_images(run, images, args.out, options, args.label_format, args.recalibrate)
+        report = predict_images(run, images, args.out, options, args.label_format, args.recalibrate, slides)
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,320 @@
+"""Segment a whole slide chunk by chunk: bounded memory, nuclei on seams stitched once, resumable.
+
+The slide is cut into square chunks (``chunk`` px a side at the level predicted). Each chunk is read with
+a ``halo`` of context on every side, predicted and post-processed whole, and keeps exactly the nuclei
+whose centroid lies in its own square: a nucleus on a seam belongs to one chunk, which saw all of it (the
+halo is wider than a nucleus), so it is never cut in two nor counted twice. Nuclei are written into the
+label image where no earlier chunk put one, with ids continuing from the chunks before.
+
+One zoom and one polarity hold for the whole slide (estimated on its tissue, or given): chunks that
+decided for themselves could disagree at a seam. The level read is the smallest one that still has the
+pixels that zoom needs. Chunks of bare glass (:mod:`cellseg.slides.tissue`) are skipped.
+
+Every finished chunk leaves a part file (its nuclei's measurements and outlines) after its labels are
+written, so a killed run resumes at the first chunk without one; at the end the parts become
+``nuclei/<id>.csv`` and ``nuclei/<id>.geojson`` and the labels get their pyramid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.measure import regionprops_table
+from skimage.segmentation import relabel_sequential
+from tqdm import tqdm
+
+from cellseg.calibration import model_digest, probability_options
+from cellseg.config import SlideOptions
+from cellseg.data.tiles import grid_starts
+from cellseg.outputs import NUCLEUS_COLUMNS, nucleus_features, nucleus_table
+from cellseg.postprocess import PostprocessParams, instances
+from cellseg.preprocessing import modality
+from cellseg.runs import atomic_path, read_json, write_json
+from cellseg.segmenter import Segmenter
+from cellseg.slides.omezarr import finish_pyramid, open_labels
+from cellseg.slides.reader import Slide, open_slide, slide_id
+from cellseg.slides.tissue import covered, tissue_mask
+
+logger = logging.getLogger(__name__)
+
+PARTS = ".slide_parts"  # under the output folder: one folder of part files per slide being segmented
+SAMPLE_SIDE = 1024  # px a side of the tissue regions the zoom is estimated on
+SAMPLES = 4
+UM_COLUMNS = ("centroid_y_um", "centroid_x_um", "area_um2")
+
+
+@dataclass
+class SlideResult:
+    """What one slide gave: its files and a summary row."""
+
+    name: str
+    labels: Path
+    table: Path
+    geojson: Path
+    summary: dict[str, Any]
+
+
+def _boxes(height: int, width: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """The chunks' squares (y0, y1, x0, x1) in raster order."""
+    return [
+        (y, min(y + chunk, height), x, min(x + chunk, width))
+        for y in range(0, height, chunk)
+        for x in range(0, width, chunk)
+    ]
+
+
+def _grow(box: tuple[int, int, int, int], halo: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    y0, y1, x0, x1 = box
+    return max(0, y0 - halo), min(shape[0], y1 + halo), max(0, x0 - halo), min(shape[1], x1 + halo)
+
+
+def estimate_zoom(segment: Segmenter, slide: Slide, mask: np.ndarray, scale: float) -> tuple[float, int]:
+    """The model's zoom for the slide, estimated once on the (up to :data:`SAMPLES`) full-resolution
+    regions with most tissue, side by side, so every region's nuclei weigh in as they would in one
+    image; and how many regions it used."""
+    if segment.predictor.preprocessing.nucleus_size is None:
+        return 1.0, 0
+    h, w = slide.shape(0)
+    side = min(SAMPLE_SIDE, h, w)
+    boxes = [(y, y + side, x, x + side) for y in grid_starts(h, side) for x in grid_starts(w, side)]
+    ranked = sorted(boxes, key=lambda b: -covered(mask, scale, b))[:SAMPLES]
+    sample = np.concatenate([slide.read(0, *b) for b in ranked], axis=1)
+    return segment.predictor.zoom(sample, slide.name), len(ranked)
+
+
+def _level_for(slide: Slide, zoom: float) -> int:
+    """The coarsest level whose pixels the zoom still needs (a downsample of at most 1 / zoom)."""
+    fitting = [i for i in range(len(slide.levels)) if slide.downsample(i) <= 1.02 / zoom]
+    return max(fitting or [0], key=slide.downsample)
+
+
+def _settings(segment: Segmenter, slide: Slide, options: SlideOptions, known: dict[str, Any] | None) -> dict:
+    """What decides the slide's labels: recorded ones are kept (a resumed run must not change them),
+    the rest are measured."""
+    thumb, scale = slide.thumbnail()
+    kind = known["modality"] if known else modality(thumb)
+    mask = tissue_mask(thumb, kind)
+    if known and options.zoom in (None, known["zoom"]):
+        zoom, samples = known["zoom"], known["zoom_samples"]
+    elif options.zoom is not None:
+        zoom, samples = options.zoom, 0
+    else:
+        zoom, samples = estimate_zoom(segment, slide, mask, scale)
+    level = _level_for(slide, zoom)
+    downsample = slide.downsample(level)
+    size = segment.predictor.preprocessing.nucleus_size
+    halo = max(options.halo, math.ceil(3 * size / (zoom * downsample))) if size else options.halo
+    settings = {
+        "model": segment.name,
+        "model_sha256": model_digest(segment.run.kept_model),
+        "inference": probability_options(segment.predictor.options),
+        "params": segment.plan.for_modality(kind).to_dict(),
+        "modality": kind,
+        "zoom": zoom,
+        "zoom_samples": samples,
+        "level": level,
+        "downsample": downsample,
+        "chunk": options.chunk,
+        "halo": halo,
+        "pixel_size_um": slide.pixel_size_um,
+    }
+    return {"settings": settings, "mask": mask, "scale": scale}
+
+
+def _refuse_changes(recorded: dict[str, Any], settings: dict[str, Any], where: Path) -> None:
+    changed = [k for k in settings if recorded.get(k) != settings[k]]
+    if changed:
+        diff = ", ".join(f"{k}: {recorded.get(k)} -> {settings[k]}" for k in changed)
+        raise ValueError(
+            f"{where} was made with other settings ({diff}); delete it, or choose another --out, "
+            "to segment again"
+        )
+
+
+def _slide_coordinates(
+    rows: list[dict[str, Any]], origin: tuple[int, int], downsample: float, pixel_size: float | None
+) -> list[dict[str, Any]]:
+    """Rows of a chunk's :func:`nucleus_table` in full-resolution slide pixels (and micrometres when the
+    pixel size is known)."""
+    oy, ox = origin
+    out = []
+    for row in rows:
+        r = dict(row)
+        for axis, offset in (("y", oy), ("x", ox)):
+            r[f"centroid_{axis}"] = round((row[f"centroid_{axis}"] + offset + 0.5) * downsample - 0.5, 2)
+            r[f"bbox_min_{axis}"] = round((row[f"bbox_min_{axis}"] + offset) * downsample)
+            r[f"bbox_max_{axis}"] = round((row[f"bbox_max_{axis}"] + offset) * downsample)
+        r["area"] = round(row["area"] * downsample**2, 2)
+        r["perimeter"] = round(row["perimeter"] * downsample, 3)
+        if pixel_size:
+            r["centroid_y_um"] = round((r["centroid_y"] + 0.5) * pixel_size, 3)
+            r["centroid_x_um"] = round((r["centroid_x"] + 0.5) * pixel_size, 3)
+            r["area_um2"] = round(r["area"] * pixel_size**2, 3)
+        out.append(r)
+    return out
+
+
+def _segment_chunk(
+    segment: Segmenter,
+    slide: Slide,
+    labels: Any,
+    settings: dict[str, Any],
+    box: tuple[int, int, int, int],
+    next_id: int,
+) -> dict[str, Any]:
+    """Predict one chunk, write its nuclei into ``labels`` and return its part (measurements, outlines)."""
+    level, downsample = settings["level"], settings["downsample"]
+    shape = slide.shape(level)
+    grown = _grow(box, settings["halo"], shape)
+    gy0, gy1, gx0, gx1 = grown
+    region = slide.read(level, *grown)
+    probs = segment.predictor.at_zoom(
+        region, settings["zoom"] * downsample, slide.name, invert=settings["modality"] != "fluorescence"
+    )
+    found = instances(probs, PostprocessParams(**settings["params"]))
+    props = regionprops_table(found, properties=("label", "centroid", "bbox"))
+    y0, y1, x0, x1 = box
+    cy, cx = props["centroid-0"] + gy0, props["centroid-1"] + gx0
+    mine = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    at_edge = (
+        ((props["bbox-0"] == 0) & (gy0 > 0))
+        | ((props["bbox-2"] == found.shape[0]) & (gy1 < shape[0]))
+        | ((props["bbox-1"] == 0) & (gx0 > 0))
+        | ((props["bbox-3"] == found.shape[1]) & (gx1 < shape[1]))
+    )
+    existing = np.asarray(labels[gy0:gy1, gx0:gx1])
+    existing[existing >= next_id] = 0  # what an interrupted attempt at this chunk left
+    ours = np.where(np.isin(found, props["label"][mine]) & (existing == 0), found, 0)
+    ours = relabel_sequential(ours)[0].astype(existing.dtype)
+    count = int(ours.max())
+    new = np.where(ours > 0, ours + (next_id - 1), 0).astype(existing.dtype)
+    labels[gy0:gy1, gx0:gx1] = np.where(new > 0, new, existing)
+    table = nucleus_table(new, region)
+    rows = _slide_coordinates(table, (gy0, gx0), downsample, settings["pixel_size_um"])
+    features = nucleus_features(new, table, rows, origin=(gy0, gx0), scale=downsample)
+    return {"first": next_id, "count": count, "tissue": True, "cut": int((mine & at_edge).sum()),
+            "rows": rows, "features": features}  # fmt: skip
+
+
+def _write_part(path: Path, part: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(part, separators=(",", ":")))
+
+
+def _merge_parts(parts: list[Path], table: Path, geojson: Path, columns: list[str]) -> None:
+    """The parts' rows as one CSV and their outlines as one FeatureCollection, one part in memory."""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        atomic_path(table) as tmp_csv,
+        atomic_path(geojson) as tmp_json,
+        tmp_csv.open("w", newline="") as f_csv,
+        tmp_json.open("w") as f_json,
+    ):
+        writer = csv.DictWriter(f_csv, fieldnames=columns)
+        writer.writeheader()
+        f_json.write('{"type":"FeatureCollection","features":[')
+        first = True
+        for path in parts:
+            part = json.loads(path.read_text())
+            writer.writerows(part.get("rows", []))
+            for feature in part.get("features", []):
+                f_json.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
+                first = False
+        f_json.write("]}")
+
+
+def segment_slide(
+    segment: Segmenter, path: str | Path, out: str | Path, options: SlideOptions | None = None
+) -> SlideResult:
+    """Segment the slide at ``path`` into ``out`` (``labels/<id>.ome.zarr``, ``nuclei/<id>.csv`` and
+    ``.geojson``), resuming an interrupted run of the same settings; a finished one is not redone."""
+    options = options or SlideOptions()
+    path, out = Path(path), Path(out)
+    stem = slide_id(path)
+    labels_path = out / "labels" / f"{stem}.ome.zarr"
+    table_path, geojson_path = out / "nuclei" / f"{stem}.csv", out / "nuclei" / f"{stem}.geojson"
+    parts_dir = out / PARTS / stem
+    began = time.perf_counter()
+    with open_slide(path, options.pixel_size_um) as slide:
+        done_file = labels_path / "cellseg.json"
+        settings_file = parts_dir / "settings.json"
+        recorded = read_json(settings_file, "slide settings") if settings_file.is_file() else None
+        finished = read_json(done_file, "slide record") if done_file.is_file() else None
+        known = (finished or {}).get("settings") or recorded
+        measured = _settings(segment, slide, options, known)
+        settings = measured["settings"]
+        if known:
+            _refuse_changes(known, settings, labels_path if finished else parts_dir)
+        if finished:
+            logger.info(f"{labels_path} is finished with these settings: not segmented again")
+            return SlideResult(stem, labels_path, table_path, geojson_path, finished["summary"])
+        if recorded is None and labels_path.exists():
+            shutil.rmtree(labels_path)  # the labels of a run whose settings were never recorded
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        write_json(settings_file, settings)
+        level = settings["level"]
+        shape = slide.shape(level)
+        labels = open_labels(labels_path, shape)
+        boxes = _boxes(*shape, settings["chunk"])
+        mask, scale = measured["mask"], measured["scale"] * settings["downsample"]
+        part_files = [parts_dir / f"{i:06d}.json" for i in range(len(boxes))]
+        next_id = 1
+        cut = 0
+        with tqdm(total=len(boxes), desc=f"{stem} chunks", unit="chunk", disable=None) as bar:
+            for box, part_file in zip(boxes, part_files, strict=True):
+                if part_file.is_file():
+                    part = json.loads(part_file.read_text())
+                else:
+                    if covered(mask, scale, box) > 0:
+                        part = _segment_chunk(segment, slide, labels, settings, box, next_id)
+                    else:
+                        part = {"first": next_id, "count": 0, "tissue": False}
+                    _write_part(part_file, part)
+                next_id = part["first"] + part["count"]
+                cut += part.get("cut", 0)
+                bar.update(1)
+                bar.set_postfix(nuclei=next_id - 1)
+        columns = list(NUCLEUS_COLUMNS.values()) + (list(UM_COLUMNS) if slide.pixel_size_um else [])
+        _merge_parts(part_files, table_path, geojson_path, columns)
+        pixel_size = slide.pixel_size_um
+        levels = finish_pyramid(
+            labels_path, stem, pixel_size * settings["downsample"] if pixel_size else None
+        )
+        tissue_px = float(mask.mean()) * shape[0] * shape[1] * settings["downsample"] ** 2
+        tissue_chunks = sum(json.loads(p.read_text())["tissue"] for p in part_files)
+        summary = {
+            "image": stem,
+            "path": str(path),
+            "height": slide.shape(0)[0],
+            "width": slide.shape(0)[1],
+            "nuclei": next_id - 1,
+            "zoom": round(settings["zoom"], 4),
+            "level": level,
+            "chunks": len(boxes),
+            "tissue_chunks": tissue_chunks,
+            "tissue_megapixels": round(tissue_px / 1e6, 2),
+            "tissue_mm2": round(tissue_px * pixel_size**2 / 1e6, 3) if pixel_size else "",
+            "nuclei_per_mm2": round((next_id - 1) / (tissue_px * pixel_size**2 / 1e6), 1)
+            if pixel_size and tissue_px
+            else "",
+            "label_levels": levels,
+            "cut_by_halo": cut,
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+        if cut:
+            logger.warning(
+                f"{stem}: {cut} nuclei reach beyond the halo of {settings['halo']} px and may be cut; "
+                "raise --halo"
+            )
+        write_json(done_file, {"settings": settings, "summary": summary})
+        shutil.rmtree(parts_dir)
+        return SlideResult(stem, labels_path, table_path, geojson_path, summary)
