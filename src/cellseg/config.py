@@ -166,9 +166,9 @@ class SlideOptions:
     pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk < 256 or self.halo < 0 or not 2 * self.halo < self.chunk:
+        if self.chunk < 256 or not 0 <= self.halo <= self.chunk:
             raise ValueError(
-                f"chunk {self.chunk} px and halo {self.halo} px: need chunk >= 256, 0 <= 2 halo < chunk"
+                f"chunk {self.chunk} px and halo {self.halo} px: need chunk >= 256 and 0 <= halo <= chunk"
             )
         if self.zoom is not None and not self.zoom > 0:
             raise ValueError(f"zoom {self.zoom}: must be positive")

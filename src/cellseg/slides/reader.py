@@ -22,7 +22,7 @@ from cellseg.data import DataError
 from cellseg.data.images import read_image_2d
 
 #: Files read as slides whatever their size; a plain TIFF is one when it is tiled or has a pyramid.
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".btf", ".ome.tif", ".ome.tiff", ".zarr")
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".btf", ".ome.tif", ".ome.tiff", ".ome.zarr", ".zarr")
 _TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
 #: A TIFF with more pixels than this is read as a slide (lazily) even without tiles or a pyramid.
 LARGE_IMAGE_PIXELS = 64_000_000
