@@ -275,3 +275,16 @@ def test_predict_segments_a_slide_with_a_trained_run(relu_run, tmp_path):
     assert attrs["image-label"] and attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0][
         "scale"
     ] == [0.65, 0.65]
+
+
+def test_the_jpeg_tiles_of_an_aperio_slide_are_decoded(tmp_path):
+    y, x = np.mgrid[0:256, 0:320]
+    image = np.stack([y % 256, x % 256, (x + y) % 256], -1).astype(np.uint8)  # smooth: JPEG keeps it
+    path = tmp_path / "scan.svs"
+    description = "Aperio Image Library v12\n320x256 |AppMag = 20|MPP = 0.5"
+    tifffile.imwrite(
+        path, image, tile=(128, 128), photometric="rgb", compression="jpeg", description=description
+    )
+    with open_slide(path) as slide:
+        assert slide.source == "Aperio SVS" and slide.pixel_size_um == 0.5
+        assert np.abs(slide.read(0, 0, 256, 0, 320).astype(int) - image).mean() < 3

@@ -50,6 +50,9 @@ PARTS = ".slide_parts"  # under the output folder: one folder of part files per 
 SAMPLE_SIDE = 1024  # px a side of the tissue regions the zoom is estimated on
 SAMPLES = 4
 UM_COLUMNS = ("centroid_y_um", "centroid_x_um", "area_um2")
+#: where a chunk's time goes (summed per slide in its summary): reading, the network (with zoom and
+#: normalisation), post-processing, and stitching with writing labels, measurements and outlines
+STAGES = ("read", "network", "postprocess", "write")
 
 
 @dataclass
@@ -176,11 +179,15 @@ def _segment_chunk(
     shape = slide.shape(level)
     grown = _grow(box, settings["halo"], shape)
     gy0, gy1, gx0, gx1 = grown
+    clock = [time.perf_counter()]
     region = slide.read(level, *grown)
+    clock.append(time.perf_counter())
     probs = segment.predictor.at_zoom(
         region, settings["zoom"] * downsample, slide.name, invert=settings["modality"] != "fluorescence"
     )
+    clock.append(time.perf_counter())
     found = instances(probs, PostprocessParams(**settings["params"]))
+    clock.append(time.perf_counter())
     props = regionprops_table(found, properties=("label", "centroid", "bbox"))
     y0, y1, x0, x1 = box
     cy, cx = props["centroid-0"] + gy0, props["centroid-1"] + gx0
@@ -201,8 +208,10 @@ def _segment_chunk(
     table = nucleus_table(new, region)
     rows = _slide_coordinates(table, (gy0, gx0), downsample, settings["pixel_size_um"])
     features = nucleus_features(new, table, rows, origin=(gy0, gx0), scale=downsample)
+    clock.append(time.perf_counter())
+    seconds = dict(zip(STAGES, np.diff(clock).round(3).tolist(), strict=True))
     return {"first": next_id, "count": count, "tissue": True, "cut": int((mine & at_edge).sum()),
-            "rows": rows, "features": features}  # fmt: skip
+            "seconds": seconds, "rows": rows, "features": features}  # fmt: skip
 
 
 def _write_part(path: Path, part: dict[str, Any]) -> None:
@@ -267,8 +276,8 @@ def segment_slide(
         boxes = _boxes(*shape, settings["chunk"])
         mask, scale = measured["mask"], measured["scale"] * settings["downsample"]
         part_files = [parts_dir / f"{i:06d}.json" for i in range(len(boxes))]
-        next_id = 1
-        cut = 0
+        next_id, cut = 1, 0
+        stage_seconds = dict.fromkeys(STAGES, 0.0)
         with tqdm(total=len(boxes), desc=f"{stem} chunks", unit="chunk", disable=None) as bar:
             for box, part_file in zip(boxes, part_files, strict=True):
                 if part_file.is_file():
@@ -281,6 +290,8 @@ def segment_slide(
                     _write_part(part_file, part)
                 next_id = part["first"] + part["count"]
                 cut += part.get("cut", 0)
+                for stage, spent in part.get("seconds", {}).items():
+                    stage_seconds[stage] += spent
                 bar.update(1)
                 bar.set_postfix(nuclei=next_id - 1)
         columns = list(NUCLEUS_COLUMNS.values()) + (list(UM_COLUMNS) if slide.pixel_size_um else [])
@@ -309,6 +320,7 @@ def segment_slide(
             "label_levels": levels,
             "cut_by_halo": cut,
             "seconds": round(time.perf_counter() - began, 1),
+            **{f"{stage}_seconds": round(spent, 1) for stage, spent in stage_seconds.items()},
         }
         if cut:
             logger.warning(
