@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,33 @@ def write_paired(root: Path, seed: int, count: int, size: int) -> Path:
         )
         cv2.imwrite(str(root / "masks" / f"{s.id}.png"), s.labels.astype(np.uint16))
     return root
+
+
+@contextlib.contextmanager
+def local_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head node on 127.0.0.1 only (skips without the ray extra): its address, and the environment
+    a process joins it with."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cellseg[ray]')")
+    import secrets
+    import socket
+    import tempfile
+
+    with socket.socket() as s:  # a free port on the loopback interface for the head node
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray address on 127.0.0.1, none on the network
+        "RAY_AUTH_MODE": "token",  # Ray 2.59+ authenticates local clusters: one token for head and driver
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    start = [*ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+             "--num-cpus", str(cpus), "--include-dashboard", "false", "--temp-dir", temp]  # fmt: skip
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=180)

@@ -280,3 +280,22 @@ def test_labels_beyond_16_bits_are_written_as_a_32_bit_tiff_never_lost(tmp_path,
     np.testing.assert_array_equal(tifffile.imread(written), labels)
     assert save_labels(tmp_path / "small.png", labels[:10, :10]) == tmp_path / "small.png"
     np.testing.assert_array_equal(tifffile.imread(save_labels(tmp_path / "wide.tif", labels)), labels)
+
+
+def test_nucleus_shape_measures_match_their_definitions():
+    from skimage.draw import ellipse
+    from skimage.measure import regionprops_table
+
+    from cellseg.outputs import nucleus_table
+
+    labels = np.zeros((80, 120), np.int32)
+    labels[ellipse(20, 30, 8, 16, rotation=0.4)] = 1
+    labels[50:70, 10:30] = 2  # a square: convex
+    labels[50:70, 60:80] = 3
+    labels[50:60, 70:80] = 0  # an L: a quarter of its hull missing
+    rows = nucleus_table(labels, np.zeros(labels.shape, np.uint8))
+    reference = regionprops_table(labels, properties=("eccentricity",))["eccentricity"]
+    np.testing.assert_allclose([r["eccentricity"] for r in rows], reference, atol=1e-3)
+    solidity = [r["solidity"] for r in rows]
+    assert solidity[0] > 0.95 and solidity[1] == 1.0  # of the pixel squares' hull: a square is exactly 1
+    assert solidity[2] == pytest.approx(300 / (400 - 10 * 10 / 2), abs=1e-3)

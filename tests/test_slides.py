@@ -288,3 +288,43 @@ def test_the_jpeg_tiles_of_an_aperio_slide_are_decoded(tmp_path):
     with open_slide(path) as slide:
         assert slide.source == "Aperio SVS" and slide.pixel_size_um == 0.5
         assert np.abs(slide.read(0, 0, 256, 0, 320).astype(int) - image).mean() < 3
+
+
+@pytest.mark.slow
+def test_a_folder_of_slides_on_a_local_ray_cluster_gives_what_one_process_gives(relu_run, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, local_ray_cluster
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for seed in (6, 7, 8):
+        write_pyramid(slides / f"s{seed}.ome.tif", discs_image((400, 520), [256], seed=seed))
+    command = [sys.executable, str(ROOT / "scripts/predict.py"), "--run", str(relu_run), str(slides),
+               "--chunk", "256"]  # fmt: skip
+    subprocess.run([*command, "--out", str(tmp_path / "local")], check=True, capture_output=True, timeout=300)
+    with local_ray_cluster() as (address, env):
+        ray = [
+            *command,
+            "--out",
+            str(tmp_path / "ray"),
+            "--executor",
+            "ray",
+            "--workers",
+            "2",
+            "--address",
+            address,
+        ]
+        proc = subprocess.run(ray, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    local_rows = list(csv.DictReader((tmp_path / "local" / "summary.csv").open()))
+    ray_rows = list(csv.DictReader((tmp_path / "ray" / "summary.csv").open()))
+    assert [r["image"] for r in ray_rows] == [r["image"] for r in local_rows] == ["s6", "s7", "s8"]
+    for name in ("s6", "s7", "s8"):  # written by the Ray workers, the same as one process writes
+        labels = f"labels/{name}.ome.zarr"
+        np.testing.assert_array_equal(
+            read_labels(tmp_path / "ray" / labels), read_labels(tmp_path / "local" / labels)
+        )
+        ray_table = (tmp_path / "ray" / "nuclei" / f"{name}.csv").read_text()
+        assert ray_table == (tmp_path / "local" / "nuclei" / f"{name}.csv").read_text()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, local_ray_cluster
 from test_sweep import read_csv
 
 from cellseg import runs
@@ -38,37 +38,15 @@ def test_grid_sweeps_any_config_key_on_one_split_and_in_parallel(tmp_path):
 
 @pytest.mark.slow
 def test_ray_executor_runs_a_sweep_on_a_local_ray_cluster(tmp_path):
-    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cellseg[ray]')")
-    import os
-    import secrets
-    import socket
     import subprocess
     import sys
-    import tempfile
 
-    with socket.socket() as s:  # a free port on the loopback interface for the head node
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray address on 127.0.0.1, none on the network
-        "RAY_AUTH_MODE": "token",  # Ray 2.59+ authenticates local clusters: one token for head and driver
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-    }
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    start = [*ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-             "--num-cpus", "2", "--include-dashboard", "false", "--temp-dir", temp]  # fmt: skip
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
     out = tmp_path / "ray_sweep"
-    try:
+    with local_ray_cluster() as (address, env):
         sweep = [sys.executable, str(ROOT / "scripts/sweep.py"), "--grid", "model.activation=relu,mish",
-                 "--seeds", "0", "--workers", "2", "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                 "--seeds", "0", "--workers", "2", "--executor", "ray", "--address", address,
                  "--out", str(out), *TINY_SETS]  # fmt: skip
         proc = subprocess.run(sweep, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 runs on the Ray cluster at 127.0.0.1" in proc.stdout
     rows = read_csv(out / "runs.csv")

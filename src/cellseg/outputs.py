@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import tifffile
+from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 from skimage.segmentation import mark_boundaries
 
@@ -73,9 +74,16 @@ def save_overlay(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndar
 
 
 def nucleus_table(labels: np.ndarray, image: np.ndarray) -> list[dict[str, Any]]:
-    """One row per nucleus: position, size, shape and intensity (of the image's grey level, in its units)."""
+    """One row per nucleus: position, size, shape and intensity (of the image's grey level, in its units).
+
+    ``eccentricity`` is that of the ellipse with the nucleus's second moments (as scikit-image's);
+    ``solidity`` its area over that of the convex hull of its pixel squares (QuPath's, on the pixel
+    outline). Both are computed here for all nuclei at once: scikit-image's per-region ones took two
+    thirds of a slide chunk's measuring time.
+    """
     grey = to_channels(image, 1)[..., 0].astype(np.float64)
     table = regionprops_table(labels, intensity_image=grey, properties=_PROPERTIES)
+    table["eccentricity"], table["solidity"] = _shape(labels, table["label"], table["area"])
     columns = {new: table[old] for old, new in NUCLEUS_COLUMNS.items()}
     return [
         {k: (int(v[i]) if k in _INTEGER_COLUMNS else round(float(v[i]), 4)) for k, v in columns.items()}
@@ -120,6 +128,33 @@ def nucleus_features(
     return features
 
 
+def _shape(labels: np.ndarray, ids: np.ndarray, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eccentricity and solidity of the nuclei ``ids`` (see :func:`nucleus_table`)."""
+    if len(ids) == 0:
+        return np.zeros(0), np.zeros(0)
+    ys, xs = np.nonzero(labels)
+    owner = labels[ys, xs].astype(np.int64)
+    count = np.bincount(owner)[ids]
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, values.astype(np.float64))[ids] / count
+
+    my, mx = mean(ys), mean(xs)
+    vy, vx, cov = mean(ys * ys) - my**2, mean(xs * xs) - mx**2, mean(ys * xs) - my * mx
+    half, root = (vy + vx) / 2, np.sqrt(((vy - vx) / 2) ** 2 + cov**2)
+    major, minor = half + root, np.maximum(half - root, 0.0)
+    eccentricity = np.sqrt(1 - np.divide(minor, major, out=np.ones_like(major), where=major > 0))
+    solidity = np.ones(len(ids))
+    boxes = ndi.find_objects(labels)
+    corners = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float32)
+    for i, label in enumerate(ids):
+        box = boxes[label - 1]
+        py, px = np.nonzero(labels[box] == label)
+        points = (np.stack([px, py], -1).astype(np.float32)[:, None, :] + corners).reshape(-1, 1, 2)
+        solidity[i] = areas[i] / max(cv2.contourArea(cv2.convexHull(points)), 1.0)
+    return eccentricity, solidity
+
+
 def nuclei_geojson(labels: np.ndarray, table: list[dict[str, Any]]) -> dict[str, Any]:
     """The nuclei as a GeoJSON FeatureCollection that QuPath imports as detections (drag and drop, or
     File > Import objects): :func:`nucleus_features` of the whole image."""
@@ -140,8 +175,6 @@ _PROPERTIES = (
     "centroid",
     "area",
     "perimeter",
-    "eccentricity",
-    "solidity",
     "intensity_mean",
     "intensity_max",
     "bbox",

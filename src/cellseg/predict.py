@@ -38,10 +38,13 @@ from cellseg.outputs import (
     save_labels,
     save_overlay,
 )
-from cellseg.segmenter import open_segmenter
+from cellseg.parallel import available_cores, ray_map, use_threads
+from cellseg.pretrained import is_shipped
+from cellseg.segmenter import Segmenter, open_segmenter
 from cellseg.slides import SLIDE_SUFFIXES, SlideOptions, is_slide, segment_slide
 
 SUMMARY_CSV = "summary.csv"  # one row per image predicted
+EXECUTORS = ("local", "ray")
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -108,6 +111,68 @@ class PredictionReport:
     def nuclei(self) -> int:
         return sum(int(r["nuclei"]) for r in self.rows if not r["error"])
 
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if row["error"]:
+            self.failed.append((Path(row["path"]), row["error"]))
+            tqdm.write(f"skipped: {row['error']}")
+        else:
+            self.megapixels += int(row["height"]) * int(row["width"]) / 1e6
+
+
+@dataclass(frozen=True)
+class Job:
+    """What predicting one input needs besides the model: where and how to write (picklable, for a
+    worker process or a Ray task)."""
+
+    out: Path
+    label_format: str = "png"
+    slide_options: SlideOptions = field(default_factory=SlideOptions)
+
+
+def predict_one(segment: Segmenter, path: Path, job: Job) -> dict[str, Any]:
+    """Segment, measure and write one image or slide; its ``summary.csv`` row (a failure's names it)."""
+    began = time.perf_counter()
+    row: dict[str, Any] = {"image": path.stem, "path": str(path), "height": "", "width": ""}
+    try:
+        if is_slide(path):
+            return {**segment_slide(segment, path, job.out, job.slide_options).summary, "error": ""}
+        image = read_image_2d(path)
+    except DataError as exc:
+        return {**row, "nuclei": 0, "mean_area": "", "zoom": "", "seconds": "", "error": str(exc)}
+    probs = segment.probabilities(image, path.stem)
+    labels = segment.labels(probs, image)
+    table = nucleus_table(labels, image)
+    save_labels(job.out / "labels" / f"{path.stem}.{job.label_format}", labels)
+    save_overlay(job.out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
+    runs.write_csv(job.out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
+    save_geojson(job.out / "nuclei" / f"{path.stem}.geojson", labels, table)  # QuPath: drag and drop
+    areas = [r["area"] for r in table]
+    return {
+        **row,
+        "height": labels.shape[0],
+        "width": labels.shape[1],
+        "nuclei": len(table),
+        "mean_area": round(sum(areas) / len(areas), 1) if areas else 0.0,
+        "zoom": round(probs.factor, 4),
+        "seconds": round(time.perf_counter() - began, 3),
+        "error": "",
+    }
+
+
+_worker_segmenters: dict[tuple[str, InferenceOptions], Segmenter] = {}  # a Ray worker's, reused
+
+
+def _ray_predict(
+    source: str, options: InferenceOptions, path: Path, job: Job, threads: int
+) -> dict[str, Any]:
+    """:func:`predict_one` in a Ray worker with ``threads`` cores; the model is opened once per worker,
+    with the post-processing the driver settled (never calibrated here)."""
+    use_threads(threads)
+    if (source, options) not in _worker_segmenters:
+        _worker_segmenters[(source, options)] = open_segmenter(source, options)
+    return predict_one(_worker_segmenters[(source, options)], path, job)
+
 
 def predict_images(
     run_dir: str | Path,
@@ -117,57 +182,47 @@ def predict_images(
     label_format: str = "png",
     recalibrate: bool = False,
     slide_options: SlideOptions | None = None,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
 ) -> PredictionReport:
     """Segment and measure ``images`` with ``run_dir``'s kept model; write the outputs into ``out``.
 
     An image that cannot be read is reported (on the progress bar and in ``summary.csv``) and skipped; the
-    others go on. Slides are segmented chunk by chunk with ``slide_options``.
+    others go on. Slides are segmented chunk by chunk with ``slide_options``. With ``executor="ray"``
+    every input is a Ray task with 1 / ``workers`` of a machine's cores, on the cluster at ``address``
+    (None: a local one); ``out`` and the inputs must then be at the same paths on every machine.
     """
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label format '{label_format}' is not one of {', '.join(LABEL_FORMATS)}")
-    out = Path(out)
-    segment = open_segmenter(Path(run_dir), options, recalibrate)
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor '{executor}' is not one of {', '.join(EXECUTORS)}")
+    job = Job(Path(out).resolve(), label_format, slide_options or SlideOptions())
+    options = options or InferenceOptions()
+    segment = open_segmenter(Path(run_dir), options, recalibrate)  # calibrates here, once, if it must
     report = PredictionReport()
     start = time.perf_counter()
-    for path in tqdm(images, desc="segment", unit="img", disable=None):
-        began = time.perf_counter()
-        row: dict[str, Any] = {"image": path.stem, "path": str(path), "height": "", "width": ""}
-        try:
-            if is_slide(path):
-                summary = segment_slide(segment, path, out, slide_options).summary
-                report.megapixels += summary["height"] * summary["width"] / 1e6
-                report.rows.append({**summary, "error": ""})
-                continue
-            image = read_image_2d(path)
-        except DataError as exc:
-            report.failed.append((path, str(exc)))
-            tqdm.write(f"skipped: {exc}")
-            failure = {"nuclei": 0, "mean_area": "", "zoom": "", "seconds": "", "error": str(exc)}
-            report.rows.append({**row, **failure})
-            continue
-        probs = segment.probabilities(image, path.stem)
-        labels = segment.labels(probs, image)
-        table = nucleus_table(labels, image)
-        save_labels(out / "labels" / f"{path.stem}.{label_format}", labels)
-        save_overlay(out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
-        runs.write_csv(out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
-        save_geojson(out / "nuclei" / f"{path.stem}.geojson", labels, table)  # QuPath: drag and drop
-        areas = [r["area"] for r in table]
-        report.megapixels += labels.size / 1e6
-        report.rows.append(
-            {
-                **row,
-                "height": labels.shape[0],
-                "width": labels.shape[1],
-                "nuclei": len(table),
-                "mean_area": round(sum(areas) / len(areas), 1) if areas else 0.0,
-                "zoom": round(probs.factor, 4),
-                "seconds": round(time.perf_counter() - began, 3),
-                "error": "",
-            }
-        )
+    with tqdm(total=len(images), desc="segment", unit="img", disable=None) as bar:
+
+        def done(row: dict[str, Any]) -> None:
+            report.add(row)
+            bar.update(1)
+
+        if executor == "ray":
+            source = segment.name if is_shipped(segment.run.path) else str(segment.run.path.resolve())
+            threads = max(1, available_cores() // workers)
+            calls = [(source, options, path.resolve(), job, threads) for path in images]
+            try:
+                ray_map(_ray_predict, calls, threads, address, done)
+            except ImportError as exc:  # Ray is an extra: say how to get it, as a bad option
+                raise ValueError(str(exc)) from exc
+        else:
+            for path in images:
+                done(predict_one(segment, path, job))
     report.seconds = time.perf_counter() - start
     report.peak_memory_mb = peak_memory_mb()
+    order = {str(p.resolve() if executor == "ray" else p): i for i, p in enumerate(images)}
+    report.rows.sort(key=lambda r: order.get(r["path"], len(order)))  # Ray finishes in any order
     columns = list(dict.fromkeys(k for r in report.rows for k in r))  # slides add their own columns
-    runs.write_csv(out / SUMMARY_CSV, report.rows, columns=columns)
+    runs.write_csv(job.out / SUMMARY_CSV, report.rows, columns=columns)
     return report

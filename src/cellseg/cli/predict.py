@@ -65,6 +65,17 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
         "--pixel-size", type=float, default=None, metavar="UM",
         help="µm per full-resolution pixel, where the file does not say (measurements in µm)",
     )  # fmt: skip
+    g.add_argument(
+        "--executor", choices=("local", "ray"), default="local",
+        help="ray: every input a Ray task (a folder of slides over a cluster); default local, one by one",
+    )  # fmt: skip
+    g.add_argument(
+        "--workers", type=int, default=1,
+        help="ray: inputs at once per machine, its cores split between them (default 1)",
+    )  # fmt: skip
+    g.add_argument(
+        "--address", help="ray: the cluster to join ('auto': the one this machine is in; default: start one)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         slides = SlideOptions(args.chunk, args.halo, args.zoom, args.pixel_size)
         images = find_images(args.inputs)
-        report = predict_images(run, images, args.out, options, args.label_format, args.recalibrate, slides)
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: must be at least 1")
+        report = predict_images(
+            run, images, args.out, options, args.label_format, args.recalibrate, slides,
+            args.executor, args.workers, args.address,
+        )  # fmt: skip
     except input_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{done} images segmented, {report.nuclei} nuclei, {report.megapixels:.1f} MP in "
         f"{report.seconds:.1f} s ({report.megapixels / max(report.seconds, 1e-9):.2f} MP/s), "
         f"peak memory {report.peak_memory_mb:.0f} MB"
+        + (" (this process; not the Ray workers')" if args.executor == "ray" else "")
     )
     for _, reason in report.failed:  # the reason starts with the file's path
         print(f"FAILED {reason}", file=sys.stderr)

@@ -15,7 +15,6 @@ import functools
 import logging
 import math
 import multiprocessing
-import os
 import shutil
 import statistics
 import traceback
@@ -29,7 +28,7 @@ import yaml
 from cellseg import runs
 from cellseg.config import ConfigError
 from cellseg.data.prepare import DataCache
-from cellseg.parallel import available_cores
+from cellseg.parallel import available_cores, ray_map, use_threads
 from cellseg.preprocessing import MODALITIES
 from cellseg.runs import Run
 from cellseg.sweep.report import RunRecord, compare, write_results
@@ -180,19 +179,11 @@ def _job(
 
 
 def _start_worker(threads: int) -> None:
-    """Give a worker process its share of the cores before TensorFlow starts its thread pools, and a
-    data cache its runs share."""
+    """Give a worker process its share of the cores and a data cache its runs share."""
     global _worker_cache
     if _worker_cache is None:  # a reused (Ray) worker keeps its cache
         _worker_cache = DataCache()
-    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-        os.environ[name] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    import tensorflow as tf
-
-    with contextlib.suppress(RuntimeError):  # a reused (Ray) worker whose TensorFlow already runs
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+    use_threads(threads)
 
 
 def _ray_job(spec: SweepSpec, variant: Variant, seed: int, root: str, threads: int) -> RunRecord:
@@ -208,19 +199,11 @@ def _run_on_ray(
     done: Callable[[RunRecord], None],
 ) -> None:
     """Every run as a Ray task reserving ``threads`` CPUs, on the cluster at ``spec.address``."""
+    calls = [(spec, variant, seed, str(root.resolve()), threads) for variant, seed in jobs]
     try:
-        import ray
+        ray_map(_ray_job, calls, threads, spec.address, done)
     except ImportError as exc:
-        raise ConfigError("the ray executor needs Ray: pip install 'cellseg[ray]'") from exc
-    ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
-    try:
-        task = ray.remote(num_cpus=threads)(_ray_job)
-        pending = [task.remote(spec, variant, seed, str(root.resolve()), threads) for variant, seed in jobs]
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done(ray.get(ready[0]))
-    finally:
-        ray.shutdown()
+        raise ConfigError(str(exc)) from exc
 
 
 #: What a run's record keeps (no model): enough for a sweep to reuse the run and tabulate it.
