@@ -297,5 +297,5 @@ def test_nucleus_shape_measures_match_their_definitions():
     reference = regionprops_table(labels, properties=("eccentricity",))["eccentricity"]
     np.testing.assert_allclose([r["eccentricity"] for r in rows], reference, atol=1e-3)
     solidity = [r["solidity"] for r in rows]
-    assert solidity[0] > 0.95 and solidity[1] == 1.0  # of the pixel squares' hull: a square is exactly 1
+    assert solidity[0] > 0.9 and solidity[1] == 1.0  # of the pixel squares' hull: a square is exactly 1
     assert solidity[2] == pytest.approx(300 / (400 - 10 * 10 / 2), abs=1e-3)

@@ -54,7 +54,8 @@ def open_labels(path: Path, shape: tuple[int, int]) -> Any:
 
 def finish_pyramid(path: Path, name: str, pixel_size_um: float | None, min_side: int = CHUNK) -> int:
     """Add halved levels (every other pixel: labels are never blended) until a level fits in
-    ``min_side``, band by band, and write the multiscales metadata. Returns the number of levels."""
+    ``min_side``, one stored chunk at a time, and write the multiscales metadata. Returns the number of
+    levels."""
     import zarr
 
     group = zarr.open_group(path, mode="r+")
@@ -65,8 +66,10 @@ def finish_pyramid(path: Path, name: str, pixel_size_um: float | None, min_side:
         target = group.create_array(
             str(level), shape=shape, chunks=(CHUNK, CHUNK), dtype=LABEL_DTYPE, fill_value=0, overwrite=True
         )
-        for y in range(0, shape[0], CHUNK):  # one band of chunks at a time: memory stays flat
-            target[y : y + CHUNK] = source[2 * y : 2 * (y + CHUNK) : 2, ::2]
+        for y in range(0, shape[0], CHUNK):  # memory stays flat, whatever the slide's size
+            for x in range(0, shape[1], CHUNK):
+                block = source[2 * y : 2 * (y + CHUNK), 2 * x : 2 * (x + CHUNK)]
+                target[y : y + CHUNK, x : x + CHUNK] = block[::2, ::2]
         source = target
     group.attrs.update(_metadata(name, level + 1, pixel_size_um))
     return level + 1
