@@ -23,7 +23,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,16 @@ def _settings(segment: Segmenter, slide: Slide, options: SlideOptions, known: di
     the rest are measured."""
     thumb, scale = slide.thumbnail()
     kind = known["modality"] if known else modality(thumb)
+    estimating = 0.0
     mask = tissue_mask(thumb, kind)
     if known and options.zoom in (None, known["zoom"]):
         zoom, samples = known["zoom"], known["zoom_samples"]
     elif options.zoom is not None:
         zoom, samples = options.zoom, 0
     else:
+        began = time.perf_counter()
         zoom, samples = estimate_zoom(segment, slide, mask, scale)
+        estimating = time.perf_counter() - began
     level = _level_for(slide, zoom)
     downsample = slide.downsample(level)
     size = segment.predictor.preprocessing.nucleus_size
@@ -130,7 +133,7 @@ def _settings(segment: Segmenter, slide: Slide, options: SlideOptions, known: di
         "halo": halo,
         "pixel_size_um": slide.pixel_size_um,
     }
-    return {"settings": settings, "mask": mask, "scale": scale}
+    return {"settings": settings, "mask": mask, "scale": scale, "zoom_seconds": estimating}
 
 
 def _refuse_changes(recorded: dict[str, Any], settings: dict[str, Any], where: Path) -> None:
@@ -241,92 +244,140 @@ def _merge_parts(parts: list[Path], table: Path, geojson: Path, columns: list[st
         f_json.write("]}")
 
 
+@dataclass(frozen=True)
+class SlideFiles:
+    """Where one slide's outputs go under an output folder."""
+
+    labels: Path
+    table: Path
+    geojson: Path
+    parts: Path  # part files of an unfinished run, and its settings
+
+    @classmethod
+    def under(cls, out: Path, stem: str) -> SlideFiles:
+        nuclei = out / "nuclei"
+        return cls(out / "labels" / f"{stem}.ome.zarr", nuclei / f"{stem}.csv", nuclei / f"{stem}.geojson",
+                   out / PARTS / stem)  # fmt: skip
+
+    @property
+    def record(self) -> Path:
+        """A finished slide's settings and summary, beside its label arrays."""
+        return self.labels / "cellseg.json"
+
+    @property
+    def settings(self) -> Path:
+        return self.parts / "settings.json"
+
+
+@dataclass
+class _Tally:
+    """What the chunks found, finished now or in an earlier, interrupted run."""
+
+    next_id: int = 1
+    cut: int = 0
+    tissue_chunks: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def add(self, part: dict[str, Any]) -> None:
+        self.next_id = part["first"] + part["count"]
+        self.cut += part.get("cut", 0)
+        self.tissue_chunks += part["tissue"]
+        for stage, spent in part.get("seconds", {}).items():
+            self.seconds[stage] += spent
+
+
+def _run_chunks(
+    segment: Segmenter, slide: Slide, labels: Any, measured: dict[str, Any], parts: list[Path], name: str
+) -> _Tally:
+    """Every chunk in raster order: a finished one's part is read back, a new one segmented (or, without
+    tissue, passed over) and its part written."""
+    settings = measured["settings"]
+    boxes = _boxes(*slide.shape(settings["level"]), settings["chunk"])
+    scale = measured["scale"] * settings["downsample"]  # thumbnail px per px of the level read
+    tally = _Tally()
+    with tqdm(total=len(boxes), desc=f"{name} chunks", unit="chunk", disable=None) as bar:
+        for box, part_file in zip(boxes, parts, strict=True):
+            if part_file.is_file():
+                part = json.loads(part_file.read_text())
+            else:
+                if covered(measured["mask"], scale, box) > 0:
+                    part = _segment_chunk(segment, slide, labels, settings, box, tally.next_id)
+                else:
+                    part = {"first": tally.next_id, "count": 0, "tissue": False}
+                _write_part(part_file, part)
+            tally.add(part)
+            bar.update(1)
+            bar.set_postfix(nuclei=tally.next_id - 1)
+    return tally
+
+
+def _summary(
+    path: Path, slide: Slide, measured: dict[str, Any], tally: _Tally, chunks: int
+) -> dict[str, Any]:
+    """The slide's ``summary.csv`` row (without its label levels and total seconds)."""
+    settings, pixel_size = measured["settings"], slide.pixel_size_um
+    tissue_px = float(measured["mask"].mean()) * math.prod(slide.shape(0))
+    tissue_mm2 = tissue_px * pixel_size**2 / 1e6 if pixel_size else None
+    nuclei = tally.next_id - 1
+    return {
+        "image": slide_id(path),
+        "path": str(path),
+        "height": slide.shape(0)[0],
+        "width": slide.shape(0)[1],
+        "nuclei": nuclei,
+        "zoom": round(settings["zoom"], 4),
+        "level": settings["level"],
+        "chunks": chunks,
+        "tissue_chunks": tally.tissue_chunks,
+        "tissue_megapixels": round(tissue_px / 1e6, 2),
+        "tissue_mm2": round(tissue_mm2, 3) if tissue_mm2 else "",
+        "nuclei_per_mm2": round(nuclei / tissue_mm2, 1) if tissue_mm2 else "",
+        "cut_by_halo": tally.cut,
+        "zoom_seconds": round(measured["zoom_seconds"], 1),
+        **{f"{stage}_seconds": round(spent, 1) for stage, spent in tally.seconds.items()},
+    }
+
+
 def segment_slide(
     segment: Segmenter, path: str | Path, out: str | Path, options: SlideOptions | None = None
 ) -> SlideResult:
     """Segment the slide at ``path`` into ``out`` (``labels/<id>.ome.zarr``, ``nuclei/<id>.csv`` and
     ``.geojson``), resuming an interrupted run of the same settings; a finished one is not redone."""
     options = options or SlideOptions()
-    path, out = Path(path), Path(out)
+    path = Path(path)
     stem = slide_id(path)
-    labels_path = out / "labels" / f"{stem}.ome.zarr"
-    table_path, geojson_path = out / "nuclei" / f"{stem}.csv", out / "nuclei" / f"{stem}.geojson"
-    parts_dir = out / PARTS / stem
+    files = SlideFiles.under(Path(out), stem)
     began = time.perf_counter()
     with open_slide(path, options.pixel_size_um) as slide:
-        done_file = labels_path / "cellseg.json"
-        settings_file = parts_dir / "settings.json"
-        recorded = read_json(settings_file, "slide settings") if settings_file.is_file() else None
-        finished = read_json(done_file, "slide record") if done_file.is_file() else None
+        recorded = read_json(files.settings, "slide settings") if files.settings.is_file() else None
+        finished = read_json(files.record, "slide record") if files.record.is_file() else None
         known = (finished or {}).get("settings") or recorded
         measured = _settings(segment, slide, options, known)
         settings = measured["settings"]
         if known:
-            _refuse_changes(known, settings, labels_path if finished else parts_dir)
+            _refuse_changes(known, settings, files.labels if finished else files.parts)
         if finished:
-            logger.info(f"{labels_path} is finished with these settings: not segmented again")
-            return SlideResult(stem, labels_path, table_path, geojson_path, finished["summary"])
-        if recorded is None and labels_path.exists():
-            shutil.rmtree(labels_path)  # the labels of a run whose settings were never recorded
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        write_json(settings_file, settings)
-        level = settings["level"]
-        shape = slide.shape(level)
-        labels = open_labels(labels_path, shape)
-        boxes = _boxes(*shape, settings["chunk"])
-        mask, scale = measured["mask"], measured["scale"] * settings["downsample"]
-        part_files = [parts_dir / f"{i:06d}.json" for i in range(len(boxes))]
-        next_id, cut = 1, 0
-        stage_seconds = dict.fromkeys(STAGES, 0.0)
-        with tqdm(total=len(boxes), desc=f"{stem} chunks", unit="chunk", disable=None) as bar:
-            for box, part_file in zip(boxes, part_files, strict=True):
-                if part_file.is_file():
-                    part = json.loads(part_file.read_text())
-                else:
-                    if covered(mask, scale, box) > 0:
-                        part = _segment_chunk(segment, slide, labels, settings, box, next_id)
-                    else:
-                        part = {"first": next_id, "count": 0, "tissue": False}
-                    _write_part(part_file, part)
-                next_id = part["first"] + part["count"]
-                cut += part.get("cut", 0)
-                for stage, spent in part.get("seconds", {}).items():
-                    stage_seconds[stage] += spent
-                bar.update(1)
-                bar.set_postfix(nuclei=next_id - 1)
+            logger.info(f"{files.labels} is finished with these settings: not segmented again")
+            return SlideResult(stem, files.labels, files.table, files.geojson, finished["summary"])
+        if recorded is None and files.labels.exists():
+            shutil.rmtree(files.labels)  # the labels of a run whose settings were never recorded
+        files.parts.mkdir(parents=True, exist_ok=True)
+        write_json(files.settings, settings)
+        labels = open_labels(files.labels, slide.shape(settings["level"]))
+        chunks = len(_boxes(*slide.shape(settings["level"]), settings["chunk"]))
+        parts = [files.parts / f"{i:06d}.json" for i in range(chunks)]
+        tally = _run_chunks(segment, slide, labels, measured, parts, stem)
         columns = list(NUCLEUS_COLUMNS.values()) + (list(UM_COLUMNS) if slide.pixel_size_um else [])
-        _merge_parts(part_files, table_path, geojson_path, columns)
-        pixel_size = slide.pixel_size_um
-        levels = finish_pyramid(
-            labels_path, stem, pixel_size * settings["downsample"] if pixel_size else None
+        _merge_parts(parts, files.table, files.geojson, columns)
+        scale_um = slide.pixel_size_um * settings["downsample"] if slide.pixel_size_um else None
+        levels = finish_pyramid(files.labels, stem, scale_um)
+        summary = _summary(path, slide, measured, tally, chunks)
+        summary.update(label_levels=levels, seconds=round(time.perf_counter() - began, 1))
+    if tally.cut:
+        logger.warning(
+            f"{stem}: {tally.cut} nuclei reach beyond the halo of {settings['halo']} px and may be cut; "
+            "raise --halo"
         )
-        tissue_px = float(mask.mean()) * shape[0] * shape[1] * settings["downsample"] ** 2
-        tissue_chunks = sum(json.loads(p.read_text())["tissue"] for p in part_files)
-        summary = {
-            "image": stem,
-            "path": str(path),
-            "height": slide.shape(0)[0],
-            "width": slide.shape(0)[1],
-            "nuclei": next_id - 1,
-            "zoom": round(settings["zoom"], 4),
-            "level": level,
-            "chunks": len(boxes),
-            "tissue_chunks": tissue_chunks,
-            "tissue_megapixels": round(tissue_px / 1e6, 2),
-            "tissue_mm2": round(tissue_px * pixel_size**2 / 1e6, 3) if pixel_size else "",
-            "nuclei_per_mm2": round((next_id - 1) / (tissue_px * pixel_size**2 / 1e6), 1)
-            if pixel_size and tissue_px
-            else "",
-            "label_levels": levels,
-            "cut_by_halo": cut,
-            "seconds": round(time.perf_counter() - began, 1),
-            **{f"{stage}_seconds": round(spent, 1) for stage, spent in stage_seconds.items()},
-        }
-        if cut:
-            logger.warning(
-                f"{stem}: {cut} nuclei reach beyond the halo of {settings['halo']} px and may be cut; "
-                "raise --halo"
-            )
-        write_json(done_file, {"settings": settings, "summary": summary})
-        shutil.rmtree(parts_dir)
-        return SlideResult(stem, labels_path, table_path, geojson_path, summary)
+    write_json(files.record, {"settings": settings, "summary": summary})
+    shutil.rmtree(files.parts)
+    return SlideResult(stem, files.labels, files.table, files.geojson, summary)
