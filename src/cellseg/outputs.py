@@ -106,13 +106,14 @@ def nucleus_features(
     pixel; a nucleus in several pieces keeps its largest. ``labels`` may be a crop at ``origin`` (y, x)
     of an image ``scale`` times smaller than the coordinates wanted (a slide's level).
     """
-    from skimage.measure import find_contours
+    from skimage.measure import approximate_polygon, find_contours
 
     features = []
     for i, row in enumerate(table):
         y0, x0, y1, x1 = (row[k] for k in ("bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"))
         mask = np.pad(labels[y0:y1, x0:x1] == row["label"], 1).astype(np.float32)
         ring = max(find_contours(mask, 0.5), key=len)  # (row, col) in the padded crop, centres at integers
+        ring = approximate_polygon(ring, tolerance=1e-6)  # straight runs as one segment: the same polygon
         oy, ox = origin[0] + y0 - 0.5, origin[1] + x0 - 0.5
         points = [[round((float(x) + ox) * scale, 3), round((float(y) + oy) * scale, 3)] for y, x in ring]
         shown = row if measurements is None else measurements[i]
