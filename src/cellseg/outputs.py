@@ -18,7 +18,7 @@ from skimage.measure import regionprops_table
 from skimage.segmentation import mark_boundaries
 
 from cellseg.preprocessing import normalize, to_channels
-from cellseg.runs import atomic_path
+from cellseg.runs import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -166,9 +166,7 @@ def save_geojson(path: Path, labels: np.ndarray, table: list[dict[str, Any]]) ->
     """:func:`nuclei_geojson` written to ``path`` (compact: a slide has hundreds of thousands)."""
     import json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(nuclei_geojson(labels, table), separators=(",", ":")))
+    write_text(path, json.dumps(nuclei_geojson(labels, table), separators=(",", ":")))
 
 
 _PROPERTIES = (

@@ -38,7 +38,7 @@ from cellseg.data.tiles import grid_starts
 from cellseg.outputs import NUCLEUS_COLUMNS, nucleus_features, nucleus_table
 from cellseg.postprocess import PostprocessParams, instances
 from cellseg.preprocessing import modality
-from cellseg.runs import atomic_path, read_json, write_json
+from cellseg.runs import atomic_path, read_json, write_json, write_text
 from cellseg.segmenter import Segmenter
 from cellseg.slides.omezarr import finish_pyramid, open_labels
 from cellseg.slides.reader import Slide, open_slide, slide_id
@@ -218,13 +218,11 @@ def _segment_chunk(
 
 
 def _write_part(path: Path, part: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(part, separators=(",", ":")))
+    write_text(path, json.dumps(part, separators=(",", ":")))
 
 
 def _merge_parts(parts: list[Path], table: Path, geojson: Path, columns: list[str]) -> None:
     """The parts' rows as one CSV and their outlines as one FeatureCollection, one part in memory."""
-    table.parent.mkdir(parents=True, exist_ok=True)
     with (
         atomic_path(table) as tmp_csv,
         atomic_path(geojson) as tmp_json,
@@ -287,12 +285,17 @@ class _Tally:
 
 
 def _run_chunks(
-    segment: Segmenter, slide: Slide, labels: Any, measured: dict[str, Any], parts: list[Path], name: str
+    segment: Segmenter,
+    slide: Slide,
+    labels: Any,
+    measured: dict[str, Any],
+    boxes: list[tuple[int, int, int, int]],
+    parts: list[Path],
+    name: str,
 ) -> _Tally:
     """Every chunk in raster order: a finished one's part is read back, a new one segmented (or, without
     tissue, passed over) and its part written."""
     settings = measured["settings"]
-    boxes = _boxes(*slide.shape(settings["level"]), settings["chunk"])
     scale = measured["scale"] * settings["downsample"]  # thumbnail px per px of the level read
     tally = _Tally()
     with tqdm(total=len(boxes), desc=f"{name} chunks", unit="chunk", disable=None) as bar:
@@ -364,14 +367,14 @@ def segment_slide(
         files.parts.mkdir(parents=True, exist_ok=True)
         write_json(files.settings, settings)
         labels = open_labels(files.labels, slide.shape(settings["level"]))
-        chunks = len(_boxes(*slide.shape(settings["level"]), settings["chunk"]))
-        parts = [files.parts / f"{i:06d}.json" for i in range(chunks)]
-        tally = _run_chunks(segment, slide, labels, measured, parts, stem)
+        boxes = _boxes(*slide.shape(settings["level"]), settings["chunk"])
+        parts = [files.parts / f"{i:06d}.json" for i in range(len(boxes))]
+        tally = _run_chunks(segment, slide, labels, measured, boxes, parts, stem)
         columns = list(NUCLEUS_COLUMNS.values()) + (list(UM_COLUMNS) if slide.pixel_size_um else [])
         _merge_parts(parts, files.table, files.geojson, columns)
         scale_um = slide.pixel_size_um * settings["downsample"] if slide.pixel_size_um else None
         levels = finish_pyramid(files.labels, stem, scale_um)
-        summary = _summary(path, slide, measured, tally, chunks)
+        summary = _summary(path, slide, measured, tally, len(boxes))
         summary.update(label_levels=levels, seconds=round(time.perf_counter() - began, 1))
     if tally.cut:
         logger.warning(

@@ -35,8 +35,8 @@ def tissue_mask(thumbnail: np.ndarray, kind: str) -> np.ndarray:
 
 
 def covered(mask: np.ndarray, scale: float, box: tuple[int, int, int, int]) -> float:
-    """The fraction of ``box`` (y0, y1, x0, x1 in the slide's level-0 pixels) that ``mask`` (a thumbnail
-    at ``scale`` thumbnail px per level-0 px) marks as tissue."""
+    """The fraction of ``box`` (y0, y1, x0, x1 in pixels of some level of the slide) that ``mask`` (a
+    thumbnail at ``scale`` thumbnail px per pixel of that level) marks as tissue."""
     y0, y1, x0, x1 = box
     h, w = mask.shape
     ty0, tx0 = min(int(y0 * scale), h - 1), min(int(x0 * scale), w - 1)
