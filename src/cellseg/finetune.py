@@ -20,6 +20,10 @@ from cellseg import pretrained
 from cellseg.config import Config, ConfigError
 from cellseg.runs import Run
 
+#: The fine-tuning recipe for 1 to 20 images (``configs/finetune.yaml`` links to it): in the package, so
+#: an installed cellseg (the napari plugin) has it too.
+RECIPE = Path(__file__).with_name("finetune.yaml")
+
 #: The keys a fine-tuned run shares with the model it starts from: its architecture and how images
 #: become network inputs.
 CONTRACT = (

@@ -20,6 +20,7 @@ import sys
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def train(
     verbose: int | None = None,
     run_name: str | None = None,
     data_cache: DataCache | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> RunResult:
     """Train (or continue training) and return the run folder and its summary.
 
@@ -93,6 +95,9 @@ def train(
 
     ``data_cache`` keeps the prepared data for the next run that prepares the same data the same way
     (a sweep passes one to all its runs: on the full DSB2018 set that saves ~15 s a run).
+
+    ``callbacks`` are Keras callbacks added to the run's own (the napari plugin's progress bar and
+    cancel button: an exception raised in one interrupts the run, which resumes like a killed one).
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -116,7 +121,7 @@ def train(
             with strategy.scope():
                 opened = _open_run(cfg, data, out, resume, checkpoint, run_name)
             hold.enter_context(runs.locked(opened.run_dir))  # a new folder: held from its first epoch
-            result = _fit(cfg, data, opened, machine, start, verbose)
+            result = _fit(cfg, data, opened, machine, start, verbose, callbacks)
             if cfg.train.init is not None and result.summary["stopped_reason"] == "completed":
                 result.summary["init_comparison"] = _compare_with_start(Run(result.run_dir))
             return result
@@ -235,16 +240,28 @@ def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Chec
 
 
 def _fit(
-    cfg: Config, data: PreparedData, opened: _OpenRun, machine: hardware.Machine, start: float, verbose: int
+    cfg: Config,
+    data: PreparedData,
+    opened: _OpenRun,
+    machine: hardware.Machine,
+    start: float,
+    verbose: int,
+    extra: Sequence[keras.callbacks.Callback] = (),
 ) -> RunResult:
     try:
-        return _fit_and_summarize(cfg, data, opened, machine, start, verbose)
+        return _fit_and_summarize(cfg, data, opened, machine, start, verbose, extra)
     except runs.WriteError as exc:
         raise TrainingError(f"{exc}. Fix that, then resume the run: train --resume {opened.run_dir}") from exc
 
 
 def _fit_and_summarize(
-    cfg: Config, data: PreparedData, opened: _OpenRun, machine: hardware.Machine, start: float, verbose: int
+    cfg: Config,
+    data: PreparedData,
+    opened: _OpenRun,
+    machine: hardware.Machine,
+    start: float,
+    verbose: int,
+    extra: Sequence[keras.callbacks.Callback] = (),
 ) -> RunResult:
     run_dir, model, done = opened.run_dir, opened.model, opened.done
     sessions = [*opened.session_starts, done + 1]  # this process traces the graph in epoch done + 1
@@ -278,6 +295,7 @@ def _fit_and_summarize(
         probe = slice(0, cfg.train.batch_size)  # a fixed batch of validation patches
         targets = one_hot_targets(data.val_masks[probe], data.num_classes).numpy()
         callbacks.append(Diagnostics(run_dir, data.val_images[probe], targets, guard))
+    callbacks.extend(extra)
 
     batch = cfg.train.batch_size
     train_ds = train_dataset(

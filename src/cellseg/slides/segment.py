@@ -23,6 +23,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ UM_COLUMNS = ("centroid_y_um", "centroid_x_um", "area_um2")
 #: where a chunk's time goes (summed per slide in its summary): reading, the network (with zoom and
 #: normalisation), post-processing, and stitching with writing labels, measurements and outlines
 STAGES = ("read", "network", "postprocess", "write")
+#: called with (chunks done, chunks in all) after every chunk
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -292,6 +295,7 @@ def _run_chunks(
     boxes: list[tuple[int, int, int, int]],
     parts: list[Path],
     name: str,
+    progress: Progress | None = None,
 ) -> _Tally:
     """Every chunk in raster order: a finished one's part is read back, a new one segmented (or, without
     tissue, passed over) and its part written."""
@@ -311,11 +315,13 @@ def _run_chunks(
             tally.add(part)
             bar.update(1)
             bar.set_postfix(nuclei=tally.next_id - 1)
+            if progress is not None:
+                progress(bar.n, len(boxes))
     return tally
 
 
 def _summary(
-    path: Path, slide: Slide, measured: dict[str, Any], tally: _Tally, chunks: int
+    stem: str, source: str, slide: Slide, measured: dict[str, Any], tally: _Tally, chunks: int
 ) -> dict[str, Any]:
     """The slide's ``summary.csv`` row (without its label levels and total seconds)."""
     settings, pixel_size = measured["settings"], slide.pixel_size_um
@@ -323,8 +329,8 @@ def _summary(
     tissue_mm2 = tissue_px * pixel_size**2 / 1e6 if pixel_size else None
     nuclei = tally.next_id - 1
     return {
-        "image": slide_id(path),
-        "path": str(path),
+        "image": stem,
+        "path": source,
         "height": slide.shape(0)[0],
         "width": slide.shape(0)[1],
         "nuclei": nuclei,
@@ -342,40 +348,59 @@ def _summary(
 
 
 def segment_slide(
-    segment: Segmenter, path: str | Path, out: str | Path, options: SlideOptions | None = None
+    segment: Segmenter,
+    path: str | Path,
+    out: str | Path,
+    options: SlideOptions | None = None,
+    progress: Progress | None = None,
 ) -> SlideResult:
     """Segment the slide at ``path`` into ``out`` (``labels/<id>.ome.zarr``, ``nuclei/<id>.csv`` and
     ``.geojson``), resuming an interrupted run of the same settings; a finished one is not redone."""
     options = options or SlideOptions()
     path = Path(path)
-    stem = slide_id(path)
+    with open_slide(path, options.pixel_size_um) as slide:
+        return segment_levels(segment, slide, slide_id(path), str(path), out, options, progress)
+
+
+def segment_levels(
+    segment: Segmenter,
+    slide: Slide,
+    stem: str,
+    source: str,
+    out: str | Path,
+    options: SlideOptions | None = None,
+    progress: Progress | None = None,
+) -> SlideResult:
+    """:func:`segment_slide` of an open :class:`Slide` (a file's, or arrays such as a napari layer's
+    dask or zarr pyramid), its outputs named ``stem``; ``source`` is what the summary names as its path.
+    ``progress(done, total)`` is called after every chunk (and may raise to stop: the run resumes)."""
+    options = options or SlideOptions()
     files = SlideFiles.under(Path(out), stem)
     began = time.perf_counter()
-    with open_slide(path, options.pixel_size_um) as slide:
-        recorded = read_json(files.settings, "slide settings") if files.settings.is_file() else None
-        finished = read_json(files.record, "slide record") if files.record.is_file() else None
-        known = (finished or {}).get("settings") or recorded
-        measured = _settings(segment, slide, options, known)
-        settings = measured["settings"]
-        if known:
-            _refuse_changes(known, settings, files.labels if finished else files.parts)
-        if finished:
-            logger.info(f"{files.labels} is finished with these settings: not segmented again")
-            return SlideResult(stem, files.labels, files.table, files.geojson, finished["summary"])
-        if recorded is None and files.labels.exists():
-            shutil.rmtree(files.labels)  # the labels of a run whose settings were never recorded
-        files.parts.mkdir(parents=True, exist_ok=True)
-        write_json(files.settings, settings)
-        labels = open_labels(files.labels, slide.shape(settings["level"]))
-        boxes = _boxes(*slide.shape(settings["level"]), settings["chunk"])
-        parts = [files.parts / f"{i:06d}.json" for i in range(len(boxes))]
-        tally = _run_chunks(segment, slide, labels, measured, boxes, parts, stem)
-        columns = list(NUCLEUS_COLUMNS.values()) + (list(UM_COLUMNS) if slide.pixel_size_um else [])
-        _merge_parts(parts, files.table, files.geojson, columns)
-        scale_um = slide.pixel_size_um * settings["downsample"] if slide.pixel_size_um else None
-        levels = finish_pyramid(files.labels, stem, scale_um)
-        summary = _summary(path, slide, measured, tally, len(boxes))
-        summary.update(label_levels=levels, seconds=round(time.perf_counter() - began, 1))
+    recorded = read_json(files.settings, "slide settings") if files.settings.is_file() else None
+    finished = read_json(files.record, "slide record") if files.record.is_file() else None
+    known = (finished or {}).get("settings") or recorded
+    measured = _settings(segment, slide, options, known)
+    settings = measured["settings"]
+    if known:
+        _refuse_changes(known, settings, files.labels if finished else files.parts)
+    if finished:
+        logger.info(f"{files.labels} is finished with these settings: not segmented again")
+        return SlideResult(stem, files.labels, files.table, files.geojson, finished["summary"])
+    if recorded is None and files.labels.exists():
+        shutil.rmtree(files.labels)  # the labels of a run whose settings were never recorded
+    files.parts.mkdir(parents=True, exist_ok=True)
+    write_json(files.settings, settings)
+    labels = open_labels(files.labels, slide.shape(settings["level"]))
+    boxes = _boxes(*slide.shape(settings["level"]), settings["chunk"])
+    parts = [files.parts / f"{i:06d}.json" for i in range(len(boxes))]
+    tally = _run_chunks(segment, slide, labels, measured, boxes, parts, stem, progress)
+    columns = list(NUCLEUS_COLUMNS.values()) + (list(UM_COLUMNS) if slide.pixel_size_um else [])
+    _merge_parts(parts, files.table, files.geojson, columns)
+    scale_um = slide.pixel_size_um * settings["downsample"] if slide.pixel_size_um else None
+    levels = finish_pyramid(files.labels, stem, scale_um)
+    summary = _summary(stem, source, slide, measured, tally, len(boxes))
+    summary.update(label_levels=levels, seconds=round(time.perf_counter() - began, 1))
     if tally.cut:
         logger.warning(
             f"{stem}: {tally.cut} nuclei reach beyond the halo of {settings['halo']} px and may be cut; "
