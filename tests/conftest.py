@@ -31,6 +31,8 @@ def _share_cores_between_xdist_workers() -> None:
 _share_cores_between_xdist_workers()
 
 ROOT = Path(__file__).resolve().parents[1]
+# the napari plugin's tests run in a process of their own, started by test_napari.py (they say why)
+collect_ignore = [] if os.environ.get("CELLSEG_NAPARI_TESTS") else ["napari_plugin"]
 DSB2018 = ROOT.parent / "shared" / "data" / "dsb2018"
 MONUSEG = ROOT.parent / "shared" / "data" / "monuseg"
 

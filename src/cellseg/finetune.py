@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from cellseg import pretrained
 from cellseg.config import Config, ConfigError
 from cellseg.runs import Run
+
+if TYPE_CHECKING:
+    import keras
 
 #: The fine-tuning recipe for 1 to 20 images (``configs/finetune.yaml`` links to it): in the package, so
 #: an installed cellseg (the napari plugin) has it too.

@@ -114,7 +114,7 @@ def feature_table(labels: np.ndarray, data: Any, indices: Sequence[tuple[int, ..
 
 def _safe(name: str) -> str:
     """A layer name as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") or "image"
 
 
 def save_annotation(

@@ -68,6 +68,7 @@ class CellsegWidget(Container):
         self._worker: Any = None
         self._cancel = threading.Event()
         self._relabel_again = False
+        self._next: Callable[[], Any] | None = None  # work to start once the current one has finished
 
         shipped = list(pretrained.available())
         self.model = ComboBox(
@@ -77,13 +78,17 @@ class CellsegWidget(Container):
         self.model_info = Label(label="")
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.zoom = FloatSpinBox(label="zoom (0: auto)", value=0.0, min=0.0, max=8.0, step=0.05)
+        self.zoom.tooltip = (
+            "how much to enlarge the image for the model; 0: the model's own estimate per plane"
+        )
         self.segment_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1, visible=False)
         self.threshold = FloatSlider(label="foreground", value=0.5, min=0.05, max=0.95, step=0.05)
         self.seed_threshold = FloatSlider(label="seed", value=0.5, min=0.05, max=0.95, step=0.05)
         self.min_distance = SpinBox(label="min distance", value=4, min=1, max=50)
-        self.min_size = SpinBox(label="min size (px)", value=10, min=0, max=5000, step=5)
+        self.min_size = SpinBox(label="min size", value=10, min=0, max=5000, step=5)
+        self.min_size.tooltip = "smallest nucleus kept, in pixels as the network saw them (at its zoom)"
         self.split = ComboBox(label="split", choices=["interior", "distance", "none"], value="interior")
         self.count = Label(label="nuclei", value="-")
         self.table = Table(value=[], label="")
@@ -155,7 +160,7 @@ class CellsegWidget(Container):
         self._cancel.clear()
         self.progress.value = 0
         self._busy(True)
-        worker = create_worker(work)
+        worker = create_worker(work, _ignore_errors=True)  # errors: `failed` below
 
         def failed(exc: Exception) -> None:
             if isinstance(exc, engine.Cancelled):
@@ -167,7 +172,10 @@ class CellsegWidget(Container):
         def finished() -> None:
             self._worker = None
             self._busy(False)
-            if self._relabel_again:  # a knob moved while the worker ran
+            follow, self._next = self._next, None
+            if follow is not None:
+                follow()
+            elif self._relabel_again:  # a knob moved while the worker ran
                 self._relabel_again = False
                 self.relabel()
 
@@ -177,6 +185,11 @@ class CellsegWidget(Container):
         self._worker = worker
         worker.start()
         return worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether work is running or a new labelling is due."""
+        return self._worker is not None or self._relabel_again or self._next is not None
 
     def cancel(self, *_: Any) -> None:
         """Stop the running work at its next plane, chunk or training step."""
@@ -290,7 +303,10 @@ class CellsegWidget(Container):
                 labels, name=name, scale=layer.scale, translate=layer.translate
             )
         self._nuclei.features = features
-        self.count.value = str(len(features["index"]))
+        zooms = sorted({round(z, 2) for z in self._result.zooms}) if self._result else []
+        self.count.value = f"{len(features['index'])}" + (
+            f" (zoom {', '.join(map(str, zooms))})" if zooms else ""
+        )
         self._fill_table(features)
 
     def _fill_table(self, features: Any) -> None:
@@ -361,9 +377,20 @@ class CellsegWidget(Container):
             return self.process.call(child.finetune, cfg, str(self.runs.value), progress=self._report)
 
         def done(run_dir: Path) -> None:
-            show_info(f"cellseg: fine-tuned model saved as {run_dir}; segmenting again with it")
+            from cellseg.runs import Run
+
+            c = Run(run_dir).summary.get("init_comparison") or {}
+            kept = (
+                "the fine-tuned weights" if c.get("kept") == "fine-tuned" else "the starting model's weights"
+            )
+            tuned, start = c.get("fine_tuned_val_dsb", 0), c.get("start_val_dsb", 0)
+            scores = f"{tuned:.3f} fine-tuned, {start:.3f} before"
+            show_info(
+                f"cellseg: fine-tuned model saved as {run_dir}: validation DSB {scores} "
+                f"({c.get('val_images')} image(s)), so it holds {kept}; segmenting again with it"
+            )
             self.use_run(run_dir)
             if self.image.value is not None:
-                self.segment()
+                self._next = self.segment
 
         return self._start(work, done, "fine-tuning")

@@ -1,0 +1,219 @@
+"""The napari plugin in a real viewer (Qt on a virtual screen: pytest-xvfb): discovered through its
+manifest, sample data, segmenting with a shipped model, post-processing changed without the network,
+stacks, large (multiscale) layers in chunks, corrections kept as ground truth, fine-tuning with progress
+and cancel, and errors as notifications.
+
+Run by tests/test_napari.py in a process of their own (``CELLSEG_NAPARI_TESTS=1``): a napari viewer and
+TensorFlow must never share one (cellseg.napari.child says why), and the suite's workers import it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY
+
+from cellseg.napari import child, widget
+from cellseg.napari.samples import read
+
+WAIT = 180_000  # ms: the first call starts the model process (TensorFlow) and loads the model
+
+
+@pytest.fixture(autouse=True)
+def _tensorflow_stays_out():
+    """The plugin never imports TensorFlow into napari's process (it would crash it: cellseg.napari.child)."""
+    yield
+    assert "tensorflow" not in sys.modules, "TensorFlow was imported into the viewer's process"
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def plugin(viewer, tmp_path, monkeypatch):
+    """The dock widget as napari adds it from the plugin menu, writing under ``tmp_path``."""
+    messages = {"error": [], "info": []}
+    monkeypatch.setattr(widget, "show_error", lambda m: messages["error"].append(m))
+    monkeypatch.setattr(widget, "show_info", lambda m: messages["info"].append(m))
+    _, w = viewer.window.add_plugin_dock_widget("cellseg", "Segment nuclei")
+    w.annotations.value, w.runs.value, w.large_out.value = (
+        tmp_path / "truth",
+        tmp_path / "runs",
+        tmp_path / "large",
+    )
+    w.messages = messages
+    yield w
+    w.process.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny run, trained in a process of its own (TensorFlow stays out of this one)."""
+    out = tmp_path_factory.mktemp("tiny")
+    sets = [f"--set={o}" for o in (*TINY, "train.run_eagerly=false")]
+    subprocess.run(
+        [sys.executable, "scripts/train.py", "--out", str(out), "--quiet", *sets], cwd=ROOT, check=True
+    )
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def _counting_calls(w, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = w.process.call
+    monkeypatch.setattr(w.process, "call", lambda f, *a, **k: calls.append(f.__name__) or real(f, *a, **k))
+    return calls
+
+
+def test_napari_finds_the_plugin_and_its_sample_of_each_modality(viewer):
+    import npe2
+
+    manifest = npe2.PluginManager.instance().get_manifest("cellseg")
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Segment nuclei"]
+    assert sorted(s.key for s in manifest.contributions.sample_data) == [
+        "brightfield",
+        "fluorescence",
+        "stained",
+    ]
+    for kind in ("fluorescence", "brightfield", "stained"):
+        (layer,) = viewer.open_sample("cellseg", kind)
+        assert np.array_equal(layer.data, read(kind)) and layer.rgb == (kind == "stained")
+
+
+def test_a_sample_is_segmented_and_a_threshold_change_relabels_without_the_network(
+    viewer, plugin, qtbot, monkeypatch
+):
+    (image,) = viewer.open_sample("cellseg", "fluorescence")
+    plugin.model.value = "dsb2018"
+    assert "licence CC0" in plugin.model_info.value
+    calls = _counting_calls(plugin, monkeypatch)
+    plugin.segment()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    nuclei = viewer.layers[f"{image.name} nuclei"]
+    first = nuclei.data.copy()
+    count = int(first.max())
+    assert 40 <= count <= 80, "the sample holds 62 nuclei (its DSB2018 masks)"
+    assert plugin.count.value.split()[0] == str(count) and list(nuclei.features["index"]) == list(
+        range(1, count + 1)
+    )
+    assert list(nuclei.features["area"]) == np.bincount(first.ravel())[1:].tolist()
+    assert plugin.threshold.value == 0.7 and plugin.split.value == "interior", "the model's recorded setting"
+    assert calls == ["predict", "recorded_params"]
+
+    plugin.min_size.value = 200  # drops the small nuclei, from the kept probabilities
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    assert calls == ["predict", "recorded_params"], "no network call for a post-processing change"
+    assert 0 < nuclei.data.max() < count and plugin.count.value.split()[0] == str(int(nuclei.data.max()))
+    zoom = plugin._result.zooms[0]  # min_size counts pixels as the network saw them (at the model's zoom)
+    assert all(a >= 200 / zoom**2 for a in nuclei.features["area"])
+
+
+def test_each_plane_of_a_stack_is_segmented_with_ids_unique_in_the_stack(viewer, plugin, qtbot):
+    image = read("fluorescence")
+    viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
+    plugin.model.value = "dsb2018"
+    plugin.segment()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    labels = viewer.layers["stack nuclei"].data
+    assert labels.shape == (3, *image.shape)
+    ids = [set(np.unique(plane)) - {0} for plane in labels]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    a, b = labels[0] > 0, labels[1][::-1] > 0  # tiles and zoom are not flip-exact: nearly the same nuclei
+    assert (a & b).sum() / (a | b).sum() > 0.9, "a flipped plane gives the flipped nuclei"
+
+
+def test_a_multiscale_layer_is_segmented_in_chunks_into_a_pyramid(viewer, plugin, qtbot):
+    import dask.array as da
+
+    big = np.tile(read("stained"), (4, 4, 1))  # 1024 x 1280
+    levels = [da.from_array(big, chunks=(512, 512, 3)), da.from_array(big[::2, ::2], chunks=(512, 512, 3))]
+    viewer.add_image(levels, name="pyramid", rgb=True, multiscale=True)
+    plugin.model.value = "dsb2018"
+    plugin.segment()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    assert not plugin.messages["error"], plugin.messages
+    nuclei = viewer.layers["pyramid nuclei"]
+    assert nuclei.multiscale and len(nuclei.features) == int(plugin.count.value.split()[0]) > 100
+    assert (Path(plugin.large_out.value) / "labels" / "pyramid.ome.zarr").is_dir()
+
+
+def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_segments_again(
+    viewer, plugin, qtbot, tiny_run
+):
+    (image,) = viewer.open_sample("cellseg", "fluorescence")
+    plugin.use_run(tiny_run)
+    assert plugin.model_source == str(tiny_run)
+    plugin.segment()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    nuclei = viewer.layers[f"{image.name} nuclei"]
+    corrected = nuclei.data.copy()
+    corrected[100:120, 100:120] = corrected.max() + 1  # a nucleus painted in
+    corrected[corrected == 1] = 0  # one erased
+    nuclei.data = corrected
+    halves = [[[0, 0], [0, 128], [128, 128], [128, 0]], [[128, 0], [128, 256], [256, 256], [256, 0]]]
+    regions = viewer.add_shapes(halves, shape_type="rectangle", name="regions")
+    plugin.region.value = regions
+    written = plugin.keep()
+    assert len(written) == 2 and "2 annotated image(s)" in plugin.messages["info"][-1]
+    import tifffile
+
+    kept = tifffile.imread(str(written[1]).replace(".tif", "_labels.tif"))
+    assert np.array_equal(kept, corrected[128:256, :256])
+
+    plugin.overrides = ["train.steps_per_epoch=2", "train.batch_size=2", "data.patch_size=32"]
+    plugin.epochs.value = 2
+    steps = []
+    monkey_report = plugin._report
+    plugin._report = lambda d, t: steps.append((d, t)) or monkey_report(d, t)
+    plugin.finetune()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    assert not plugin.messages["error"], plugin.messages
+    (run,) = [p for p in Path(plugin.runs.value).iterdir() if p.is_dir()]
+    assert plugin.model_source == str(run), "the fine-tuned run is the model now"
+    assert json.loads((run / "summary.json").read_text())["init"]["init"] == str(tiny_run)
+    assert [s for s in steps if s[1] == 4][-1] == (4, 4), "progress over every training step"
+    assert f"{image.name} nuclei" in viewer.layers and "segmenting again" in plugin.messages["info"][-1]
+
+
+def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot, tiny_run):
+    viewer.open_sample("cellseg", "fluorescence")
+    labels = np.zeros((256, 256), np.uint32)
+    labels[10:30, 10:30], labels[100:130, 50:80] = 1, 2
+    for name in ("a", "b"):
+        from cellseg.napari.engine import save_annotation
+
+        save_annotation(plugin.annotations.value, name, read("fluorescence"), labels)
+    plugin.use_run(tiny_run)
+    plugin.overrides = ["train.steps_per_epoch=1000", "train.batch_size=2", "data.patch_size=32"]
+    started = []
+    real = plugin._report
+    plugin._report = lambda d, t: started.append(d) or real(d, t)
+    plugin.finetune()
+    qtbot.waitUntil(lambda: len(started) > 0, timeout=WAIT)
+    plugin.cancel()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    assert plugin.messages["info"][-1] == "cellseg: fine-tuning cancelled" and len(started) < 100
+    assert plugin.process.call(child.recorded_params, str(tiny_run), read("fluorescence")), "still serving"
+
+
+def test_problems_are_napari_notifications_naming_them(viewer, plugin, qtbot):
+    plugin.segment()
+    assert "open an image first" in plugin.messages["error"][-1]
+    plugin.finetune()
+    assert "fine-tuning needs at least 2" in plugin.messages["error"][-1]
+    plugin.keep()
+    assert "segment an image" in plugin.messages["error"][-1]
+    viewer.open_sample("cellseg", "fluorescence")
+    plugin.use_run(Path("no/such/run"))
+    plugin.segment()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    assert (
+        "segmenting failed" in plugin.messages["error"][-1] and "no/such/run" in plugin.messages["error"][-1]
+    )
