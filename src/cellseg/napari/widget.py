@@ -76,6 +76,7 @@ class CellsegWidget(Container):
         )
         self.run_folder = FileEdit(label="run folder", mode="d", visible=not shipped)
         self.model_info = Label(label="")
+        self.model_info.native.setWordWrap(True)  # a card's data line is long: wrap, never widen the dock
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.zoom = FloatSpinBox(label="zoom (0: auto)", value=0.0, min=0.0, max=8.0, step=0.05)
         self.zoom.tooltip = (
