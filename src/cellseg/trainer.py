@@ -121,7 +121,11 @@ def train(
             with strategy.scope():
                 opened = _open_run(cfg, data, out, resume, checkpoint, run_name)
             hold.enter_context(runs.locked(opened.run_dir))  # a new folder: held from its first epoch
-            result = _fit(cfg, data, opened, machine, start, verbose, callbacks)
+            try:
+                result = _fit_and_summarize(cfg, data, opened, machine, start, verbose, callbacks)
+            except runs.WriteError as exc:
+                fix = f"Fix that, then resume the run: train --resume {opened.run_dir}"
+                raise TrainingError(f"{exc}. {fix}") from exc
             if cfg.train.init is not None and result.summary["stopped_reason"] == "completed":
                 result.summary["init_comparison"] = _compare_with_start(Run(result.run_dir))
             return result
@@ -237,21 +241,6 @@ def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Chec
     return _OpenRun(
         run_dir, model, done, checkpoint.best_val_loss, checkpoint.wall_seconds, checkpoint.session_starts
     )
-
-
-def _fit(
-    cfg: Config,
-    data: PreparedData,
-    opened: _OpenRun,
-    machine: hardware.Machine,
-    start: float,
-    verbose: int,
-    extra: Sequence[keras.callbacks.Callback] = (),
-) -> RunResult:
-    try:
-        return _fit_and_summarize(cfg, data, opened, machine, start, verbose, extra)
-    except runs.WriteError as exc:
-        raise TrainingError(f"{exc}. Fix that, then resume the run: train --resume {opened.run_dir}") from exc
 
 
 def _fit_and_summarize(

@@ -10,13 +10,11 @@ TensorFlow must never share one (cellseg.napari.child says why), and the suite's
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY
 
 from cellseg.napari import child, widget
 from cellseg.napari.samples import read
@@ -36,8 +34,16 @@ def viewer(make_napari_viewer):
     return make_napari_viewer()
 
 
+@pytest.fixture(scope="module")
+def model_process():
+    """One model process for the module's widgets: each would start its own (TensorFlow's import, ~5 s)."""
+    process = child.ModelProcess()
+    yield process
+    process.close()
+
+
 @pytest.fixture
-def plugin(viewer, tmp_path, monkeypatch):
+def plugin(viewer, tmp_path, monkeypatch, model_process):
     """The dock widget as napari adds it from the plugin menu, writing under ``tmp_path``."""
     messages = {"error": [], "info": []}
     monkeypatch.setattr(widget, "show_error", lambda m: messages["error"].append(m))
@@ -49,20 +55,8 @@ def plugin(viewer, tmp_path, monkeypatch):
         tmp_path / "large",
     )
     w.messages = messages
-    yield w
-    w.process.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A tiny run, trained in a process of its own (TensorFlow stays out of this one)."""
-    out = tmp_path_factory.mktemp("tiny")
-    sets = [f"--set={o}" for o in (*TINY, "train.run_eagerly=false")]
-    subprocess.run(
-        [sys.executable, "scripts/train.py", "--out", str(out), "--quiet", *sets], cwd=ROOT, check=True
-    )
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
+    w.process = model_process
+    return w
 
 
 def _counting_calls(w, monkeypatch) -> list[str]:
@@ -119,6 +113,7 @@ def test_each_plane_of_a_stack_is_segmented_with_ids_unique_in_the_stack(viewer,
     image = read("fluorescence")
     viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
     plugin.model.value = "dsb2018"
+    plugin.zoom.value = 1.0  # the zoom estimate is tested above
     plugin.segment()
     qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
     labels = viewer.layers["stack nuclei"].data
@@ -129,27 +124,29 @@ def test_each_plane_of_a_stack_is_segmented_with_ids_unique_in_the_stack(viewer,
     assert (a & b).sum() / (a | b).sum() > 0.9, "a flipped plane gives the flipped nuclei"
 
 
-def test_a_multiscale_layer_is_segmented_in_chunks_into_a_pyramid(viewer, plugin, qtbot):
+def test_a_multiscale_layer_is_segmented_in_chunks_into_labels_read_from_zarr(viewer, plugin, qtbot):
     import dask.array as da
 
-    big = np.tile(read("stained"), (4, 4, 1))  # 1024 x 1280
-    levels = [da.from_array(big, chunks=(512, 512, 3)), da.from_array(big[::2, ::2], chunks=(512, 512, 3))]
+    big = np.tile(read("stained"), (2, 2, 1))  # 512 x 640
+    levels = [da.from_array(big, chunks=(256, 256, 3)), da.from_array(big[::2, ::2], chunks=(256, 256, 3))]
     viewer.add_image(levels, name="pyramid", rgb=True, multiscale=True)
     plugin.model.value = "dsb2018"
+    plugin.zoom.value = 1.0
     plugin.segment()
     qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
     assert not plugin.messages["error"], plugin.messages
     nuclei = viewer.layers["pyramid nuclei"]
-    assert nuclei.multiscale and len(nuclei.features) == int(plugin.count.value.split()[0]) > 100
+    assert len(nuclei.features) == int(plugin.count.value.split()[0]) > 50
     assert (Path(plugin.large_out.value) / "labels" / "pyramid.ome.zarr").is_dir()
+    assert type(nuclei.data).__module__.startswith("zarr"), "read lazily, not loaded"
 
 
 def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_segments_again(
-    viewer, plugin, qtbot, tiny_run
+    viewer, plugin, qtbot
 ):
     (image,) = viewer.open_sample("cellseg", "fluorescence")
-    plugin.use_run(tiny_run)
-    assert plugin.model_source == str(tiny_run)
+    plugin.model.value = "dsb2018"
+    plugin.zoom.value = 1.0
     plugin.segment()
     qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
     nuclei = viewer.layers[f"{image.name} nuclei"]
@@ -167,8 +164,13 @@ def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_s
     kept = tifffile.imread(str(written[1]).replace(".tif", "_labels.tif"))
     assert np.array_equal(kept, corrected[128:256, :256])
 
-    plugin.overrides = ["train.steps_per_epoch=2", "train.batch_size=2", "data.patch_size=32"]
-    plugin.epochs.value = 2
+    plugin.overrides = [
+        "train.steps_per_epoch=2",
+        "train.batch_size=2",
+        "data.patch_size=32",
+        "train.run_eagerly=true",
+    ]
+    plugin.epochs.value = 1
     steps = []
     monkey_report = plugin._report
     plugin._report = lambda d, t: steps.append((d, t)) or monkey_report(d, t)
@@ -177,12 +179,12 @@ def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_s
     assert not plugin.messages["error"], plugin.messages
     (run,) = [p for p in Path(plugin.runs.value).iterdir() if p.is_dir()]
     assert plugin.model_source == str(run), "the fine-tuned run is the model now"
-    assert json.loads((run / "summary.json").read_text())["init"]["init"] == str(tiny_run)
-    assert [s for s in steps if s[1] == 4][-1] == (4, 4), "progress over every training step"
+    assert json.loads((run / "summary.json").read_text())["init"]["init"] == "dsb2018"
+    assert [s for s in steps if s[1] == 2] == [(1, 2), (2, 2)], "progress over every training step"
     assert f"{image.name} nuclei" in viewer.layers and "segmenting again" in plugin.messages["info"][-1]
 
 
-def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot, tiny_run):
+def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot):
     viewer.open_sample("cellseg", "fluorescence")
     labels = np.zeros((256, 256), np.uint32)
     labels[10:30, 10:30], labels[100:130, 50:80] = 1, 2
@@ -190,8 +192,13 @@ def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot, tiny_r
         from cellseg.napari.engine import save_annotation
 
         save_annotation(plugin.annotations.value, name, read("fluorescence"), labels)
-    plugin.use_run(tiny_run)
-    plugin.overrides = ["train.steps_per_epoch=1000", "train.batch_size=2", "data.patch_size=32"]
+    plugin.model.value = "dsb2018"
+    plugin.overrides = [
+        "train.steps_per_epoch=1000",
+        "train.batch_size=2",
+        "data.patch_size=32",
+        "train.run_eagerly=true",
+    ]
     started = []
     real = plugin._report
     plugin._report = lambda d, t: started.append(d) or real(d, t)
@@ -200,7 +207,7 @@ def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot, tiny_r
     plugin.cancel()
     qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
     assert plugin.messages["info"][-1] == "cellseg: fine-tuning cancelled" and len(started) < 100
-    assert plugin.process.call(child.recorded_params, str(tiny_run), read("fluorescence")), "still serving"
+    assert plugin.process.call(child.recorded_params, "dsb2018", read("fluorescence")), "still serving"
 
 
 def test_problems_are_napari_notifications_naming_them(viewer, plugin, qtbot):

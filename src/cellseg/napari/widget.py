@@ -243,8 +243,9 @@ class CellsegWidget(Container):
             group = zarr.open_group(result["labels"], mode="r")
             arrays = [group[d["path"]] for d in group.attrs["multiscales"][0]["datasets"]]
             factor = levels[0].shape[0] / arrays[0].shape[0]  # the level the model read
+            pyramid = len(arrays) > 1  # one level alone: napari 0.9 takes a list of one as 1-D
             labels = self.viewer.add_labels(
-                arrays, name=f"{layer.name} nuclei", multiscale=True,
+                arrays if pyramid else arrays[0], name=f"{layer.name} nuclei", multiscale=pyramid,
                 scale=tuple(np.asarray(layer.scale) * factor), translate=layer.translate,
             )  # fmt: skip
             features = pd.read_csv(result["table"])
