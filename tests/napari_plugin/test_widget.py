@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cellseg.napari import child, widget
+from cellseg.napari.samples import HERE as ROOT_SAMPLES
 from cellseg.napari.samples import read
 
 WAIT = 180_000  # ms: the first call starts the model process (TensorFlow) and loads the model
@@ -224,3 +225,39 @@ def test_problems_are_napari_notifications_naming_them(viewer, plugin, qtbot):
     assert (
         "segmenting failed" in plugin.messages["error"][-1] and "no/such/run" in plugin.messages["error"][-1]
     )
+
+
+def test_a_slide_opens_lazily_through_the_reader_and_the_model_process_reads_the_file(
+    viewer, plugin, qtbot, tmp_path
+):
+    import tifffile
+
+    from cellseg.napari.reader import get_reader
+
+    image = np.tile(read("stained"), (2, 2, 1))  # 512 x 640, a 2-level tiled OME-TIFF at 0.5 um/px
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        meta = {"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+        tif.write(image, subifds=1, metadata=meta, tile=(128, 128), photometric="rgb")
+        tif.write(image[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb")
+    assert get_reader(str(path)) is not None and get_reader(str(ROOT_SAMPLES / "stained.png")) is None
+    (layer,) = viewer.open(path, plugin="cellseg")
+    assert layer.multiscale and [lv.shape for lv in layer.data] == [(512, 640, 3), (256, 320, 3)]
+    assert layer.rgb and tuple(layer.scale) == (0.5, 0.5) and Path(layer.source.path) == path
+    assert type(layer.data[0]).__module__.startswith("zarr"), "read lazily from the file"
+    plugin.model.value = "dsb2018"
+    plugin.zoom.value = 1.0
+    calls = []
+    real = plugin.process.call
+    plugin.process.call = lambda f, *a, **k: calls.append(f.__name__) or real(f, *a, **k)
+    try:
+        plugin.segment()
+        qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
+    finally:
+        del plugin.process.call
+    assert calls == ["segment_file"] and not plugin.messages["error"], plugin.messages
+    nuclei = viewer.layers["slide nuclei"]
+    table = Path(plugin.large_out.value) / "nuclei" / "slide.csv"
+    rows = table.read_text().splitlines()
+    assert "centroid_x_um" in rows[0] and len(rows) - 1 == len(nuclei.features) > 50
+    assert tuple(nuclei.scale) == (0.5, 0.5), "labels over the slide, in its micrometres"

@@ -64,12 +64,9 @@ def finetune(cfg: Config, out: str) -> Path:
     return engine.finetune(cfg, out, _report)
 
 
-def segment_large(
-    source: str, levels: list[Any], rgb: bool, name: str, out: str, options: SlideOptions
-) -> dict[str, Any]:
-    """:func:`cellseg.napari.engine.segment_large`, reporting its chunks; its files and summary (as a
-    dict: the parent must not import :mod:`cellseg.slides.segment`, which imports TensorFlow)."""
-    result = engine.segment_large(_segmenter(source), levels, rgb, name, out, options, _report)
+def _files(result: Any) -> dict[str, Any]:
+    """A slide result's files and summary as a dict: the parent must not unpickle a
+    :class:`~cellseg.slides.segment.SlideResult`, whose module imports TensorFlow."""
     return {
         "labels": result.labels,
         "table": result.table,
@@ -78,7 +75,22 @@ def segment_large(
     }
 
 
-FUNCTIONS = {f.__name__: f for f in (predict, recorded_params, finetune, segment_large)}
+def segment_large(
+    source: str, levels: list[Any], rgb: bool, name: str, out: str, options: SlideOptions
+) -> dict[str, Any]:
+    """:func:`cellseg.napari.engine.segment_large` of a layer's arrays, reporting its chunks."""
+    return _files(engine.segment_large(_segmenter(source), levels, rgb, name, out, options, _report))
+
+
+def segment_file(source: str, path: str, out: str, options: SlideOptions) -> dict[str, Any]:
+    """:func:`cellseg.slides.segment_slide` of a slide file (a layer opened by the reader), reporting
+    its chunks: the file is read here, chunk by chunk, never sent over."""
+    from cellseg.slides.segment import segment_slide
+
+    return _files(segment_slide(_segmenter(source), path, out, options, _report))
+
+
+FUNCTIONS = {f.__name__: f for f in (predict, recorded_params, finetune, segment_large, segment_file)}
 
 
 def _picklable(exc: BaseException) -> BaseException:

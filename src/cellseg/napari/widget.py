@@ -36,6 +36,7 @@ from superqt.utils import ensure_main_thread
 
 from cellseg import pretrained
 from cellseg.napari import child, engine
+from cellseg.slides.reader import is_slide
 
 logger = logging.getLogger(__name__)
 
@@ -232,9 +233,14 @@ class CellsegWidget(Container):
         levels = list(layer.data) if layer.multiscale else [layer.data]
         out, options = str(self.large_out.value), SlideOptions(zoom=zoom)
 
+        path = layer.source.path  # a slide opened by cellseg's reader: the child reads the file itself
+        if path and is_slide(Path(path)):
+            function, args = child.segment_file, (source, str(path), out, options)
+        else:
+            function, args = child.segment_large, (source, levels, layer.rgb, layer.name, out, options)
+
         def work() -> Any:
-            args = (source, levels, layer.rgb, layer.name, out, options)
-            return self.process.call(child.segment_large, *args, progress=self._report)
+            return self.process.call(function, *args, progress=self._report)
 
         def done(result: Any) -> None:
             import pandas as pd

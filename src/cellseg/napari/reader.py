@@ -1,0 +1,52 @@
+"""napari reader for whole slides (SVS, NDPI, BTF, OME-TIFF, tiled or pyramidal TIFF, OME-Zarr): a lazy
+multiscale Image layer from :func:`cellseg.slides.open_slide`, never the whole slide in memory.
+
+The layer keeps its file as ``layer.source.path``, so the widget hands the file itself to the model
+process (:func:`cellseg.slides.segment_slide`), which reads it chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cellseg.slides.reader import Slide, is_slide, open_slide, slide_id
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """:func:`read_slide` for one slide file or OME-Zarr folder; None for anything else (napari's own
+    readers take ordinary images)."""
+    if isinstance(path, list):
+        return None if len(path) != 1 or not is_slide(Path(path[0])) else read_slide
+    return read_slide if is_slide(Path(path)) else None
+
+
+def _yx(level: Any, axes: str) -> Any:
+    """A level as (Y, X[, C]), lazily (dask) where the file stores another axis order."""
+    order = [axes.index("Y"), axes.index("X"), *(i for i, a in enumerate(axes) if a not in "YX")]
+    if order == list(range(len(axes))):
+        return level
+    import dask.array as da
+
+    return da.from_zarr(level).transpose(order)
+
+
+def layer_data(slide: Slide, name: str) -> LayerData:
+    """The slide as a napari Image layer: its pyramid, RGB when it has 3 or 4 samples, scaled in
+    micrometres when its pixel size is known."""
+    levels = [_yx(level, slide.axes) for level in slide.levels]
+    rgb = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
+    size = slide.pixel_size_um
+    meta: dict[str, Any] = {"name": name, "rgb": rgb, "multiscale": len(levels) > 1}
+    if size:
+        meta.update(scale=(size, size), units="um", metadata={"pixel_size_um": size})
+    return (levels if len(levels) > 1 else levels[0], meta, "image")
+
+
+def read_slide(path: str | list[str]) -> list[LayerData]:
+    """The slide at ``path`` as one lazy layer (its file stays open while napari reads it)."""
+    file = Path(path[0] if isinstance(path, list) else path)
+    return [layer_data(open_slide(file), slide_id(file))]
