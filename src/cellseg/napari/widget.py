@@ -53,6 +53,14 @@ def _model_line(name: str) -> str:
     return f"{card['data']}\nlicence {card['licence']}; {score}"
 
 
+def _recipe_epochs() -> int:
+    """The fine-tuning recipe's epochs (the widget's default)."""
+    from cellseg.config import load_config
+    from cellseg.finetune import RECIPE
+
+    return load_config(RECIPE).train.epochs
+
+
 class CellsegWidget(Container):
     """Segment nuclei with a shipped model or a run folder, correct them and fine-tune (the docs'
     "napari" page walks through it)."""
@@ -97,7 +105,7 @@ class CellsegWidget(Container):
         self.region = create_widget(annotation=napari.layers.Shapes | None, label="region")
         self.annotations = FileEdit(label="ground truth", mode="d", value=HOME / "annotations")
         self.keep_button = PushButton(text="Keep labels as ground truth")
-        self.epochs = SpinBox(label="epochs", value=12, min=1, max=500)
+        self.epochs = SpinBox(label="epochs", value=_recipe_epochs(), min=1, max=500)
         self.runs = FileEdit(label="runs", mode="d", value=HOME / "runs")
         self.large_out = FileEdit(label="large images", mode="d", value=HOME / "large")
         self.finetune_button = PushButton(text="Fine-tune on the ground truth")
