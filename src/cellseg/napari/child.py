@@ -13,6 +13,7 @@ imports neither napari nor Qt); :class:`ModelProcess` is the parent's handle on 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import socket
 import subprocess
@@ -65,14 +66,9 @@ def finetune(cfg: Config, out: str) -> Path:
 
 
 def _files(result: Any) -> dict[str, Any]:
-    """A slide result's files and summary as a dict: the parent must not unpickle a
+    """A slide result as a dict: the parent must not unpickle a
     :class:`~cellseg.slides.segment.SlideResult`, whose module imports TensorFlow."""
-    return {
-        "labels": result.labels,
-        "table": result.table,
-        "geojson": result.geojson,
-        "summary": result.summary,
-    }
+    return dataclasses.asdict(result)
 
 
 def segment_large(

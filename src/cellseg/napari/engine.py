@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,35 +174,26 @@ def finetune_config(start: str | Path, folder: str | Path, overrides: Sequence[s
     )
 
 
-def finetune(
-    cfg: Config,
-    out: str | Path,
-    progress: Progress | None = None,
-    cancel: threading.Event | None = None,
-) -> Path:
+def finetune(cfg: Config, out: str | Path, progress: Progress | None = None) -> Path:
     """Train ``cfg`` (:func:`finetune_config`) into a new run folder under ``out`` and return it.
 
-    ``progress(step, steps)`` follows the training steps; setting ``cancel`` stops at the next step
-    (raising :class:`Cancelled`; the run folder can be resumed: ``train.py --resume``)."""
+    ``progress(step, steps)`` follows the training steps; raising :class:`Cancelled` in it stops at that
+    step (the run folder can be resumed: ``train.py --resume``)."""
     import keras
 
     from cellseg.trainer import TrainingError, train
 
-    steps = cfg.train.epochs * cfg.train.steps_per_epoch
+    per_epoch = cfg.train.steps_per_epoch
+    steps = cfg.train.epochs * per_epoch
 
     class Follow(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.epoch = epoch
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(
-                    f"fine-tuning cancelled at step {self.epoch * cfg.train.steps_per_epoch + batch + 1}"
-                )
-            if progress is not None:
-                progress(self.epoch * cfg.train.steps_per_epoch + batch + 1, steps)
+            progress(self.epoch * per_epoch + batch + 1, steps)
 
-    result = train(cfg, out=out, verbose=0, callbacks=[Follow()])
+    result = train(cfg, out=out, verbose=0, callbacks=[Follow()] if progress is not None else [])
     if result.summary["stopped_reason"] != "completed":
         raise TrainingError(f"fine-tuning stopped: {result.summary['stopped_reason']} ({result.run_dir})")
     return result.run_dir
@@ -229,5 +219,6 @@ def segment_large(
             f"{name}: a large image is segmented one 2-D plane at a time, but its data has shape "
             f"{tuple(levels[0].shape)}; select a single plane (e.g. a new layer of layer.data[t])"
         )
-    slide = Slide(_safe(name), list(levels), "YXC" if rgb else "YX", source="napari layer")
-    return segment_levels(segment, slide, _safe(name), f"napari layer {name}", out, options, progress)
+    stem = _safe(name)
+    slide = Slide(stem, list(levels), "YXC" if rgb else "YX", source="napari layer")
+    return segment_levels(segment, slide, stem, f"napari layer {name}", out, options, progress)

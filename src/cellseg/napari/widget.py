@@ -9,6 +9,7 @@ napari notification naming the problem. The work itself is :mod:`cellseg.napari.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -118,7 +119,7 @@ class CellsegWidget(Container):
         self.model.changed.connect(self._model_changed)
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
-        for knob in (self.threshold, self.seed_threshold, self.min_distance, self.min_size, self.split):
+        for knob in self._knobs().values():
             knob.changed.connect(self.relabel)
         self.keep_button.changed.connect(self.keep)
         self.finetune_button.changed.connect(self.finetune)
@@ -271,25 +272,24 @@ class CellsegWidget(Container):
 
         return self._start(work, done, "segmenting a large image")
 
+    def _knobs(self) -> dict[str, Any]:
+        """The post-processing knobs, by the :class:`~cellseg.postprocess.PostprocessParams` field each
+        sets (the widgets are named after them)."""
+        from cellseg.postprocess import PostprocessParams
+
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(PostprocessParams)}
+
     def _show_params(self, params: Any) -> None:
         """Set the knobs to the model's recorded setting without labelling once per knob."""
-        knobs = {
-            self.threshold: params.threshold, self.seed_threshold: params.seed_threshold,
-            self.min_distance: params.min_distance, self.min_size: params.min_size, self.split: params.split,
-        }  # fmt: skip
-        for knob, value in knobs.items():
+        for name, knob in self._knobs().items():
             with knob.changed.blocked():
-                knob.value = value
+                knob.value = getattr(params, name)
 
     def params(self) -> Any:
         """The post-processing the knobs say."""
         from cellseg.postprocess import PostprocessParams
 
-        return PostprocessParams(
-            threshold=float(self.threshold.value), split=self.split.value,
-            min_distance=int(self.min_distance.value), seed_threshold=float(self.seed_threshold.value),
-            min_size=int(self.min_size.value),
-        )  # fmt: skip
+        return PostprocessParams(**{name: knob.value for name, knob in self._knobs().items()})
 
     def relabel(self, *_: Any) -> Any:
         """Label the kept probabilities again with the knobs' setting (no network)."""
