@@ -61,10 +61,21 @@ def plugin(viewer, tmp_path, monkeypatch, model_process):
 
 
 def _counting_calls(w, monkeypatch) -> list[str]:
+    """The names of the functions the widget runs in the model process, from now on."""
     calls: list[str] = []
     real = w.process.call
     monkeypatch.setattr(w.process, "call", lambda f, *a, **k: calls.append(f.__name__) or real(f, *a, **k))
     return calls
+
+
+def _recording_progress(w, monkeypatch) -> list[tuple[int, int]]:
+    """Every (done, total) the widget's progress bar is given, from now on."""
+    reports: list[tuple[int, int]] = []
+    real = type(w)._report
+    # on the class: monkeypatch undoes an instance attribute by deleting it, which a magicgui Container
+    # takes as removing a widget
+    monkeypatch.setattr(type(w), "_report", lambda self, d, t: reports.append((d, t)) or real(self, d, t))
+    return reports
 
 
 def test_napari_finds_the_plugin_and_its_sample_of_each_modality(viewer):
@@ -143,7 +154,7 @@ def test_a_multiscale_layer_is_segmented_in_chunks_into_labels_read_from_zarr(vi
 
 
 def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_segments_again(
-    viewer, plugin, qtbot
+    viewer, plugin, qtbot, monkeypatch
 ):
     (image,) = viewer.open_sample("cellseg", "fluorescence")
     plugin.model.value = "dsb2018"
@@ -172,9 +183,7 @@ def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_s
         "train.run_eagerly=true",
     ]
     plugin.epochs.value = 1
-    steps = []
-    monkey_report = plugin._report
-    plugin._report = lambda d, t: steps.append((d, t)) or monkey_report(d, t)
+    steps = _recording_progress(plugin, monkeypatch)
     plugin.finetune()
     qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
     assert not plugin.messages["error"], plugin.messages
@@ -185,7 +194,7 @@ def test_corrected_labels_become_ground_truth_and_fine_tuning_gives_a_run_that_s
     assert f"{image.name} nuclei" in viewer.layers and "segmenting again" in plugin.messages["info"][-1]
 
 
-def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot):
+def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot, monkeypatch):
     viewer.open_sample("cellseg", "fluorescence")
     labels = np.zeros((256, 256), np.uint32)
     labels[10:30, 10:30], labels[100:130, 50:80] = 1, 2
@@ -200,9 +209,7 @@ def test_fine_tuning_is_cancelled_at_its_next_step(viewer, plugin, qtbot):
         "data.patch_size=32",
         "train.run_eagerly=true",
     ]
-    started = []
-    real = plugin._report
-    plugin._report = lambda d, t: started.append(d) or real(d, t)
+    started = _recording_progress(plugin, monkeypatch)
     plugin.finetune()
     qtbot.waitUntil(lambda: len(started) > 0, timeout=WAIT)
     plugin.cancel()
@@ -228,7 +235,7 @@ def test_problems_are_napari_notifications_naming_them(viewer, plugin, qtbot):
 
 
 def test_a_slide_opens_lazily_through_the_reader_and_the_model_process_reads_the_file(
-    viewer, plugin, qtbot, tmp_path
+    viewer, plugin, qtbot, tmp_path, monkeypatch
 ):
     import tifffile
 
@@ -247,14 +254,9 @@ def test_a_slide_opens_lazily_through_the_reader_and_the_model_process_reads_the
     assert type(layer.data[0]).__module__.startswith("zarr"), "read lazily from the file"
     plugin.model.value = "dsb2018"
     plugin.zoom.value = 1.0
-    calls = []
-    real = plugin.process.call
-    plugin.process.call = lambda f, *a, **k: calls.append(f.__name__) or real(f, *a, **k)
-    try:
-        plugin.segment()
-        qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
-    finally:
-        del plugin.process.call
+    calls = _counting_calls(plugin, monkeypatch)
+    plugin.segment()
+    qtbot.waitUntil(lambda: not plugin.busy, timeout=WAIT)
     assert calls == ["segment_file"] and not plugin.messages["error"], plugin.messages
     nuclei = viewer.layers["slide nuclei"]
     table = Path(plugin.large_out.value) / "nuclei" / "slide.csv"
