@@ -24,20 +24,20 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     return read_slide if is_slide(Path(path)) else None
 
 
-def _yx(level: Any, axes: str) -> Any:
-    """A level as (Y, X[, C]), lazily (dask) where the file stores another axis order."""
-    order = [axes.index("Y"), axes.index("X"), *(i for i, a in enumerate(axes) if a not in "YX")]
-    if order == list(range(len(axes))):
+def _yxc(slide: Slide, level: Any) -> Any:
+    """A level as (H, W[, C]) (:meth:`Slide.as_yxc`), lazily through dask where the file stores other
+    axes; as it is where it already is that."""
+    if slide.axes in ("YX", "YXS", "YXC"):
         return level
     import dask.array as da
 
-    return da.from_zarr(level).transpose(order)
+    return slide.as_yxc(da.from_array(level))
 
 
 def layer_data(slide: Slide, name: str) -> LayerData:
     """The slide as a napari Image layer: its pyramid, RGB when it has 3 or 4 samples, scaled in
     micrometres when its pixel size is known."""
-    levels = [_yx(level, slide.axes) for level in slide.levels]
+    levels = [_yxc(slide, level) for level in slide.levels]
     rgb = levels[0].ndim == 3 and levels[0].shape[-1] in (3, 4)
     size = slide.pixel_size_um
     meta: dict[str, Any] = {"name": name, "rgb": rgb, "multiscale": len(levels) > 1}

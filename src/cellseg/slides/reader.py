@@ -112,11 +112,15 @@ class Slide:
             slice(y0, y1, step) if a == "Y" else slice(x0, x1, step) if a == "X" else slice(None)
             for a in self.axes
         )
-        region = np.asarray(self.levels[level][index])
+        return self.as_yxc(np.asarray(self.levels[level][index]))
+
+    def as_yxc(self, array: Any) -> Any:
+        """An array in the file's ``axes`` as (H, W) or (H, W, C): Y, X first, the other axes (samples
+        or channels; any others are 1) merged last. Works on NumPy and, lazily, on dask arrays."""
         order = [self.axes.index("Y"), self.axes.index("X")]
-        region = np.transpose(region, order + [i for i in range(region.ndim) if i not in order])
-        region = region.reshape(region.shape[0], region.shape[1], -1)
-        return region[..., 0] if region.shape[-1] == 1 else region
+        array = array.transpose(order + [i for i in range(array.ndim) if i not in order])
+        array = array.reshape(array.shape[0], array.shape[1], -1)
+        return array[..., 0] if array.shape[-1] == 1 else array
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """A low-resolution view of the whole slide (at most ``max_side`` px a side) and its scale
