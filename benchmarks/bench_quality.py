@@ -94,7 +94,7 @@ def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -
     rows = []
     for epoch, path in runs.snapshots(run).items():
         predictor, cfg = load_predictor(run, InferenceOptions(), model_path=path)
-        params, val_score, _ = calibrate(predictor, validation_samples(run, cfg), cfg.model.num_classes == 3)
+        params, val_score, _ = calibrate(predictor, validation_samples(run, cfg), cfg.model.outputs)
         rows.append({"model": f"epoch {epoch}", "minutes": minutes_at[epoch], "val_dsb": val_score,
                      **scores(predictor, params, test_samples)})  # fmt: skip
         print(

@@ -103,8 +103,9 @@ def test_minimum_size_counts_pixels_as_the_network_saw_them():
 
 
 def test_calibration_grid_fits_each_head():
-    assert {p.split for p in grid(three_class=False)} == {"distance", "none"}
-    assert {p.split for p in grid(three_class=True)} == {"interior", "none"}
+    assert {p.split for p in grid("foreground")} == {"distance", "none"}
+    assert {p.split for p in grid("three_class")} == {"interior", "none"}
+    assert {p.split for p in grid("hover")} == {"interior", "hover", "none"}
 
 
 def test_a_modality_gets_its_own_post_processing_only_where_held_out_images_confirm_it():
@@ -173,8 +174,12 @@ def test_blend_window_favours_tile_centres_and_tile_size_is_checked():
 
 @pytest.fixture(
     scope="module",
-    params=[["model.num_classes=1"], ["model.num_classes=3"], ["model.num_classes=3", "data.nucleus_size=6"]],
-    ids=["foreground", "three_class", "three_class_zoomed"],
+    params=[
+        ["model.num_classes=1"],
+        ["model.num_classes=3"],
+        ["model.num_classes=3", "model.head=hover", "data.nucleus_size=6"],
+    ],
+    ids=["foreground", "three_class", "hover_zoomed"],
 )
 def tiny_run(request, tmp_path_factory) -> Path:
     cfg = load_config(None, [*TINY, *request.param, "train.epochs=3"])
@@ -234,9 +239,9 @@ def test_evaluate_writes_metrics_per_image_rows_overlays_and_16_bit_labels(tiny_
     chosen = json.loads((tiny_run / runs.POSTPROCESS).read_text())
     assert chosen["val_images"] == json.loads((tiny_run / runs.SPLIT).read_text())["val"]
     assert metrics["postprocess"] == {"params": chosen["params"], "by_modality": chosen["by_modality"]}
-    three_class = load_run_config(tiny_run).model.num_classes == 3
-    assert len(chosen["grid"]) == len(grid(three_class))
-    assert chosen["params"]["split"] in ({"interior", "none"} if three_class else {"distance", "none"})
+    outputs = load_run_config(tiny_run).model.outputs
+    assert len(chosen["grid"]) == len(grid(outputs))
+    assert chosen["params"]["split"] in {p.split for p in grid(outputs)}
 
 
 @pytest.mark.parametrize(

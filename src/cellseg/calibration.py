@@ -51,16 +51,17 @@ MIN_MODALITY_IMAGES = 8
 
 
 def calibrate(
-    predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], three_class: bool
+    predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], outputs: str
 ) -> tuple[PostprocessPlan, dict[str, Any]]:
-    """The post-processing chosen on ``samples`` (see :func:`choose_plan`) and the record of the choice."""
+    """The post-processing chosen on ``samples`` for a model predicting ``outputs`` (see
+    :func:`choose_plan`) and the record of the choice."""
     predicted: list[tuple[np.ndarray, Probabilities]] = []
     kinds = []
     for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
         sample = ref.load()
         predicted.append((sample.labels, predictor(sample.image, ref.id)))
         kinds.append(modality(sample.image))  # as prediction will read it: without the masks
-    settings = grid(three_class)
+    settings = grid(outputs)
     return choose_plan(score_table(predicted, settings), settings, kinds)
 
 
@@ -148,7 +149,7 @@ def calibrate_run(
     """Choose the run's post-processing on its validation images and record it in ``postprocess.json``
     with what it depends on: the model (its file's digest), the images, the inference options."""
     samples = validation_samples(run.path, cfg)
-    plan, record = calibrate(predictor, samples, cfg.model.num_classes == 3)
+    plan, record = calibrate(predictor, samples, cfg.model.outputs)
     run.save_postprocess(
         {
             **plan.to_dict(),

@@ -115,6 +115,17 @@ class ModelConfig:
     decoder: Literal["transpose", "upsample"] = "transpose"
     kernel_initializer: str | None = None
     num_classes: Literal[1, 3] = 1  # 1: foreground (sigmoid); 3: background/interior/boundary (softmax)
+    # classes: num_classes channels only; hover: the three classes plus each nucleus pixel's horizontal
+    # and vertical distance to its nucleus's centre (HoVer-Net, Graham et al. 2019), which part touching
+    # nuclei where their maps flip sign (cellseg.hover)
+    head: Literal["classes", "hover"] = "classes"
+
+    @property
+    def outputs(self) -> Literal["foreground", "three_class", "hover"]:
+        """What the network predicts: which targets it trains on and which post-processing fits it."""
+        if self.head == "hover":
+            return "hover"
+        return "three_class" if self.num_classes == 3 else "foreground"
 
 
 @dataclass
@@ -225,6 +236,11 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
             f"{where}: data.patch_size {cfg.data.patch_size} must be divisible by 2**model.depth = "
             f"{multiple} (the U-Net halves it {cfg.model.depth} times), "
             f"e.g. data.patch_size={fits or multiple}"
+        )
+    if cfg.model.head == "hover" and cfg.model.num_classes != 3:
+        where = origins.get("model.head") or "config"
+        raise ConfigError(
+            f"{where}: model.head: hover adds distance maps to the three-class head; set model.num_classes=3"
         )
     if cfg.train.jit_compile is True and cfg.train.deterministic:
         where = origins.get("train.jit_compile") or "config"

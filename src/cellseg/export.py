@@ -50,7 +50,12 @@ COVER, README = "cover.png", "README.md"
 INPUT_ID, OUTPUT_ID = "image", "probabilities"
 #: The run's normalisation (cellseg.preprocessing.normalize) as bioimage.io operations
 LOW_PERCENTILE, HIGH_PERCENTILE = NORMALIZE_PERCENTILES
-CLASS_NAMES = {1: ["foreground"], 3: ["background", "interior", "boundary"]}
+#: The output's channels by what the model predicts (:attr:`cellseg.config.ModelConfig.outputs`).
+CLASS_NAMES = {
+    "foreground": ["foreground"],
+    "three_class": ["background", "interior", "boundary"],
+    "hover": ["background", "interior", "boundary", "horizontal", "vertical"],
+}
 
 
 def package_name(activation: str) -> str:
@@ -147,8 +152,11 @@ def _manual_steps(cfg: Config) -> str:
 
 def _readme(run_dir: Path, cfg: Config, plan: PostprocessPlan, metrics: dict[str, Any]) -> str:
     activation = label_of_spec(cfg.model.activation)
-    heads = {1: "one sigmoid channel: foreground probability",
-             3: "three softmax channels: background, nucleus interior, nucleus boundary"}  # fmt: skip
+    heads = {"foreground": "one sigmoid channel: foreground probability",
+             "three_class": "three softmax channels: background, nucleus interior, nucleus boundary",
+             "hover": "three softmax channels (background, nucleus interior, nucleus boundary), then "
+                      "each nucleus pixel's horizontal and vertical offset from its nucleus's centre, "
+                      "scaled to [-1, 1] within the nucleus (HoVer-Net's maps)"}  # fmt: skip
     test = metrics.get("test")
     test_line = (
         f"- Held-out test images ({test['images']} images of {', '.join(test['data'])}): DSB2018 score "
@@ -177,7 +185,7 @@ per image, percentiles {LOW_PERCENTILE} and {HIGH_PERCENTILE}, then `clip` to [0
 cellseg maps an image whose two percentiles are equal to zeros; `scale_range` divides by eps there.
 {_manual_steps(cfg)}
 ## Output
-`{OUTPUT_ID}`: {heads[cfg.model.num_classes]}, same y / x size as the input.
+`{OUTPUT_ID}`: {heads[cfg.model.outputs]}, same y / x size as the input.
 
 Nuclei (instances) are not in the output: cellseg thresholds the foreground and splits touching nuclei
 with a marker watershed, which no bioimage.io operation describes. The settings chosen for this model on
@@ -267,11 +275,11 @@ def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[
                     {"type": "batch"},
                     {"type": "space", "id": "y", "size": {"tensor_id": INPUT_ID, "axis_id": "y"}},
                     {"type": "space", "id": "x", "size": {"tensor_id": INPUT_ID, "axis_id": "x"}},
-                    {"type": "channel", "channel_names": CLASS_NAMES[cfg.model.num_classes]},
+                    {"type": "channel", "channel_names": CLASS_NAMES[cfg.model.outputs]},
                 ],
                 "test_tensor": file["test_output"],
                 "sample_tensor": file["sample_output"],
-                "data": {"type": "float32", "range": [0.0, 1.0]},
+                "data": {"type": "float32", "range": [-1.0 if cfg.model.head == "hover" else 0.0, 1.0]},
             }
         ],
         "weights": {

@@ -34,6 +34,7 @@ CONTRACT = (
     "model.batch_norm",
     "model.decoder",
     "model.num_classes",
+    "model.head",
     "data.channels",
     "data.nucleus_size",
     "data.polarity",
@@ -141,7 +142,7 @@ def keep_the_better(run: Run) -> dict[str, Any]:
     start_model = Run(start_folder(cfg.train.init)).kept_model
     predictor, _ = load_predictor(run.path, options, model_path=start_model)  # the run's preprocessing
     samples = validation_samples(run.path, cfg)
-    _, record = calibrate(predictor, samples, cfg.model.num_classes == 3)
+    _, record = calibrate(predictor, samples, cfg.model.outputs)
     before = float(record["val_dsb_score"])
     comparison = {"val_images": len(samples), "fine_tuned_val_dsb": tuned, "start_val_dsb": before}
     if before <= tuned:

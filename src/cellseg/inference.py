@@ -20,6 +20,7 @@ from cellseg import runs
 from cellseg.config import Config, InferenceOptions
 from cellseg.data.scale import estimate_factor
 from cellseg.data.tiles import grid_starts, pad_to
+from cellseg.hover import HOVER_CHANNELS, unflip
 from cellseg.models import load_model
 from cellseg.postprocess import Probabilities
 from cellseg.preprocessing import Preprocessing, resize
@@ -33,10 +34,12 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 def probabilities(output: np.ndarray, factor: float = 1.0) -> Probabilities:
-    """The model's (H, W, K) output as foreground (and, for the three-class head, interior) maps."""
+    """The model's (H, W, K) output as foreground (and, for the three-class head, interior; for the
+    HoVer head, its maps) probability maps."""
     if output.shape[-1] == 1:
         return Probabilities(output[..., 0], factor=factor)
-    return Probabilities(1.0 - output[..., 0], output[..., 1], factor=factor)
+    maps = output[..., 3:] if output.shape[-1] == HOVER_CHANNELS else None
+    return Probabilities(1.0 - output[..., 0], output[..., 1], factor=factor, hv=maps)
 
 
 def _zoomed_back(output: np.ndarray, factor: float, image: np.ndarray) -> Probabilities:
@@ -77,8 +80,7 @@ class TiledPredictor:
         total = 0.0
         for axes in ((), (1,), (2,), (1, 2)):
             flipped = np.flip(tiles, axes) if axes else tiles
-            out = self._predict(np.ascontiguousarray(flipped)).numpy()
-            total = total + (np.flip(out, axes) if axes else out)
+            total = total + unflip(self._predict(np.ascontiguousarray(flipped)).numpy(), axes)
         return total / 4
 
     def predict_normalized(self, image: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from cellseg.hover import HOVER_CHANNELS
+
 register = keras.saving.register_keras_serializable(package="cellseg")
 
 
@@ -18,7 +20,10 @@ class BCEDiceLoss(keras.losses.Loss):
     nuclei. ``bce_weight`` / ``dice_weight`` select either alone. A one-channel (sigmoid) output gets
     binary cross-entropy and the foreground Dice; a softmax output (background / interior / boundary)
     gets categorical cross-entropy and the mean Dice of its non-background classes, so the thin
-    boundary class is not drowned by the background.
+    boundary class is not drowned by the background. A HoVer output (three classes and two maps, see
+    :mod:`cellseg.hover`) adds HoVer-Net's map losses: the maps' mean squared error everywhere, plus
+    twice the squared error of their gradients (horizontal map along x, vertical along y) inside nuclei,
+    which is what makes the maps jump where nuclei touch.
     """
 
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, name: str = "bce_dice", **kw: Any):
@@ -28,8 +33,11 @@ class BCEDiceLoss(keras.losses.Loss):
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         y_true = tf.cast(y_true, y_pred.dtype)
-        binary = y_pred.shape[-1] == 1
         loss = tf.zeros(tf.shape(y_pred)[:1], y_pred.dtype)
+        if y_pred.shape[-1] == HOVER_CHANNELS:
+            loss += map_loss(y_true[..., 3:], y_pred[..., 3:], 1.0 - y_true[..., 0])
+            y_true, y_pred = y_true[..., :3], y_pred[..., :3]
+        binary = y_pred.shape[-1] == 1
         if self.bce_weight:
             ce = (
                 keras.losses.binary_crossentropy(y_true, y_pred)  # mean over channels -> (B, H, W)
@@ -48,6 +56,19 @@ class BCEDiceLoss(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "bce_weight": self.bce_weight, "dice_weight": self.dice_weight}
+
+
+def map_loss(true: tf.Tensor, pred: tf.Tensor, nuclei: tf.Tensor) -> tf.Tensor:
+    """HoVer-Net's loss of (B, H, W, 2) maps per sample: MSE + 2 x MSE of the gradients in ``nuclei``."""
+    mse = tf.reduce_mean(tf.square(pred - true), axis=[1, 2, 3])
+    # sobel_edges: (B, H, W, 2 maps, [d/dy, d/dx]); the horizontal map along x, the vertical along y
+    grad_true, grad_pred = tf.image.sobel_edges(true), tf.image.sobel_edges(pred)
+    along = tf.stack(
+        [grad_pred[..., 0, 1] - grad_true[..., 0, 1], grad_pred[..., 1, 0] - grad_true[..., 1, 0]], -1
+    )
+    inside = tf.reduce_sum(nuclei[..., None] * tf.square(along), axis=[1, 2, 3])
+    msge = inside / (2.0 * tf.reduce_sum(nuclei, axis=[1, 2]) + 1e-6)
+    return mse + 2.0 * msge
 
 
 LOSS_WEIGHTS = {"bce_dice": (1.0, 1.0), "bce": (1.0, 0.0), "dice": (0.0, 1.0)}

@@ -63,7 +63,8 @@ def build_unet(cfg: ModelConfig, input_channels: int = 3) -> keras.Model:
     """A U-Net of ``cfg.depth`` down-samplings; inputs of any size divisible by 2**depth are accepted.
 
     The output is the foreground probability (one sigmoid channel) or, with ``num_classes`` 3, softmax
-    probabilities of background, nucleus interior and nucleus boundary.
+    probabilities of background, nucleus interior and nucleus boundary, followed with ``head: hover``
+    by the horizontal and vertical maps of :mod:`cellseg.hover` (tanh).
     """
     b = _Builder(cfg)
     inputs = keras.Input((None, None, input_channels), name="image")
@@ -81,6 +82,9 @@ def build_unet(cfg: ModelConfig, input_channels: int = 3) -> keras.Model:
         x = b.block(x, filters, f"dec{level}")
     head = ("sigmoid", "foreground") if cfg.num_classes == 1 else ("softmax", "classes")
     outputs = keras.layers.Conv2D(cfg.num_classes, 1, activation=head[0], dtype="float32", name=head[1])(x)
+    if cfg.head == "hover":  # the two distance maps, in [-1, 1], after the classes: one output tensor
+        maps = keras.layers.Conv2D(2, 1, activation="tanh", dtype="float32", name="hv_maps")(x)
+        outputs = keras.layers.Concatenate(dtype="float32", name="classes_hv")([outputs, maps])
     return keras.Model(inputs, outputs, name=f"unet_{parse_spec(cfg.activation)[0]}")
 
 

@@ -3,7 +3,10 @@
 Touching nuclei form one connected foreground blob, so a plain connected-components labelling merges
 them. The blob is split by a marker watershed: seeded from the nucleus-interior probability when the
 model has the three-class head, otherwise from peaks of the distance transform (nuclei are roughly
-convex, so each has one distance maximum). Foreground components no seed reaches are kept as they are.
+convex, so each has one distance maximum). With the HoVer head the seeds are interior pixels away from
+where its maps jump, and the watershed floods along the jumps (HoVer-Net's marker-controlled
+watershed, with the jumps measured relative to the maps' slope inside nuclei: :func:`cellseg.hover.edges`).
+Foreground components no seed reaches are kept as they are.
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ from skimage.feature import peak_local_max
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential, watershed
 
+from cellseg.hover import edges
 from cellseg.preprocessing import modality
 
 
 @dataclass(frozen=True)
 class Probabilities:
-    """A model's output for one image: foreground probability and, with the three-class head, interior."""
+    """A model's output for one image: foreground probability and, with the three-class head, interior
+    (and with the HoVer head its two maps)."""
 
     foreground: np.ndarray  # (H, W) float32
     interior: np.ndarray | None = None  # (H, W) float32, three-class head only
     factor: float = 1.0  # the zoom the image was predicted at (data.nucleus_size); min_size counts at it
+    hv: np.ndarray | None = None  # (H, W, 2) float32 horizontal and vertical maps, HoVer head only
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,10 @@ class PostprocessParams:
     """The knobs of :func:`instances`; chosen on the run's validation images by :func:`grid`."""
 
     threshold: float = 0.5  # foreground probability
-    split: Literal["none", "distance", "interior"] = "distance"
+    split: Literal["none", "distance", "interior", "hover"] = "distance"
     min_distance: int = 4  # px between distance-transform peaks (split: distance)
-    seed_threshold: float = 0.5  # interior probability of a seed (split: interior)
+    seed_threshold: float = 0.5  # interior probability of a seed (split: interior, hover)
+    edge_threshold: float = 3.0  # a seed's maps change at most this many times their typical slope (hover)
     min_size: int = 10  # px as the network saw them (times zoom^2 on the image); smaller objects are dropped
 
     def to_dict(self) -> dict[str, float | int | str]:
@@ -80,7 +87,13 @@ class PostprocessPlan:
 def instances(probs: Probabilities, params: PostprocessParams) -> np.ndarray:
     """Instance labels (H, W) int32, 1..N, 0 = background."""
     mask = probs.foreground > params.threshold
-    if params.split == "interior":
+    if params.split == "hover":
+        if probs.hv is None or probs.interior is None:
+            raise ValueError("split 'hover' needs the HoVer head (model.head: hover)")
+        energy = edges(probs.hv, mask)
+        seeds = label(mask & (probs.interior > params.seed_threshold) & (energy < params.edge_threshold))
+        labels = watershed(energy, seeds, mask=mask)
+    elif params.split == "interior":
         if probs.interior is None:
             raise ValueError("split 'interior' needs the three-class head (model.num_classes: 3)")
         seeds = label(mask & (probs.interior > params.seed_threshold))
@@ -107,14 +120,20 @@ def instances(probs: Probabilities, params: PostprocessParams) -> np.ndarray:
     return relabel_sequential(labels)[0]
 
 
-def grid(three_class: bool) -> list[PostprocessParams]:
-    """Candidate settings searched on the validation images."""
+def grid(outputs: str) -> list[PostprocessParams]:
+    """Candidate settings searched on the validation images for a model predicting ``outputs``
+    (:attr:`cellseg.config.ModelConfig.outputs`)."""
     thresholds = (0.4, 0.5, 0.6, 0.7, 0.8)
     sizes = (10, 30, 60)
-    if three_class:
+    if outputs in ("three_class", "hover"):
         splits = [PostprocessParams(split="interior", seed_threshold=s) for s in (0.5, 0.7, 0.85)] + [
             PostprocessParams(split="none")
         ]
+        if outputs == "hover":
+            splits += [
+                PostprocessParams(split="hover", seed_threshold=s, edge_threshold=e)
+                for s, e in itertools.product((0.3, 0.5), (2.0, 4.0))
+            ]
     else:
         splits = [PostprocessParams(split="distance", min_distance=d) for d in (3, 5, 8)] + [
             PostprocessParams(split="none")

@@ -277,7 +277,8 @@ def ship(
         card = {
             **card,
             "architecture": f"depth {cfg.model.depth}, {cfg.model.base_filters} base filters, "
-            f"{cfg.model.num_classes}-class head, activation {cfg.model.activation}, float32"
+            f"{cfg.model.num_classes}-class{' HoVer' if cfg.model.head == 'hover' else ''} head, "
+            f"activation {cfg.model.activation}, float32"
             + (", weights stored as float16" if weights == "float16" else ""),
             "scores": {
                 "test": _scores(test, Path(test_data).name),

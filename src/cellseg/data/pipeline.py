@@ -19,9 +19,10 @@ from skimage import measure
 
 from cellseg.config import DataConfig
 from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
-from cellseg.data.sample import DataError, Sample, SampleRef, source_of, target_map
+from cellseg.data.sample import DataError, Sample, SampleRef, source_of, targets
 from cellseg.data.scale import annotated_factor, resize_labels
 from cellseg.data.tiles import grid_starts, pad_to
+from cellseg.hover import patch_maps
 from cellseg.parallel import cpu_budget
 from cellseg.preprocessing import Preprocessing, modality
 
@@ -63,18 +64,18 @@ class PreparedData:
     train_centroids: np.ndarray  # (K + 1, 2) int32 nucleus centres (y, x), image by image, plus a spare row
     train_centroid_offsets: np.ndarray  # (N + 1,) int32: image i's centres are rows offsets[i]:offsets[i+1]
     val_images: np.ndarray  # (M, P, P, C) fixed validation patches
-    val_masks: np.ndarray  # (M, P, P, 1) uint8 target maps (see target_map)
+    val_masks: np.ndarray  # (M, P, P, T) uint8 targets (see cellseg.data.sample.targets)
     source: str
     train_ids: list[str]
     val_ids: list[str]
     train_pixels: np.ndarray | None = None  # (sum of H x W, C) float16 network inputs, image after image
-    train_target_pixels: np.ndarray | None = None  # (sum of H x W, 1) uint8 target maps, the same way
+    train_target_pixels: np.ndarray | None = None  # (sum of H x W, T) uint8 targets, the same way
     train_offsets: np.ndarray | None = None  # (N + 1,) int64 first row of each image in the two buffers
     train_modalities: list[str] = field(default_factory=list)  # each training image's modality
     train_inverted: list[bool] = field(default_factory=list)  # each training image's Preprocessing.inverts
     train_factors: list[float] = field(default_factory=list)  # each training image's zoom (data.nucleus_size)
     train_refs: list[SampleRef] = field(default_factory=list)  # streaming: where to re-read the images
-    train_targets: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, 1) target maps
+    train_targets: list[np.ndarray] = field(default_factory=list)  # streaming: (H, W, T) targets
     skipped: list[dict[str, str]] = field(default_factory=list)  # bad samples skipped: id and reason
     num_classes: int = 1  # 1: masks are foreground 0/1; 3: background / interior / boundary
 
@@ -83,12 +84,12 @@ class PreparedData:
         return self.train_pixels is None
 
     def train_image(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Training image ``i`` held in memory and its target map, as (H, W, C) and (H, W, 1) views."""
+        """Training image ``i`` held in memory and its targets, as (H, W, C) and (H, W, T) views."""
         if self.train_pixels is None or self.train_target_pixels is None or self.train_offsets is None:
             raise ValueError("training images are streamed from disk, not held in memory")
         h, w = self.train_shapes[i]
         rows = slice(self.train_offsets[i], self.train_offsets[i + 1])
-        return self.train_pixels[rows].reshape(h, w, -1), self.train_target_pixels[rows].reshape(h, w, 1)
+        return self.train_pixels[rows].reshape(h, w, -1), self.train_target_pixels[rows].reshape(h, w, -1)
 
     def stain_codes(self) -> np.ndarray:
         """Each training image's stain for :class:`PatchAugmenter`: whether it is stained (by its masks)
@@ -157,9 +158,9 @@ def _image_array(
 
 
 def _arrays(
-    sample: Sample, cfg: DataConfig, num_classes: int
+    sample: Sample, cfg: DataConfig, num_classes: int, hover: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, bool]:
-    """A checked sample's network input, target map, instance labels and zoom, all at the zoomed size,
+    """A checked sample's network input, targets, instance labels and zoom, all at the zoomed size,
     and whether preprocessing inverted it (data.polarity).
 
     With ``cfg.nucleus_size`` the zoom brings the sample's annotated nuclei to that width; else it is 1.
@@ -172,15 +173,20 @@ def _arrays(
     if size != sample.labels.shape:
         raise DataError(f"{sample.id}: mask size {sample.labels.shape} differs from image {size}")
     labels = resize_labels(sample.labels, factor)
-    target = pad_to(target_map(labels, num_classes)[..., None], cfg.patch_size)
+    target = pad_to(targets(labels, num_classes, hover), cfg.patch_size)
     return image, target, labels, factor, inverted
 
 
 def one_hot_targets(masks: tf.Tensor | np.ndarray, num_classes: int) -> tf.Tensor:
-    """uint8 target maps (..., 1) as the model's float32 output: foreground, or one-hot classes."""
+    """uint8 targets (..., T) as the model's float32 output: foreground, or one-hot classes (followed,
+    for the HoVer head, by the maps of its stored nucleus ids, patch by patch)."""
     if num_classes == 1:
         return tf.cast(masks, tf.float32)
-    return tf.one_hot(tf.cast(masks[..., 0], tf.int32), num_classes, dtype=tf.float32)
+    classes = tf.one_hot(tf.cast(masks[..., 0], tf.int32), num_classes, dtype=tf.float32)
+    if masks.shape[-1] == 1:
+        return classes
+    maps = tf.numpy_function(patch_maps, [masks[..., 1]], tf.float32, stateful=False)
+    return tf.concat([classes, tf.ensure_shape(maps, [*masks.shape[:-1], 2])], axis=-1)
 
 
 @dataclass
@@ -207,9 +213,10 @@ class _Loader:
     ``memory_limit_mb``; after that every image is dropped and re-read from disk when needed.
     """
 
-    def __init__(self, cfg: DataConfig, num_classes: int) -> None:
+    def __init__(self, cfg: DataConfig, num_classes: int, hover: bool = False) -> None:
         self.cfg = cfg
         self.num_classes = num_classes
+        self.hover = hover
         self.skipped: list[dict[str, str]] = []
         self.limit = np.inf if cfg.stream is False else (0 if cfg.stream else cfg.memory_limit_mb * 2**20)
         self.held = 0
@@ -222,7 +229,7 @@ class _Loader:
     def _load(self, ref: Sample | SampleRef) -> _Loaded | None:
         try:
             sample = ref.load()
-            image, target, labels, factor, inverted = _arrays(sample, self.cfg, self.num_classes)
+            image, target, labels, factor, inverted = _arrays(sample, self.cfg, self.num_classes, self.hover)
         except DataError as exc:
             if self.cfg.on_bad_sample == "error":
                 raise DataError(f"{exc} (set data.on_bad_sample: skip to leave bad samples out)") from exc
@@ -254,21 +261,28 @@ def prepare(
     cfg: DataConfig,
     source: str,
     num_classes: int = 1,
+    hover: bool = False,
 ) -> PreparedData:
-    """Read and check every sample of a given split once; keep training images in memory unless too big."""
-    load = _Loader(cfg, num_classes)
+    """Read and check every sample of a given split once; keep training images in memory unless too big;
+    ``hover`` adds the HoVer head's maps to the targets."""
+    load = _Loader(cfg, num_classes, hover)
     return _assemble(load.load_all(train), load.load_all(val), load, source)
 
 
 def prepare_split(
-    samples: list[Sample] | list[SampleRef], cfg: DataConfig, source: str, num_classes: int, seed: int
+    samples: list[Sample] | list[SampleRef],
+    cfg: DataConfig,
+    source: str,
+    num_classes: int,
+    seed: int,
+    hover: bool = False,
 ) -> PreparedData:
     """Read and check every sample, leave out bad ones (``on_bad_sample: skip``), then split the rest.
 
     Skipping before splitting means one bad image can never empty the validation side, and the split
     of a clean data set is the same as :func:`split_samples` of all of it.
     """
-    load = _Loader(cfg, num_classes)
+    load = _Loader(cfg, num_classes, hover)
     good = load.load_all(samples)
     if len(good) < 2 and load.skipped:
         raise DataError(f"no usable images left to split ({len(load.skipped)} skipped as bad): {source}")
@@ -311,7 +325,9 @@ def _assemble(train: list[_Loaded], val: list[_Loaded], load: _Loader, source: s
     data.train_pixels = np.concatenate(
         [item.image.reshape(-1, channels).astype(TRAIN_DTYPE) for item in train]
     )
-    data.train_target_pixels = np.concatenate([item.target.reshape(-1, 1) for item in train])
+    data.train_target_pixels = np.concatenate(
+        [item.target.reshape(-1, item.target.shape[-1]) for item in train]
+    )
     data.train_offsets = np.cumsum([0] + [item.target.shape[0] * item.target.shape[1] for item in train])
     return data
 
@@ -327,7 +343,7 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
     offsets = tf.constant(data.train_centroid_offsets)
     augmenter = PatchAugmenter(cfg.augment, seed)
     stains = tf.constant(data.stain_codes())
-    channels = data.val_images.shape[-1]
+    channels, kinds = data.val_images.shape[-1], data.val_masks.shape[-1]
 
     def place(
         u_uniform: tf.Tensor, length: tf.Tensor, centre: tf.Tensor, u_jitter: tf.Tensor, biased: tf.Tensor
@@ -352,13 +368,13 @@ def _patch_maker(data: PreparedData, cfg: DataConfig, seed: int):
             both = tf.concat([img, tf.cast(msk, tf.float32)], axis=-1)
             both = tf.image.rot90(both, tf.cast(u[3] * 4, tf.int32) % 4)
             both = tf.cond(u[4] < 0.5, lambda: tf.reverse(both, [1]), lambda: both)
-            img, msk = both[..., :-1], tf.cast(both[..., -1:], tf.uint8)
+            img, msk = both[..., :channels], tf.cast(both[..., channels:], tf.uint8)
         if augmenter.enabled:
             img, msk = tf.numpy_function(
                 augmenter, [img, msk, number, stains[k]], [tf.float32, tf.uint8], stateful=False
             )
         img = tf.ensure_shape(img, (patch, patch, channels))
-        msk = tf.ensure_shape(msk, (patch, patch, 1))
+        msk = tf.ensure_shape(msk, (patch, patch, kinds))
         return img, one_hot_targets(msk, data.num_classes)
 
     return make
@@ -390,7 +406,7 @@ def train_dataset(
     make = _patch_maker(data, cfg, seed)
     pick = _image_picker(data, cfg, seed)
     shapes = tf.constant(data.train_shapes)
-    n, channels = len(data.train_shapes), data.val_images.shape[-1]
+    n, channels, kinds = len(data.train_shapes), data.val_images.shape[-1], data.val_masks.shape[-1]
     if not data.streaming:
         pixels, targets = tf.constant(data.train_pixels), tf.constant(data.train_target_pixels)
         offsets = tf.constant(data.train_offsets)
@@ -400,7 +416,7 @@ def train_dataset(
             h, w = shapes[k][0], shapes[k][1]
             rows = slice(offsets[k], offsets[k + 1])  # an outer-axis slice: a view, no copy
             image = tf.cast(tf.reshape(pixels[rows], tf.stack([h, w, channels])), tf.float32)
-            mask = tf.reshape(targets[rows], tf.stack([h, w, 1]))
+            mask = tf.reshape(targets[rows], tf.stack([h, w, kinds]))
             return make(image, mask, h, w, k, i)
 
         ds = tf.data.Dataset.range(start_patch, np.iinfo(np.int64).max)

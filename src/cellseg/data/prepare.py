@@ -27,12 +27,12 @@ class DataCache:
     """
 
     def __init__(self) -> None:
-        self._key: tuple[str, int, int] | None = None
+        self._key: tuple[str, int, int, str] | None = None
         self._data: PreparedData | None = None
 
     @staticmethod
-    def key(cfg: Config) -> tuple[str, int, int]:
-        return repr(cfg.data), cfg.data_seed, cfg.model.num_classes
+    def key(cfg: Config) -> tuple[str, int, int, str]:
+        return repr(cfg.data), cfg.data_seed, cfg.model.num_classes, cfg.model.head
 
     def get(self, cfg: Config) -> PreparedData | None:
         return self._data if self._key == self.key(cfg) else None
@@ -56,7 +56,8 @@ def prepare_run_data(cfg: Config, cache: DataCache | None = None) -> PreparedDat
         cache.clear()  # free the old copy before preparing a new one
     samples, source = collect_samples(cfg)
     logger.info(f"data: {source}")
-    data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.data_seed)
+    hover = cfg.model.head == "hover"
+    data = prepare_split(samples, cfg.data, source, cfg.model.num_classes, cfg.data_seed, hover)
     logger.info(
         f"split: {len(data.train_ids)} training images"
         f"{' (streamed from disk)' if data.streaming else ''}, {len(data.val_ids)} validation images "

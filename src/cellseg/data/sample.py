@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import find_boundaries
 
+from cellseg.hover import stored_ids
+
 
 class DataError(ValueError):
     """A data set, file or sample is missing or malformed; the message names it."""
@@ -81,3 +83,13 @@ def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
     elif num_classes != 1:
         raise ValueError(f"num_classes must be 1 or 3, got {num_classes}")
     return target
+
+
+def targets(labels: np.ndarray, num_classes: int, hover: bool = False) -> np.ndarray:
+    """The training targets (H, W, T) uint8: the :func:`target_map` and, for the HoVer head
+    (``model.head: hover``), the nucleus ids its maps are computed from once a patch is cut
+    (:func:`cellseg.hover.stored_ids`)."""
+    classes = target_map(labels, num_classes)[..., None]
+    if not hover:
+        return classes
+    return np.concatenate([classes, stored_ids(labels)[..., None]], axis=-1)
