@@ -10,9 +10,10 @@ benchmarks/README.md for why both). Target (issue 6): every activation at >= 0.8
 from __future__ import annotations
 
 import argparse
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from cellseg.hardware import configure_process  # reads no TensorFlow
+
+configure_process()  # as the commands do: before TensorFlow is imported
 
 import numpy as np
 import tensorflow as tf

@@ -13,10 +13,11 @@ layer, so after a dozen layers the inference-mode activations vanish to exactly 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cellseg.hardware import configure_process  # reads no TensorFlow
+
+configure_process()  # as the commands do: before TensorFlow is imported
 
 import keras
 import numpy as np

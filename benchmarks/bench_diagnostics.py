@@ -9,11 +9,12 @@ default config (25 steps of 8 patches of 128 px); wall-clock and process-CPU-tim
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from cellseg.hardware import configure_process  # reads no TensorFlow
+
+configure_process()  # as the commands do: before TensorFlow is imported
 
 import numpy as np
 import tensorflow as tf

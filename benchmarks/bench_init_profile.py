@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 
+from cellseg.hardware import configure_process
+
+configure_process()  # as the commands do: before TensorFlow is imported
+
 import keras
 import numpy as np
 from common import machine

@@ -21,7 +21,9 @@ CASES = tuple((s, m) for s in ("fluorescence", "brightfield", "stained") for m i
 
 def _machine() -> str:
     """The machine line, from a process of its own: TensorFlow must not load beside the viewer."""
-    code = "import cellseg; from common import machine; print(machine())"  # cellseg first: its oneDNN choice
+    code = (
+        "import cellseg.cli; from common import machine; print(machine())"  # as a command: its oneDNN choice
+    )
     return subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
                           text=True, check=True).stdout.strip()  # fmt: skip
 

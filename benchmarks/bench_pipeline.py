@@ -12,11 +12,12 @@ Target (issue 3): the ratio is at least 0.95, i.e. the pipeline is not the bottl
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import replace
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from cellseg.hardware import configure_process  # reads no TensorFlow
+
+configure_process()  # as the commands do: before TensorFlow is imported
 
 import numpy as np
 import tensorflow as tf

@@ -17,6 +17,10 @@ import argparse
 import gc
 import time
 
+from cellseg.hardware import configure_process
+
+configure_process()  # as the commands do: before TensorFlow is imported
+
 import tensorflow as tf
 from common import machine
 

@@ -37,7 +37,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+from cellseg.hardware import configure_process  # reads no TensorFlow
+
+configure_process()  # as the commands do: before TensorFlow is imported
 
 import keras
 import numpy as np

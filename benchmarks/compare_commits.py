@@ -29,7 +29,7 @@ from common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import TINY, write_paired  # noqa: E402
+from conftest import TINY, write_paired
 
 #: A run of a few seconds: the test suite's tiny settings, traced as users' runs are, a fixed seed and
 #: the base's precision (later commits choose it by the CPU, issue 22), with the quick start's ISRU config.

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cellseg.hardware import configure_process
+
+configure_process()  # the tests run the library as the commands do: oneDNN where measured faster
 
 
 def _share_cores_between_xdist_workers() -> None:

@@ -394,9 +394,9 @@ def test_a_download_that_cannot_unpack_leaves_no_folder(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- 9. loading models
 
 
-def test_import_cellseg_alone_reloads_every_saved_model_in_safe_mode(two_epoch_run):
+def test_importing_cellseg_models_reloads_every_saved_model_in_safe_mode(two_epoch_run):
     out = run_python(
-        "import cellseg, keras\n"
+        "import cellseg.models, keras\n"
         f"for name in ('{runs.KEPT_MODEL}', '{runs.LAST_MODEL}'):\n"
         f"    m = keras.saving.load_model(r'{two_epoch_run}' + '/' + name, safe_mode=True)\n"
         "    print(m.loss.name, type(m.optimizer).__name__)\n"

@@ -84,10 +84,10 @@ def test_the_configs_default_to_auto():
 
 
 def test_a_fresh_process_never_selects_emulated_bfloat16_and_sets_onednn_before_tensorflow():
-    """What a user gets on this machine: the recipe's precision and the kernels actually running."""
+    """What a user of the commands gets on this machine: the recipe's precision and the kernels running."""
     env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, ONEDNN_MARKER)}
     code = (
-        "import json, cellseg\n"
+        "import json, cellseg.cli\n"  # what every command imports first
         "from cellseg.hardware import this_machine\n"
         "print(json.dumps(this_machine('auto').record()))\n"
     )
@@ -97,3 +97,20 @@ def test_a_fresh_process_never_selects_emulated_bfloat16_and_sets_onednn_before_
     if record["arch"] == "x86_64" and record["avx2"]:
         assert record["onednn"] is True, "cellseg switches oneDNN on for AVX2 CPUs before TensorFlow loads"
         assert record["onednn_source"].startswith("cellseg's default")
+
+
+def test_importing_the_library_leaves_the_host_process_as_it_was():
+    """A program that imports cellseg (even its TensorFlow parts) keeps its own TensorFlow settings and
+    import machinery; only the commands configure the process. (TensorFlow sets variables of its own.)"""
+    settings = (ONEDNN_VAR, ONEDNN_MARKER, "TF_CPP_MIN_LOG_LEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in settings}
+    code = (
+        "import os, sys\n"
+        "finders = list(sys.meta_path)\n"
+        "import cellseg, cellseg.segmenter, cellseg.trainer\n"
+        f"print([k for k in {settings!r} if k in os.environ],\n"
+        "      [type(f).__module__ for f in sys.meta_path if f not in finders])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    variables, finders = out.stdout.strip().splitlines()[-1].split("] [")
+    assert variables == "[" and "cellseg" not in finders

@@ -128,14 +128,22 @@ def onednn_default(cpu: CPU) -> bool | None:
 def configure_onednn(environ: MutableMapping[str, str] = os.environ) -> None:
     """Set ``TF_ENABLE_ONEDNN_OPTS`` where :func:`onednn_default` says so.
 
-    Must run before TensorFlow is imported (``cellseg/__init__`` calls it): TensorFlow reads the variable
-    once. The user's own setting always wins, and once TensorFlow is imported nothing is changed.
+    Must run before TensorFlow is imported (:func:`configure_process` calls it): TensorFlow reads the
+    variable once. The user's own setting always wins, and once TensorFlow is imported nothing is changed.
     """
     if ONEDNN_VAR in environ or "tensorflow" in sys.modules:
         return
     if onednn_default(read_cpu()):
         environ[ONEDNN_VAR] = "1"
         environ[ONEDNN_MARKER] = "1"  # inherited by sweep workers, so their runs say who set it
+
+
+def configure_process(environ: MutableMapping[str, str] = os.environ) -> None:
+    """What cellseg's commands set before TensorFlow loads: oneDNN where :func:`onednn_default` says so,
+    and TensorFlow's C++ start-up chatter hidden; the user's own variables win. Never called on
+    ``import cellseg``: a library must not change the kernels of the program that imports it."""
+    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_onednn(environ)
 
 
 def onednn_source(environ: Mapping[str, str] = os.environ) -> str:

@@ -5,8 +5,8 @@
 >>> register("tanh_x", lambda x: x * tf.tanh(x))                 # your own: now model.activation: tanh_x
 
 Every layer is registered for Keras serialization, so a saved model reloads with plain
-``keras.saving.load_model`` once ``cellseg.activations`` has been imported (``cellseg.models.load_model``
-does that for you).
+``keras.saving.load_model`` once ``cellseg.activations`` has been imported (which registers cellseg's
+loss and metrics too; ``cellseg.models.load_model`` does that for you).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cellseg import losses as _losses  # noqa: F401  (a saved model's compile state: cellseg's loss, metrics)
 from cellseg.activations import functions
 from cellseg.activations.layers import ISRU, Elementwise, GatedMish, SwishBeta, TrainableLeakyReLU
 

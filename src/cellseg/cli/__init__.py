@@ -1,4 +1,8 @@
-"""Command-line entry points; each is a thin layer over the library."""
+"""Command-line entry points; each is a thin layer over the library.
+
+Importing this package configures the process for TensorFlow, as a command may and a library must not
+(:func:`cellseg.hardware.configure_process`): every command imports it before TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from cellseg.hardware import configure_process
+
+configure_process()
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -175,4 +175,7 @@ class ModelProcess:
 
 
 if __name__ == "__main__":
+    from cellseg.hardware import configure_process
+
+    configure_process()  # a command's process: before the first model loads TensorFlow
     serve(int(sys.argv[1]))

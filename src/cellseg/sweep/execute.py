@@ -28,6 +28,7 @@ import yaml
 from cellseg import runs
 from cellseg.config import ConfigError
 from cellseg.data.prepare import DataCache
+from cellseg.hardware import configure_process
 from cellseg.parallel import available_cores, ray_map, use_threads
 from cellseg.preprocessing import MODALITIES
 from cellseg.runs import Run
@@ -179,8 +180,10 @@ def _job(
 
 
 def _start_worker(threads: int) -> None:
-    """Give a worker process its share of the cores and a data cache its runs share."""
+    """Give a worker process its share of the cores, a data cache its runs share, and the commands'
+    TensorFlow settings (a Ray worker on another machine inherits no environment)."""
     global _worker_cache
+    configure_process()
     if _worker_cache is None:  # a reused (Ray) worker keeps its cache
         _worker_cache = DataCache()
     use_threads(threads)
