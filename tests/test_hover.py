@@ -9,13 +9,15 @@ import tensorflow as tf
 from skimage.draw import disk
 from skimage.measure import label
 
-from cellseg.config import ConfigError, ModelConfig, SyntheticConfig, load_config
+from cellseg.activations import ACTIVATIONS
+from cellseg.config import ConfigError, ModelConfig, SyntheticConfig, TrainConfig, load_config
 from cellseg.data.pipeline import one_hot_targets, prepare, train_dataset
 from cellseg.data.sample import targets
 from cellseg.data.synthetic import make_samples
 from cellseg.hover import HOVER_CHANNELS, ID_CYCLE, edges, hv_maps, patch_maps, stored_ids, unflip
 from cellseg.losses import BCEDiceLoss
 from cellseg.models import build_unet
+from cellseg.optim import compile_model
 from cellseg.postprocess import PostprocessParams, Probabilities, instances
 
 
@@ -140,3 +142,18 @@ def test_training_patches_keep_each_nucleus_maps_pointing_along_its_axes_after_t
     # a zoomed-out boundary can join two interiors into one region: lower, still positive correlation
     assert len(correlations) >= 10
     assert np.min(correlations) > 0.3 and np.median(correlations) > 0.95
+
+
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS if n != "binary_step"])
+def test_every_trainable_activation_trains_the_hover_head(name):
+    """One optimiser step of a tiny HoVer U-Net lowers nothing to NaN and moves the maps' weights."""
+    cfg = ModelConfig(activation=name, depth=1, base_filters=2, num_classes=3, head="hover")
+    model = build_unet(cfg, 1)
+    compile_model(model, TrainConfig(learning_rate=1e-2, run_eagerly=True, jit_compile=False))  # no tracing
+    labels = _touching_pair()[:32, 8:40]
+    x = (labels > 0).astype(np.float32)[None, ..., None]
+    y = one_hot_targets(targets(labels, 3, hover=True)[None], 3)
+    before = model.get_layer("hv_maps").kernel.numpy().copy()
+    loss = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert np.isfinite(loss)
+    assert not np.allclose(model.get_layer("hv_maps").kernel.numpy(), before)
