@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,20 @@ class AugmentConfig:
 
 
 @dataclass
+class FoldConfig:
+    """k-fold validation, for sources too small for one fixed validation split to rank choices: the
+    images of ``source`` (a ``data.path`` entry's folder name; null: every source) are dealt into ``k``
+    folds and fold ``index`` validates, the rest train. Images whose ids give the same first group of
+    the regular expression ``group`` share a fold (e.g. ``TCGA-(..)-``: MoNuSeg's tissue source site,
+    so no site is both trained and validated on). Other sources keep the ``val_fraction`` split."""
+
+    k: int = field(default=0, metadata=_bounded(0))  # 0: no folds
+    index: int = field(default=0, metadata=_bounded(0))
+    source: str | None = None
+    group: str | None = None
+
+
+@dataclass
 class DataConfig:
     """Where images come from and how patches are cut from them."""
 
@@ -87,6 +102,7 @@ class DataConfig:
     patch_size: int = field(default=128, metadata=_bounded(16))
     val_fraction: float = field(default=0.2, metadata=_bounded(0, 1, lo_open=True))
     val_min: int = field(default=1, metadata=_bounded(1))  # validation images from each data.path entry
+    folds: FoldConfig = field(default_factory=FoldConfig)  # k-fold validation instead, for small sources
     channels: Literal[1, 3] = 3
     foreground_bias: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))
     balance: float = field(default=0.0, metadata=_bounded(0, 1, hi_open=False))  # modality balance
@@ -237,6 +253,21 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
             f"{multiple} (the U-Net halves it {cfg.model.depth} times), "
             f"e.g. data.patch_size={fits or multiple}"
         )
+    folds = cfg.data.folds
+    if folds.k == 1 or (folds.k and folds.index >= folds.k):
+        where = origins.get("data.folds.index") or origins.get("data.folds.k") or "config"
+        raise ConfigError(
+            f"{where}: data.folds.k {folds.k}, index {folds.index}: k folds need k >= 2 and 0 <= index < k"
+        )
+    if folds.group is not None:
+        try:
+            groups = re.compile(folds.group).groups
+        except re.error as exc:
+            raise ConfigError(f"data.folds.group {folds.group!r} is not a regular expression: {exc}") from exc
+        if groups < 1:
+            raise ConfigError(
+                f"data.folds.group {folds.group!r} needs a group in parentheses: what the images share"
+            )
     if cfg.model.head == "hover" and cfg.model.num_classes != 3:
         where = origins.get("model.head") or "config"
         raise ConfigError(

@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid model.activation=relu,mish --grid train.optimizer=adam,nesterov",
     )  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, metavar="N", help="seeds (default 0 1 2)")
+    p.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="k-fold validation: every (variant, seed) trains K times, validating on each fold of "
+        "data.folds (e.g. --set data.folds.source=monuseg --set 'data.folds.group=TCGA-(..)-')",
+    )
     p.add_argument("--data", nargs="+", metavar="PATH", help="training data (default: synthetic)")
     p.add_argument("--test-data", nargs="+", metavar="PATH", help="held-out images to score runs on")
     p.add_argument(
@@ -79,6 +86,7 @@ def spec_from_args(args: argparse.Namespace):
         "executor": args.executor,
         "address": args.address,
         "seeds": args.seeds,
+        "folds": args.folds,
         "data": args.data,
         "test_data": args.test_data,
         "set": args.overrides,

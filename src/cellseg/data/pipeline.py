@@ -8,6 +8,7 @@ The split is by image, never by patch, so no validation pixel is ever seen in tr
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 from skimage import measure
 
-from cellseg.config import DataConfig
+from cellseg.config import DataConfig, FoldConfig
 from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
-from cellseg.data.sample import DataError, Sample, SampleRef, source_of, targets
+from cellseg.data.sample import DataError, Sample, SampleRef, image_id, source_of, targets
 from cellseg.data.scale import annotated_factor, resize_labels
 from cellseg.data.tiles import grid_starts, pad_to
 from cellseg.hover import patch_maps
@@ -123,23 +124,61 @@ def sampling_weights(groups: list[str], balance: float) -> np.ndarray:
     return weights / weights.sum()
 
 
+def assign_folds(ids: list[str], k: int, seed: int, group: str | None = None) -> list[int]:
+    """Each image's fold, 0..k-1: groups of images (equal first group of the regular expression
+    ``group`` in their ids, else each image alone) dealt largest first, in a seeded order, to the fold
+    holding fewest images so far, so folds are as even as the groups allow."""
+    pattern = re.compile(group) if group else None
+
+    def key(sample_id: str) -> str:
+        found = pattern.search(image_id(sample_id)) if pattern else None
+        return found.group(1) if found else sample_id
+
+    keys = [key(i) for i in ids]
+    sizes = Counter(keys)
+    if len(sizes) < k:
+        raise DataError(f"{k} folds need at least {k} groups of images, found {len(sizes)}")
+    order = [sorted(sizes)[i] for i in np.random.default_rng(seed).permutation(len(sizes))]
+    held, fold_of = [0] * k, {}
+    for name in sorted(order, key=lambda g: -sizes[g]):  # stable: ties keep the seeded order
+        fold_of[name] = int(np.argmin(held))
+        held[fold_of[name]] += sizes[name]
+    return [fold_of[name] for name in keys]
+
+
 def split_samples(
-    samples: list[T], val_fraction: float, seed: int, val_min: int = 1, ids: list[str] | None = None
+    samples: list[T],
+    val_fraction: float,
+    seed: int,
+    val_min: int = 1,
+    ids: list[str] | None = None,
+    folds: FoldConfig | None = None,
 ) -> tuple[list[T], list[T]]:
     """Seeded split by image, within each data source (see :func:`source_of`; ``ids`` name the samples):
     ``val_fraction`` of each source's images, at least ``val_min`` of them, and at least one image left
-    for training. A small source mixed with a large one so always gets validation images of its own."""
+    for training. A small source mixed with a large one so always gets validation images of its own.
+    With ``folds`` (``k`` > 0), its source validates on fold ``index`` of :func:`assign_folds` instead."""
     if len(samples) < 2:
         raise DataError(
             f"need at least 2 annotated images to split into train and validation, got {len(samples)}"
         )
+    ids = ids or [""] * len(samples)
     groups: dict[str, list[int]] = {}
-    for i, sample_id in enumerate(ids or [""] * len(samples)):
+    for i, sample_id in enumerate(ids):
         groups.setdefault(source_of(sample_id), []).append(i)
+    folded = folds is not None and folds.k > 0
+    if folded and folds.source is not None and folds.source not in groups:
+        named = ", ".join(repr(g) for g in groups if g) or "one unnamed source (a single data.path)"
+        raise DataError(f"data.folds.source {folds.source!r} is none of the data sources: {named}")
     rng = np.random.default_rng(seed)
     train, val = [], []
-    for members in groups.values():  # in data.path order: the first source splits as it would alone
+    for source, members in groups.items():  # in data.path order: the first source splits as it would alone
         order = [members[i] for i in rng.permutation(len(members))]
+        if folded and folds.source in (None, source):
+            fold = assign_folds([ids[i] for i in members], folds.k, seed, folds.group)
+            val += [m for m, f in zip(members, fold, strict=True) if f == folds.index]
+            train += [m for m, f in zip(members, fold, strict=True) if f != folds.index]
+            continue
         n_val = min(max(len(members) - 1, 1), max(val_min, round(len(members) * val_fraction)))
         val += order[:n_val]
         train += order[n_val:]
@@ -286,7 +325,8 @@ def prepare_split(
     good = load.load_all(samples)
     if len(good) < 2 and load.skipped:
         raise DataError(f"no usable images left to split ({len(load.skipped)} skipped as bad): {source}")
-    train, val = split_samples(good, cfg.val_fraction, seed, cfg.val_min, [item.id for item in good])
+    ids = [item.id for item in good]
+    train, val = split_samples(good, cfg.val_fraction, seed, cfg.val_min, ids, cfg.folds)
     return _assemble(train, val, load, source)
 
 

@@ -1,10 +1,11 @@
 """Running a sweep: train (or reuse, or resume) every run, score it, and keep the results up to date.
 
-Runs are ordinary run folders named ``runs/<variant>_s<seed>``, so an interrupted sweep finds them again:
-finished runs are reused, interrupted ones resumed, runs that crashed retried. With ``workers`` > 1 the
-runs go to that many worker processes on this machine, the CPU cores split evenly between them. With the
-``ray`` executor every run is a Ray task reserving that share of a machine's CPUs, so a Ray cluster spreads
-the runs over its machines (the sweep folder and the data must then be on a file system they share).
+Runs are ordinary run folders named ``runs/<variant>_s<seed>`` (``_f<fold>`` added with folds), so an
+interrupted sweep finds them again: finished runs are reused, interrupted ones resumed, runs that crashed
+retried. With ``workers`` > 1 the runs go to that many worker processes on this machine, the CPU cores
+split evenly between them. With the ``ray`` executor every run is a Ray task reserving that share of a
+machine's CPUs, so a Ray cluster spreads the runs over its machines (the sweep folder and the data must
+then be on a file system they share).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from cellseg.sweep.spec import SweepSpec, Variant
 
 logger = logging.getLogger(__name__)
 
+#: One run of a sweep: its variant, seed and, with ``folds``, validation fold.
+Job = tuple[Variant, int, int | None]
+
 SPEC = "sweep.yaml"
 
 
@@ -57,12 +61,13 @@ def run_one(
     root: Path,
     train: Callable[..., Any],
     evaluate: Callable[[Path], dict[str, float]],
+    fold: int | None = None,
 ) -> RunRecord:
     """Train (or reuse, or resume) one run and collect its figures; a failure is recorded, not raised."""
-    name = f"{variant.name}_s{seed}"
+    name = f"{variant.name}_s{seed}" + (f"_f{fold}" if fold is not None else "")
     run_dir = root / "runs" / name
-    cfg = spec.run_config(variant, seed)
-    record = RunRecord(variant.name, spec.label(variant), seed, "ok", run_dir=str(run_dir))
+    cfg = spec.run_config(variant, seed, fold)
+    record = RunRecord(variant.name, spec.label(variant), seed, "ok", run_dir=str(run_dir), fold=fold)
     try:
         with runs.locked(run_dir):  # two sweeps on one folder: the second skips what the first trains
             _train_or_reuse(name, cfg, run_dir, train)
@@ -163,7 +168,11 @@ _worker_cache: DataCache | None = None
 
 
 def _job(
-    spec: SweepSpec, variant: Variant, seed: int, root: Path, verbose: int, cache: DataCache | None = None
+    spec: SweepSpec,
+    job: Job,
+    root: Path,
+    verbose: int,
+    cache: DataCache | None = None,
 ) -> RunRecord:
     """One run, start to finish, in whatever process runs it (keeps that process's graph small)."""
     import keras
@@ -174,7 +183,8 @@ def _job(
         try:
             data_cache = cache if cache is not None else _worker_cache
             quiet_train = functools.partial(train, verbose=verbose, data_cache=data_cache)
-            return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec))
+            variant, seed, fold = job
+            return run_one(spec, variant, seed, root, quiet_train, _evaluator(spec), fold)
         finally:
             keras.backend.clear_session()
 
@@ -189,20 +199,20 @@ def _start_worker(threads: int) -> None:
     use_threads(threads)
 
 
-def _ray_job(spec: SweepSpec, variant: Variant, seed: int, root: str, threads: int) -> RunRecord:
+def _ray_job(spec: SweepSpec, job: Job, root: str, threads: int) -> RunRecord:
     _start_worker(threads)
-    return _job(spec, variant, seed, Path(root), 0)
+    return _job(spec, job, Path(root), 0)
 
 
 def _run_on_ray(
     spec: SweepSpec,
-    jobs: list[tuple[Variant, int]],
+    jobs: list[Job],
     root: Path,
     threads: int,
     done: Callable[[RunRecord], None],
 ) -> None:
     """Every run as a Ray task reserving ``threads`` CPUs, on the cluster at ``spec.address``."""
-    calls = [(spec, variant, seed, str(root.resolve()), threads) for variant, seed in jobs]
+    calls = [(spec, job, str(root.resolve()), threads) for job in jobs]
     try:
         ray_map(_ray_job, calls, threads, spec.address, done)
     except ImportError as exc:
@@ -267,19 +277,22 @@ def _open_folder(spec: SweepSpec, root: Path) -> None:
 def run_sweep(
     spec: SweepSpec, out: str | Path, verbose: int = 0, results: str | Path | None = None
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every (variant, seed), seed-major, writing the comparison after each run; with
-    ``results``, also keep the tables and run records there, and resume from the records found there."""
+    """Train and evaluate every (variant, seed[, fold]), seed-major, writing the comparison after each run;
+    with ``results``, also keep the tables and run records there, and resume from the records found there."""
     root = Path(out)
     _open_folder(spec, root)
     if results is not None and (restored := restore_records(Path(results), root)):
         logger.info(f"{restored} finished runs restored from the records in {results}")
-    jobs = [(variant, seed) for seed in spec.seeds for variant in spec.variants()]  # complete pairs first
+    folds, variants = spec.fold_indices(), spec.variants()
+    # complete pairs first
+    jobs = [(v, seed, fold) for seed in spec.seeds for fold in folds for v in variants]
     records: list[RunRecord] = []
 
     def done(record: RunRecord) -> None:
         records.append(record)
         status = "ok" if record.status == "ok" else f"FAILED ({record.reason})"
-        logger.info(f"[{len(records)}/{len(jobs)}] {record.variant}, seed {record.seed}: {status}")
+        fold = f", fold {record.fold}" if record.fold is not None else ""
+        logger.info(f"[{len(records)}/{len(jobs)}] {record.variant}, seed {record.seed}{fold}: {status}")
         write_results(root, spec, records)
         if results is not None:
             keep_results(root, Path(results), record)
@@ -291,14 +304,14 @@ def run_sweep(
         _run_on_ray(spec, jobs, root, threads, done)
     elif spec.workers == 1:
         cache = DataCache()  # every run of the sweep prepares the same data: once
-        for variant, seed in jobs:
-            done(_job(spec, variant, seed, root, verbose, cache))
+        for job in jobs:
+            done(_job(spec, job, root, verbose, cache))
     else:
         logger.info(f"{len(jobs)} runs on {spec.workers} worker processes, {threads} cores each")
         with concurrent.futures.ProcessPoolExecutor(
             spec.workers, multiprocessing.get_context("spawn"), _start_worker, (threads,)
         ) as pool:
-            futures = [pool.submit(_job, spec, variant, seed, root, 0) for variant, seed in jobs]
+            futures = [pool.submit(_job, spec, job, root, 0) for job in jobs]
             for future in concurrent.futures.as_completed(futures):
                 done(future.result())
     return compare(records, spec.baseline_variant(), spec.rank_by)

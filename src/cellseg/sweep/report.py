@@ -26,7 +26,7 @@ DEPTH_PLOT = "depth_profile.png"
 
 @dataclass
 class RunRecord:
-    """One (variant, seed) run of the sweep, as written to runs.csv."""
+    """One (variant, seed[, fold]) run of the sweep, as written to runs.csv."""
 
     variant: str  # the variant's name (the "config" column of runs.csv and comparison.csv)
     label: str
@@ -37,6 +37,13 @@ class RunRecord:
     params: int | None = None
     figures: dict[str, float] = field(default_factory=dict)
     test_images: dict[str, float] = field(default_factory=dict)  # test image id -> DSB score
+    fold: int | None = None  # the validation fold (sweep folds), None without folds
+
+    @property
+    def replicate(self) -> tuple[int, int | None]:
+        """What pairs runs of different variants: the same seed (and fold) means the same data, split,
+        initialisation and patch order."""
+        return self.seed, self.fold
 
     def row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k not in ("variant", "figures", "test_images")}
@@ -52,10 +59,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _per_image_diffs(ok: list[RunRecord], base: list[RunRecord]) -> np.ndarray:
-    """Per test image: the variant's DSB score minus the baseline's, each averaged over paired seeds."""
-    seeds = {r.seed for r in ok} & {r.seed for r in base}
-    mine = [r.test_images for r in ok if r.seed in seeds and r.test_images]
-    theirs = [r.test_images for r in base if r.seed in seeds and r.test_images]
+    """Per test image: the variant's DSB score minus the baseline's, each averaged over paired runs."""
+    paired = {r.replicate for r in ok} & {r.replicate for r in base}
+    mine = [r.test_images for r in ok if r.replicate in paired and r.test_images]
+    theirs = [r.test_images for r in base if r.replicate in paired and r.test_images]
     if not mine or not theirs:
         return np.array([])
     images = sorted(set.intersection(*map(set, mine + theirs)))
@@ -70,7 +77,7 @@ def compare(records: list[RunRecord], base_name: str, rank_by: str) -> list[dict
     for r in records:
         by_config.setdefault(r.variant, []).append(r)
     base_ok = [r for r in by_config.get(base_name, []) if r.status == "ok"]
-    base = {r.seed: r.figures.get(rank_by, math.nan) for r in base_ok}
+    base = {r.replicate: r.figures.get(rank_by, math.nan) for r in base_ok}
     higher = METRICS[rank_by]
     rows, results = [], []
     for config, group in by_config.items():
@@ -80,12 +87,16 @@ def compare(records: list[RunRecord], base_name: str, rank_by: str) -> list[dict
             "label": group[0].label,
             "runs": len(group),
             "ok": len(ok),
-            "failed": "; ".join(f"seed {r.seed}: {r.reason}" for r in group if r.status != "ok"),
+            "failed": "; ".join(
+                f"seed {r.seed}{'' if r.fold is None else f' fold {r.fold}'}: {r.reason}"
+                for r in group
+                if r.status != "ok"
+            ),
             "params": group[0].params,
         }
         for key in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r.figures.get(key, math.nan) for r in ok])
-        pairs = [(r.figures.get(rank_by, math.nan), base.get(r.seed, math.nan)) for r in ok]
+        pairs = [(r.figures.get(rank_by, math.nan), base.get(r.replicate, math.nan)) for r in ok]
         diffs = [(a - b) if higher else (b - a) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
         is_base = config == base_name
         result = stats.paired([] if is_base else diffs)
@@ -184,6 +195,16 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
             cells.append(_interval(row, "test_dsb"))
         cells.append(row["vs_baseline_verdict"])
         lines.append("| " + " | ".join(cells) + " |")
+    folds = (
+        [
+            f"With {spec.folds} folds every (variant, seed) trained once per validation fold (data.folds); "
+            "a run pairs with the baseline's of the same seed and fold, and the intervals treat those "
+            "pairs as independent, which folds sharing training images are not: they are narrower than "
+            "the truth (Bengio and Grandvalet 2004). Validation scores are on each fold's own images.",
+        ]
+        if spec.folds
+        else []
+    )
     notes = [
         "",
         f"Mean ± standard deviation over seeds {spec.seeds}; sorted by {spec.rank_by}. Every run trains on "
@@ -195,6 +216,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
         "when the corrected p is below 0.05.",
         "val DSB score: instance-level DSB2018 score on the validation images, with post-processing chosen "
         "on those same images (optimistic; use test_data for an unbiased score).",
+        *folds,
     ]
     failed = [f"- {row['label']}: {row['failed']}" for row in rows if row["failed"] and row["ok"]]
     return "\n".join(lines + notes + (["", "Failed runs:", *failed] if failed else [])) + "\n"

@@ -82,6 +82,7 @@ class SweepSpec:
     configs: list[str] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    folds: int = 0  # k >= 2: every (variant, seed) trains k times, validating on each fold (data.folds)
     data: list[str] | None = None
     test_data: list[str] | None = None
     set: list[str] = field(default_factory=list)
@@ -100,6 +101,8 @@ class SweepSpec:
             raise ConfigError(f"config file names must differ (they name the runs): {stems}")
         if self.rank_by not in METRICS:
             raise ConfigError(f"rank_by '{self.rank_by}' is not one of {', '.join(METRICS)}")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"folds must be 0 (no folds) or at least 2, got {self.folds}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.executor not in ("local", "ray"):
@@ -108,7 +111,7 @@ class SweepSpec:
 
         for variant in self.variants():  # every config and value is checked before anything trains
             try:
-                check_model_config(self.run_config(variant, self.seeds[0]).model)
+                check_model_config(self.run_config(variant, self.seeds[0], self.fold_indices()[0]).model)
             except ValueError as exc:
                 if isinstance(exc, ConfigError):
                     raise
@@ -174,9 +177,15 @@ class SweepSpec:
         names = ", ".join(v.name for v in variants)
         raise ConfigError(f"--baseline '{self.baseline}' names no variant of this sweep; variants: {names}")
 
-    def run_config(self, variant: Variant, seed: int):
-        """The full config of ``variant`` at ``seed``: file, grid values, --set, the sweep's data."""
-        overrides = [f"seed={seed}", f"data.seed={self.data_seed}", *variant.overrides, *self.set]
+    def fold_indices(self) -> list[int | None]:
+        """The validation folds each (variant, seed) trains with: ``[None]`` without folds."""
+        return list(range(self.folds)) if self.folds else [None]
+
+    def run_config(self, variant: Variant, seed: int, fold: int | None = None):
+        """The full config of ``variant`` at ``seed`` (validating on ``fold``): file, grid values, --set,
+        the sweep's data."""
+        folds = [f"data.folds.k={self.folds}", f"data.folds.index={fold}"] if fold is not None else []
+        overrides = [f"seed={seed}", f"data.seed={self.data_seed}", *variant.overrides, *self.set, *folds]
         cfg = load_config(variant.config, overrides)
         if self.data is not None:
             cfg.data.path = self.data[0] if len(self.data) == 1 else list(self.data)
@@ -184,7 +193,13 @@ class SweepSpec:
 
     def comparable(self) -> dict[str, Any]:
         """What must not change when a sweep is resumed (configs, grid values and seeds may be added)."""
-        return {"data": self.data, "test_data": self.test_data, "set": self.set, "data_seed": self.data_seed}
+        return {
+            "data": self.data,
+            "test_data": self.test_data,
+            "set": self.set,
+            "data_seed": self.data_seed,
+            **({"folds": self.folds} if self.folds else {}),  # sweeps without folds compare as before
+        }
 
 
 def load_sweep_file(path: str | Path) -> SweepSpec:

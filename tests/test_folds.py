@@ -1,0 +1,89 @@
+"""k-fold validation for small sources: folds that keep groups together, the split they give, and a
+sweep that trains every fold and pairs runs by seed and fold."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY
+
+from cellseg.cli.sweep import main as sweep_main
+from cellseg.config import ConfigError, FoldConfig, load_config
+from cellseg.data import DataError
+from cellseg.data.pipeline import assign_folds, split_samples
+
+#: 13 images of 9 tissue source sites, as MoNuSeg's training images in shared data.
+SITES = ["21", "21", "50", "A7", "AR", "AR", "B0", "B0", "B0", "CH", "E2", "G9", "NH"]
+MONUSEG = [f"monuseg/TCGA-{site}-{i:04d}-01Z" for i, site in enumerate(SITES)]
+DSB = [f"dsb2018/{i:03d}" for i in range(30)]
+GROUP = "TCGA-(..)-"
+
+
+def test_folds_keep_a_group_together_are_even_and_repeat():
+    folds = assign_folds(MONUSEG, 4, seed=0, group=GROUP)
+    by_site: dict[str, set[int]] = {}
+    for site, fold in zip(SITES, folds, strict=True):
+        by_site.setdefault(site, set()).add(fold)
+    assert all(len(f) == 1 for f in by_site.values()), "a site never spans two folds"
+    sizes = sorted(folds.count(f) for f in range(4))
+    assert sizes[0] >= 3 and sizes[-1] <= 4  # 13 images of groups of up to 3: as even as they allow
+    assert assign_folds(MONUSEG, 4, seed=0, group=GROUP) == folds
+    assert assign_folds(MONUSEG, 4, seed=1, group=GROUP) != folds
+    assert sorted(assign_folds(MONUSEG, 13, seed=0)) == list(range(13)), "no group: one image each"
+    with pytest.raises(DataError, match="10 folds need at least 10 groups of images, found 9"):
+        assign_folds(MONUSEG, 10, seed=0, group=GROUP)
+
+
+def test_each_fold_validates_once_and_other_sources_keep_their_split():
+    ids = DSB + MONUSEG
+    plain_val = [i for i in split_samples(ids, 0.1, 0, 3, ids)[1] if i.startswith("dsb2018")]
+    seen = []
+    for index in range(4):
+        folds = FoldConfig(k=4, index=index, source="monuseg", group=GROUP)
+        train, val = split_samples(ids, 0.1, 0, 3, ids, folds)
+        assert [i for i in val if i.startswith("dsb2018")] == [
+            i for i in plain_val if i.startswith("dsb2018")
+        ]
+        held = [i for i in val if i.startswith("monuseg")]
+        assert not {i.split("-")[1] for i in held} & {i.split("-")[1] for i in train if "TCGA" in i}
+        seen += held
+    assert sorted(seen) == sorted(MONUSEG), "every MoNuSeg image validates exactly once"
+    with pytest.raises(DataError, match=r"data\.folds\.source 'monuseg2' is none of the data sources"):
+        split_samples(ids, 0.1, 0, 3, ids, FoldConfig(k=4, source="monuseg2"))
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["data.folds.k=1"], "k folds need k >= 2"),
+        (["data.folds.k=3", "data.folds.index=3"], "0 <= index < k"),
+        (["data.folds.k=3", "data.folds.group=TCGA-(..-"], "not a regular expression"),
+        (["data.folds.k=3", "data.folds.group=TCGA"], "needs a group in parentheses"),
+    ],
+)
+def test_fold_settings_that_cannot_work_are_refused(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=sets)
+
+
+def test_a_sweep_with_folds_trains_every_fold_and_pairs_by_seed_and_fold(tmp_path):
+    out = tmp_path / "sweep"
+    configs = [str(ROOT / f"configs/{name}.yaml") for name in ("relu", "isru")]
+    sets = [f"--set={o}" for o in TINY]
+    assert sweep_main(["--configs", *configs, "--seeds", "0", "--folds", "2", "--out", str(out), *sets]) == 0
+    with (out / "runs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["config"], r["fold"]) for r in rows) == [
+        ("isru", "0"), ("isru", "1"), ("relu", "0"), ("relu", "1")
+    ]  # fmt: skip
+    assert all(r["status"] == "ok" for r in rows)
+    with (out / "comparison.csv").open() as f:
+        isru = next(r for r in csv.DictReader(f) if r["config"] == "isru")
+    assert isru["vs_baseline_seeds"] == "2", "one seed x two folds: two pairs"
+    splits = [json.loads(Path(out / "runs" / f"relu_s0_f{i}" / "split.json").read_text()) for i in (0, 1)]
+    assert not set(splits[0]["val"]) & set(splits[1]["val"])
+    assert set(splits[0]["val"]) | set(splits[1]["val"]) == set(splits[0]["val"]) | set(splits[0]["train"])
+    assert "folds" in (out / "comparison.md").read_text()
