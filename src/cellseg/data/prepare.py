@@ -14,7 +14,7 @@ from cellseg.data import collect_samples
 if TYPE_CHECKING:  # the pipeline imports TensorFlow: a sweep holds a cache before it trains anything
     from cellseg.data.pipeline import PreparedData
 
-logger = logging.getLogger("cellseg.trainer")  # the lines a training run shows
+logger = logging.getLogger(__name__)
 
 
 class DataCache:

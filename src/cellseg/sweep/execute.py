@@ -179,7 +179,7 @@ def _job(
 
     from cellseg.trainer import train
 
-    with _quiet("cellseg.trainer", "cellseg.calibration", "cellseg.evaluation"):
+    with _quiet("cellseg.trainer", "cellseg.data.prepare", "cellseg.calibration", "cellseg.evaluation"):
         try:
             data_cache = cache if cache is not None else _worker_cache
             quiet_train = functools.partial(train, verbose=verbose, data_cache=data_cache)
