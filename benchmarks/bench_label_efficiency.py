@@ -110,8 +110,8 @@ def run_arm(arm: str, args: argparse.Namespace, k: int, fold: int) -> dict[str, 
     summary = runs.Run(run_dir).summary
     where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
     return {"arm": arm, "k": k, "fold": fold, **scores(out / "eval" / tag), "run": str(where),
-            "train_seconds": summary["wall_seconds"],
-            "kept": (summary.get("init_comparison") or {}).get("kept", "")}  # fmt: skip
+            "train_seconds": summary.wall_seconds,
+            "kept": (summary.init_comparison or {}).get("kept", "")}  # fmt: skip
 
 
 def table(rows: list[dict[str, str]]) -> str:

@@ -76,8 +76,8 @@ def test_fine_tuning_never_leaves_a_worse_model_than_it_started_from(tmp_path):
     )
     (run_dir,) = tmp_path.iterdir()
     run = runs.Run(run_dir)
-    assert run.summary["init_comparison"]["kept"] in ("fine-tuned", "start")
-    assert run.summary["init"]["kind"] == "shipped model" and run.summary["init"]["licence"] == "CC0-1.0"
+    assert run.summary.init_comparison["kept"] in ("fine-tuned", "start")
+    assert run.summary.init["kind"] == "shipped model" and run.summary.init["licence"] == "CC0-1.0"
     broken = load_model(run.kept_model, compile=False)
     broken.set_weights([np.zeros_like(w) for w in broken.get_weights()])
     broken.save(run.kept_model)

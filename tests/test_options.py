@@ -45,7 +45,7 @@ def test_mixed_precision_trains_saves_and_restores_the_global_policy(tmp_path, p
         out=tmp_path,
         verbose=0,
     )
-    assert result.summary["stopped_reason"] == "completed"
+    assert result.summary.completed
     assert keras.config.dtype_policy().name == "float32", "the process-wide policy is restored"
     model = load_model(result.run_dir / runs.KEPT_MODEL, compile=False)
     assert model.get_layer("enc0_1_conv").dtype_policy.name == precision
@@ -66,7 +66,7 @@ def test_xla_jit_compile_trains_to_the_same_result_as_the_default(tmp_path, recw
             # change by more than 1e-3 (an AMD EPYC with BF16: 1.3198 against 1.3217)
             "train.precision=float32",
         ]
-        return train(load_config(None, overrides), out=tmp_path / jit, verbose=0).summary["best_val_loss"]
+        return train(load_config(None, overrides), out=tmp_path / jit, verbose=0).summary.best_val_loss
 
     assert run("true") == pytest.approx(run("false"), rel=1e-3)
     assert not [w for w in recwarn if "jit_compile" in str(w.message)], "XLA really ran"
@@ -89,7 +89,7 @@ from cellseg.config import load_config
 from cellseg.trainer import train
 overrides = {tiny!r} + ["train.distribute=mirrored", "train.run_eagerly=false"]
 result = train(load_config(None, overrides), out={out!r}, verbose=0)
-print("STOPPED", result.summary["stopped_reason"])
+print("STOPPED", result.summary.stopped_reason)
 """
 
 
@@ -110,7 +110,7 @@ from cellseg.config import load_config
 from cellseg.trainer import train
 overrides = {tiny!r} + ["train.distribute=multi_worker", "train.run_eagerly=false"]
 result = train(load_config(None, overrides), out={out!r}, verbose=0)
-print("STOPPED", result.summary["stopped_reason"])
+print("STOPPED", result.summary.stopped_reason)
 """
 
 

@@ -60,7 +60,7 @@ def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
     assert shipped_size < trained_size, "no optimiser state"
     card = json.loads((shipped / pretrained.CARD).read_text())
     assert card["licence"] == "CC-BY-NC-SA-4.0", "MoNuSeg's licence travels with the model"
-    machine = runs.Run(isru_run).summary["machine"]
+    machine = runs.Run(isru_run).summary.machine
     assert machine["cpu"] in card["training"] and card["training"].endswith(machine["precision"])
     test = card["scores"]["test"]
     metrics = json.loads((shipped / runs.EVALUATION / runs.EVALUATION_METRICS).read_text())

@@ -264,3 +264,24 @@ def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_ov
     assert row["enc0_1_act.dead"] == 0.75
     assert row["dead_fraction"] > 0
     keras.backend.clear_session()
+
+
+def test_every_summary_kept_in_the_project_reads_and_a_damaged_or_newer_one_is_named(tmp_path):
+    kept = [p for p in (ROOT / "src" / "cellseg" / "zoo").rglob(runs.SUMMARY)]
+    kept += list((ROOT / "benchmarks" / "results").rglob(runs.SUMMARY))
+    assert len(kept) > 10
+    for path in kept:
+        assert runs.Run(path.parent).summary.params > 0
+    good = json.loads(kept[0].read_text())
+    run = runs.Run(tmp_path)
+    for damage, message in [
+        ({**good, "schema": runs.SUMMARY_SCHEMA + 1}, "written by a newer cellseg"),
+        ({k: v for k, v in good.items() if k != "params"}, "missing params"),
+        ({**good, "parms": 1}, "unknown parms"),
+    ]:
+        runs.write_json(tmp_path / runs.SUMMARY, damage)
+        with pytest.raises(ValueError, match=message):
+            _ = run.summary
+    (tmp_path / runs.SUMMARY).write_text("{")
+    with pytest.raises(ValueError, match="damaged"):
+        _ = run.summary

@@ -168,7 +168,7 @@ def _readme(run_dir: Path, cfg: Config, plan: PostprocessPlan, metrics: dict[str
     knobs = ", ".join(f"{k} = {v}" for k, v in plan.default.to_dict().items())
     for kind, own in plan.by_modality.items():
         knobs += f"; on {kind} images: " + ", ".join(f"{k} = {v}" for k, v in own.to_dict().items())
-    source = Run(run_dir).summary["data_source"]
+    source = Run(run_dir).summary.data_source
     return f"""# cellseg U-Net for nucleus segmentation ({activation})
 
 A 2-D U-Net (depth {cfg.model.depth}, {cfg.model.base_filters} base filters, batch norm
@@ -215,7 +215,7 @@ def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[
     channels = ["red", "green", "blue"] if cfg.data.channels == 3 else ["grey"]
     activation = label_of_spec(cfg.model.activation)
     file = {name: {"source": path.name, "sha256": _sha256(path)} for name, path in files.items()}
-    versions = Run(run_dir).summary["versions"]
+    versions = Run(run_dir).summary.versions
     return {
         "type": "model",
         "format_version": FORMAT_VERSION,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import difflib
 import errno
 import json
@@ -185,9 +186,75 @@ def staged_outputs(dest: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def kept_epoch(summary: dict[str, Any]) -> int | None:
-    """The epoch a run's ``model.keras`` holds; runs from before ``train.keep_model`` kept the best."""
-    return summary.get("kept_epoch", summary["best_epoch"])
+#: The version of ``summary.json``'s layout :class:`Summary` writes; files without one are version 0.
+SUMMARY_SCHEMA = 1
+
+
+@dataclasses.dataclass
+class Summary:
+    """``summary.json``: what a run trained on, how far it got and on what machine. Written once when
+    training ends (:func:`cellseg.trainer.write_summary`); a fine-tuned run adds ``init_comparison``."""
+
+    activation: str  # its label (cellseg.runs.label_of_spec)
+    activation_spec: str | dict[str, Any]
+    data_source: str
+    epochs_run: int
+    epochs_planned: int
+    best_epoch: int | None  # lowest val_loss
+    kept_epoch: int | None  # the epoch model.keras holds (train.keep_model)
+    best_val_loss: float | None
+    best_val_iou: float | None
+    best_val_dice: float | None
+    max_val_iou: float | None
+    final: dict[str, float] | None  # the last epoch's history row
+    stopped_reason: str  # "completed", or why training stopped early (divergence)
+    params: int
+    wall_seconds: float
+    session_starts: list[int]  # first epoch of each process: its seconds include tracing
+    seconds_to_first_step: float | None
+    train_images: int
+    val_images: int
+    val_patches: int
+    streamed: bool
+    train_modalities: dict[str, int]
+    skipped_samples: int
+    skipped: list[dict[str, str]]
+    seed: int
+    machine: dict[str, Any]  # the precision and oneDNN kernels it trained with, and why
+    versions: dict[str, str]
+    train_inverted: int = 0  # training images data.polarity inverted (runs since 2026-12-02)
+    init: dict[str, Any] | None = None  # the model a fine-tuned run started from
+    init_comparison: dict[str, Any] | None = None  # a fine-tuned run against its start, on its images
+    schema: int = SUMMARY_SCHEMA
+
+    @property
+    def completed(self) -> bool:
+        return self.stopped_reason == "completed"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str | Path = SUMMARY) -> Summary:
+        """A summary read back; a file of a newer layout, or one missing what every run writes, raises
+        ValueError naming the file and what is wrong."""
+        schema = data.get("schema", 0)
+        if schema > SUMMARY_SCHEMA:
+            raise ValueError(
+                f"{path}: run summary of layout {schema}, written by a newer cellseg (this one reads up to "
+                f"{SUMMARY_SCHEMA}); upgrade cellseg"
+            )
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if unknown or missing:
+            raise ValueError(
+                f"{path}: the run summary is damaged or not cellseg's"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(unknown)}" if unknown else "")
+            )
+        return cls(**{**data, "schema": SUMMARY_SCHEMA})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
@@ -376,15 +443,16 @@ class Run:
         return read_history(self.path, name)
 
     @property
-    def summary(self) -> dict[str, Any]:
-        return read_json(self.path / SUMMARY, "run summary")
+    def summary(self) -> Summary:
+        path = self.path / SUMMARY
+        return Summary.from_dict(read_json(path, "run summary"), path)
 
-    def save_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.path / SUMMARY, summary)
+    def save_summary(self, summary: Summary) -> None:
+        write_json(self.path / SUMMARY, summary.to_dict())
 
     @property
     def kept_epoch(self) -> int | None:
-        return kept_epoch(self.summary)
+        return self.summary.kept_epoch
 
     def kept_row(self) -> dict[str, float]:
         """The history row of the epoch ``model.keras`` holds."""

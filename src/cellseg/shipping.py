@@ -192,7 +192,7 @@ def without_machine_paths(folder: Path) -> None:
     run.save_config(cfg)
     summary = run.summary
     for path, name in names.items():
-        summary["data_source"] = summary["data_source"].replace(path, name)
+        summary.data_source = summary.data_source.replace(path, name)
     run.save_summary(summary)
 
 

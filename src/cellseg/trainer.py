@@ -59,7 +59,7 @@ __all__ = ["RunResult", "TrainingError", "train"]
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
+    summary: runs.Summary
 
 
 def activation_label(cfg: Config) -> str:
@@ -126,8 +126,8 @@ def train(
             except runs.WriteError as exc:
                 fix = f"Fix that, then resume the run: train --resume {opened.run_dir}"
                 raise TrainingError(f"{exc}. {fix}") from exc
-            if cfg.train.init is not None and result.summary["stopped_reason"] == "completed":
-                result.summary["init_comparison"] = _compare_with_start(Run(result.run_dir))
+            if cfg.train.init is not None and result.summary.completed:
+                result.summary.init_comparison = _compare_with_start(Run(result.run_dir))
             return result
         finally:
             keras.config.set_dtype_policy(policy)
@@ -145,7 +145,7 @@ def _compare_with_start(run: Run) -> dict[str, Any]:
         )
     else:
         logger.info(f"fine-tuned model kept ({scores})")
-    run.save_summary({**run.summary, "init_comparison": comparison})
+    run.save_summary(dataclasses.replace(run.summary, init_comparison=comparison))
     return comparison
 
 
@@ -329,50 +329,50 @@ def write_summary(
     machine: hardware.Machine,
     session_starts: list[int],
     seconds_to_first_step: float | None = None,
-) -> dict[str, Any]:
+) -> runs.Summary:
     run = Run(run_dir)
     rows = run.history() if (run_dir / runs.HISTORY).exists() else []
     finite = [r for r in rows if math.isfinite(r["val_loss"])]
     best = min(finite, key=lambda r: r["val_loss"]) if finite else None
     final = rows[-1] if rows else None
-    summary = {
-        "activation": activation_label(cfg),
-        "activation_spec": cfg.model.activation,
-        "data_source": data.source,
-        "epochs_run": len(rows),
-        "epochs_planned": cfg.train.epochs,
-        "best_epoch": best["epoch"] if best else None,
-        "kept_epoch": KeepRule.kept_epoch(rows, cfg.train.keep_model),  # the epoch model.keras holds
-        "best_val_loss": best["val_loss"] if best else None,
-        "best_val_iou": best["val_iou"] if best else None,
-        "best_val_dice": best["val_dice"] if best else None,
-        "max_val_iou": max((r["val_iou"] for r in finite), default=None),
-        "final": {k: final[k] for k in runs.HISTORY_COLUMNS if k in final} if final else None,
-        "stopped_reason": stopped or "completed",  # why training stopped early (divergence), if it did
-        "params": int(model.count_params()),
-        "wall_seconds": round(wall, 2),
-        "session_starts": session_starts,  # first epoch of each process: its seconds include tracing
-        "seconds_to_first_step": seconds_to_first_step,
-        "train_images": len(data.train_ids),
-        "val_images": len(data.val_ids),
-        "val_patches": len(data.val_images),
-        "streamed": data.streaming,
-        "train_modalities": dict(Counter(data.train_modalities)),
-        "train_inverted": sum(data.train_inverted),  # training images data.polarity inverted
-        "skipped_samples": len(data.skipped),
-        "skipped": data.skipped,
-        "seed": cfg.seed,
-        "init": provenance(cfg),  # the model it started from (fine-tuning), or None
-        "machine": machine.record(),  # the precision and oneDNN kernels this run trained with, and why
-        "versions": {
+    summary = runs.Summary(
+        activation=activation_label(cfg),
+        activation_spec=cfg.model.activation,
+        data_source=data.source,
+        epochs_run=len(rows),
+        epochs_planned=cfg.train.epochs,
+        best_epoch=best["epoch"] if best else None,
+        kept_epoch=KeepRule.kept_epoch(rows, cfg.train.keep_model),
+        best_val_loss=best["val_loss"] if best else None,
+        best_val_iou=best["val_iou"] if best else None,
+        best_val_dice=best["val_dice"] if best else None,
+        max_val_iou=max((r["val_iou"] for r in finite), default=None),
+        final={k: final[k] for k in runs.HISTORY_COLUMNS if k in final} if final else None,
+        stopped_reason=stopped or "completed",
+        params=int(model.count_params()),
+        wall_seconds=round(wall, 2),
+        session_starts=session_starts,
+        seconds_to_first_step=seconds_to_first_step,
+        train_images=len(data.train_ids),
+        val_images=len(data.val_ids),
+        val_patches=len(data.val_images),
+        streamed=data.streaming,
+        train_modalities=dict(Counter(data.train_modalities)),
+        train_inverted=sum(data.train_inverted),
+        skipped_samples=len(data.skipped),
+        skipped=data.skipped,
+        seed=cfg.seed,
+        init=provenance(cfg),
+        machine=machine.record(),
+        versions={
             "cellseg": cellseg.__version__,
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "numpy": np.__version__,
         },
-    }
+    )
     run.save_summary(summary)
     if rows:
-        plot_run_history(rows, run_dir / runs.LOSS_PLOT, title=f"{summary['activation']} — {run_dir.name}")
+        plot_run_history(rows, run_dir / runs.LOSS_PLOT, title=f"{summary.activation} — {run_dir.name}")
     return summary

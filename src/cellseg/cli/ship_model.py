@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = runs.Run(args.run)
     summary = run.summary
-    started = summary.get("init")  # a fine-tuned run: the model it started from, with its data and licence
+    started = summary.init  # a fine-tuned run: the model it started from, with its data and licence
     data = "; ".join(DSB2018 if d == "dsb2018" else MONUSEG for d in args.data)
     licences = ["CC-BY-NC-SA-4.0" if "monuseg" in args.data else "CC0-1.0"]
     citations = [CITATIONS[d] for d in args.data]
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "citation": citations,
         **({"started_from": started} if started else {}),
         "recipe": args.recipe,
-        "training": f"{summary['epochs_run']} epochs, {summary['wall_seconds'] / 60:.0f} min on "
-        f"{_machine(summary['machine'])}",
+        "training": f"{summary.epochs_run} epochs, {summary.wall_seconds / 60:.0f} min on "
+        f"{_machine(summary.machine)}",
         "failures": args.failures,
         "date": dt.date.today().isoformat(),
         "command": " ".join(["python scripts/ship_model.py", *map(shlex.quote, argv or sys.argv[1:])]),

@@ -91,18 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = result.summary
-    saved = s["best_val_loss"] is not None and (result.run_dir / runs.KEPT_MODEL).is_file()
+    saved = s.best_val_loss is not None and (result.run_dir / runs.KEPT_MODEL).is_file()
     if not saved:
-        print(f"error: no model was saved: no epoch finished ({s['stopped_reason']})", file=sys.stderr)
+        print(f"error: no model was saved: no epoch finished ({s.stopped_reason})", file=sys.stderr)
     else:
         print(
-            f"done: {s['epochs_run']} epochs in {s['wall_seconds']:.0f} s; best val_loss "
-            f"{s['best_val_loss']:.4f} (epoch {s['best_epoch']}), val IoU {s['best_val_iou']:.3f}, "
-            f"val Dice {s['best_val_dice']:.3f}; model.keras holds epoch {s['kept_epoch']}"
-            + ("" if s["stopped_reason"] == "completed" else f"; stopped early: {s['stopped_reason']}")
+            f"done: {s.epochs_run} epochs in {s.wall_seconds:.0f} s; best val_loss "
+            f"{s.best_val_loss:.4f} (epoch {s.best_epoch}), val IoU {s.best_val_iou:.3f}, "
+            f"val Dice {s.best_val_dice:.3f}; model.keras holds epoch {s.kept_epoch}"
+            + ("" if s.completed else f"; stopped early: {s.stopped_reason}")
         )
     print(result.run_dir)
-    return 0 if saved and s["stopped_reason"] == "completed" else 1
+    return 0 if saved and s.completed else 1
 
 
 if __name__ == "__main__":

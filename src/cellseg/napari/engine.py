@@ -194,8 +194,8 @@ def finetune(cfg: Config, out: str | Path, progress: Progress | None = None) -> 
             progress(self.epoch * per_epoch + batch + 1, steps)
 
     result = train(cfg, out=out, verbose=0, callbacks=[Follow()] if progress is not None else [])
-    if result.summary["stopped_reason"] != "completed":
-        raise TrainingError(f"fine-tuning stopped: {result.summary['stopped_reason']} ({result.run_dir})")
+    if not result.summary.completed:
+        raise TrainingError(f"fine-tuning stopped: {result.summary.stopped_reason} ({result.run_dir})")
     return result.run_dir
 
 

@@ -395,7 +395,7 @@ class CellsegWidget(Container):
         def done(run_dir: Path) -> None:
             from cellseg.runs import Run
 
-            c = Run(run_dir).summary.get("init_comparison") or {}
+            c = Run(run_dir).summary.init_comparison or {}
             kept = (
                 "the fine-tuned weights" if c.get("kept") == "fine-tuned" else "the starting model's weights"
             )

@@ -44,11 +44,16 @@ Job = tuple[Variant, int, int | None]
 SPEC = "sweep.yaml"
 
 
-def _figures(run_dir: Path, summary: dict[str, Any], evaluate: Callable[[Path], dict[str, float]]) -> dict:
+def _figures(run_dir: Path, summary: runs.Summary, evaluate: Callable[[Path], dict[str, float]]) -> dict:
     history = Run(run_dir).history()
-    traced = set(summary.get("session_starts", [1]))  # each process's first epoch traces the graph
+    traced = set(summary.session_starts)  # each process's first epoch traces the graph
     seconds = [r["seconds"] for r in history if r["epoch"] not in traced] or [r["seconds"] for r in history]
-    figures = {k: summary[k] for k in ("best_val_loss", "best_val_iou", "best_val_dice", "best_epoch")}
+    figures: dict[str, float] = {
+        "best_val_loss": summary.best_val_loss,
+        "best_val_iou": summary.best_val_iou,
+        "best_val_dice": summary.best_val_dice,
+        "best_epoch": summary.best_epoch,
+    }
     figures["seconds_per_epoch"] = statistics.median(seconds)
     figures.update(evaluate(run_dir))
     return figures
@@ -72,10 +77,10 @@ def run_one(
         with runs.locked(run_dir):  # two sweeps on one folder: the second skips what the first trains
             _train_or_reuse(name, cfg, run_dir, train)
             summary = Run(run_dir).summary
-            record.params = summary["params"]
-            if summary["stopped_reason"] != "completed":
-                record.status, record.reason = "failed", summary["stopped_reason"]
-            if summary["best_val_loss"] is not None:
+            record.params = summary.params
+            if not summary.completed:
+                record.status, record.reason = "failed", summary.stopped_reason
+            if summary.best_val_loss is not None:
                 record.figures = _figures(run_dir, summary, evaluate)
                 record.test_images = _test_images(run_dir) if spec.test_data is not None else {}
             (run_dir / runs.FAILED).unlink(missing_ok=True)
