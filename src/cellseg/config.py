@@ -109,6 +109,8 @@ class DataConfig:
     nucleus_size: float | None = field(default=None, metadata=POSITIVE)  # px; None: native scale
     equalize: bool = False  # local histogram equalisation (CLAHE) of every network input
     polarity: Literal["as_is", "bright_nuclei"] = "as_is"  # bright_nuclei: invert dark-nuclei images
+    # macenko: map the stains of every stained (H&E) image to one reference (Macenko et al. 2009)
+    stain_normalization: Literal["none", "macenko"] = "none"
     on_bad_sample: Literal["error", "skip"] = "error"
     stream: bool | None = None
     memory_limit_mb: int = field(default=2048, metadata=_bounded(1))

@@ -38,6 +38,7 @@ CONTRACT = (
     "data.channels",
     "data.nucleus_size",
     "data.polarity",
+    "data.stain_normalization",
     "data.equalize",
 )
 

@@ -10,6 +10,8 @@ nothing else re-declares them.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -21,20 +23,34 @@ from cellseg.data.sample import DataError
 #: Intensity normalisation: these percentiles of an image (over all channels) map to 0 and 1.
 NORMALIZE_PERCENTILES = (1.0, 99.8)
 
+logger = logging.getLogger(__name__)
+
+#: Fewer stained pixels than this and :func:`macenko` leaves an image as it is: its two stains' directions
+#: come from the spread of these pixels' optical densities.
+MIN_STAINED_PIXELS = 500
+
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """``channels``, ``nucleus_size`` (px; None: native scale), ``equalize`` and ``bright_nuclei``
-    (``data.polarity: bright_nuclei``) of a run's data config."""
+    """``channels``, ``nucleus_size`` (px; None: native scale), ``equalize``, ``bright_nuclei``
+    (``data.polarity: bright_nuclei``) and ``macenko`` (``data.stain_normalization: macenko``) of a
+    run's data config."""
 
     channels: int = 3
     nucleus_size: float | None = None
     equalize: bool = False
     bright_nuclei: bool = False
+    macenko: bool = False
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Preprocessing:
-        return cls(data.channels, data.nucleus_size, data.equalize, data.polarity == "bright_nuclei")
+        return cls(
+            data.channels,
+            data.nucleus_size,
+            data.equalize,
+            data.polarity == "bright_nuclei",
+            data.stain_normalization == "macenko",
+        )
 
     def inverts(self, image: np.ndarray) -> bool:
         """Whether this image is inverted: dark nuclei on a light ground, with ``bright_nuclei``."""
@@ -43,9 +59,12 @@ class Preprocessing:
     def oriented(
         self, image: np.ndarray, name: str = "image", invert: bool | None = None
     ) -> tuple[np.ndarray, bool]:
-        """The raw image in the network's channels, and whether it is to be inverted: ``invert`` when
-        given (a slide's chunks share the slide's polarity), else :meth:`inverts`, read off the converted
-        image (what the network is fed, also by an exported model's user)."""
+        """The raw image in the network's channels (a stained image's stains first normalised with
+        ``macenko``), and whether it is to be inverted: ``invert`` when given (a slide's chunks share the
+        slide's polarity), else :meth:`inverts`, read off the converted image (what the network is fed,
+        also by an exported model's user)."""
+        if self.macenko and image.ndim == 3 and image.shape[-1] in (3, 4) and modality(image) == "stained":
+            image = macenko(image[..., :3], name)
         image = to_channels(image, self.channels, name)
         return image, (self.inverts(image) if invert is None else invert and self.bright_nuclei)
 
@@ -79,6 +98,13 @@ class Preprocessing:
                 "back; no bioimage.io operation describes this.\ncellseg's `predict` command estimates each "
                 "image's zoom from the model's output and applies it."
             )
+        if self.macenko:
+            notes.append(
+                "Stain: images of stained tissue (dark nuclei in colour, e.g. H&E) were stain-normalised "
+                "before everything\nelse: Macenko et al. 2009, to the reference stain vectors of its "
+                "original implementation (torchstain's\nMacenkoNormalizer, numpy backend, unfitted). "
+                "Do the same before prediction; cellseg's `predict` does it."
+            )
         if self.bright_nuclei:
             notes.append(
                 "Polarity: the model was trained on bright nuclei on a dark background. Invert images with "
@@ -87,6 +113,27 @@ class Preprocessing:
                 "`scale_range`. cellseg's `predict` command\nrecognises such images and inverts them itself."
             )
         return notes
+
+
+def macenko(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """An RGB image of stained tissue as 8-bit RGB with its two stains (haematoxylin, eosin) mapped to
+    the reference stain vectors and intensities of Macenko et al. (ISBI 2009), by torchstain.
+
+    Labs, scanners and protocols colour H&E differently; normalised, every image shows the same two
+    colours. An image whose stains cannot be estimated (too little tissue) is left as it is, with a
+    warning naming it.
+    """
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    rgb = image if image.dtype == np.uint8 else np.round(normalize(image, 0.0, 100.0) * 255).astype(np.uint8)
+    # the pixels Macenko's method estimates from: optical density >= 0.15 in every channel (its beta)
+    stained = int((-np.log((rgb.astype(np.float32) + 1) / 240) >= 0.15).all(axis=-1).sum())
+    if stained < MIN_STAINED_PIXELS:
+        logger.warning(f"{name}: stains not normalised: {stained} stained pixels, too few to estimate them")
+        return image
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return NumpyMacenkoNormalizer().normalize(rgb, stains=False)[0]
 
 
 def to_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:
