@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
-from cellseg import pretrained, runs
+from cellseg import files, pretrained, runs
 from cellseg.finetune import CONTRACT, start_folder
 from cellseg.sweep.stats import paired
 
@@ -198,7 +198,7 @@ def main() -> None:
                 if (arm, k, fold) in have:
                     continue
                 row = {c: "" for c in COLUMNS} | run_arm(arm, args, k, fold)
-                runs.append_row(results, row)
+                files.append_row(results, row)
                 done.append({key: str(value) for key, value in row.items()})
                 aji, dsb = float(row["aji"]), float(row["dsb_score"])
                 print(f"{arm:<10} k={k} fold {fold}: AJI {aji:.3f}, DSB {dsb:.3f}", flush=True)

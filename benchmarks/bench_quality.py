@@ -106,9 +106,9 @@ def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -
 
 def minutes_by_epoch(run: Path, process_wall: float | None) -> dict[int, float]:
     """Minutes from the command's start to the end of each epoch (start-up, data, training, validation)."""
-    from cellseg import runs
+    from cellseg import files, runs
 
-    summary = runs.read_json(run / runs.SUMMARY)
+    summary = files.read_json(run / runs.SUMMARY)
     history = runs.read_history(run)
     start = summary["seconds_to_first_step"] or 0.0
     ends = start + np.cumsum([row["seconds"] for row in history])
@@ -154,7 +154,7 @@ def main() -> int:
     data = require_dsb2018()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from cellseg import runs
+    from cellseg import files, runs
     from cellseg.data.readers import scan_samples
     from cellseg.evaluation import evaluate_run
 
@@ -177,16 +177,16 @@ def main() -> int:
         minutes_at = minutes_by_epoch(run, wall)
         recipe_rows = snapshot_rows(run, test_samples, minutes_at)
         _, metrics = evaluate_run(run, str(test), out=args.out / "evaluation" / name)
-        summary = runs.read_json(run / runs.SUMMARY)
+        summary = files.read_json(run / runs.SUMMARY)
         final = {
             "model": f"kept (epoch {runs.kept_epoch(summary)}, evaluate.py)",
             "minutes": (wall if wall is not None else summary["wall_seconds"]) / 60,
-            "val_dsb": runs.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
+            "val_dsb": files.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
             **figures(metrics),
         }
         rows += [{"recipe": name, "run": str(run), **r} for r in [*recipe_rows, final]]
 
-    runs.write_csv(args.out / "quality.csv", rows)
+    files.write_csv(args.out / "quality.csv", rows)
     plot(rows, args.out / "quality.png")
     print("\n| recipe | model | training min | val DSB | test DSB | AP50 | AP75 | AJI | pixel IoU "
           "| DSB fluorescence | DSB stained |")  # fmt: skip

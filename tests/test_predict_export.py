@@ -22,7 +22,7 @@ import yaml
 from conftest import ROOT, train_tiny, write_paired
 from skimage import io as skio
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.calibration import validation_samples
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
@@ -244,9 +244,9 @@ def test_export_readme_reports_the_validation_scores_of_the_epoch_exported(tiny_
 
     run = tmp_path / "kept_last"  # as keep_model: last leaves it when another epoch had the best val_loss
     shutil.copytree(tiny_run, run)
-    summary = runs.read_json(run / runs.SUMMARY)
+    summary = files.read_json(run / runs.SUMMARY)
     kept = 3 if summary["best_epoch"] != 3 else 2
-    runs.write_json(run / runs.SUMMARY, {**summary, "kept_epoch": kept})
+    files.write_json(run / runs.SUMMARY, {**summary, "kept_epoch": kept})
     row = runs.read_history(run)[kept - 1]
     readme = (export_run(run, tmp_path / "pkg") / "README.md").read_text()
     assert f"foreground IoU {row['val_iou']:.3f},\n  Dice {row['val_dice']:.3f}" in readme

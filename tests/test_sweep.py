@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, held_by_another_process
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.cli.plot_history import main as plot_history_main
 from cellseg.cli.sweep import main as sweep_main
 from cellseg.config import ConfigError
@@ -44,7 +44,7 @@ def test_sweep_writes_table_runs_and_figures_with_real_numbers(tiny_sweep, capsy
         (c, s) for c in ("relu", "isru", "mish") for s in ("0", "1")
     )
     for row in run_rows:  # every figure is the run's own
-        summary = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
+        summary = files.read_json(Path(row["run_dir"]) / runs.SUMMARY)
         assert float(row["best_val_iou"]) == pytest.approx(summary["best_val_iou"])
         assert 0 <= float(row["val_dsb_score"]) <= 1
     table = read_csv(tiny_sweep / "comparison.csv")

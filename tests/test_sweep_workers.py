@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, TINY, local_ray_cluster
 from test_sweep import read_csv
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.cli.sweep import main as sweep_main
 
 TINY_SETS = [f"--set={o}" for o in TINY]
@@ -27,7 +27,7 @@ def test_grid_sweeps_any_config_key_on_one_split_and_in_parallel(tmp_path):
     names |= {"activation=mish,batch_norm=true", "activation=mish,batch_norm=false"}
     assert {r["config"] for r in rows} == names and len(rows) == 4
     for row in rows:
-        config = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
+        config = files.read_json(Path(row["run_dir"]) / runs.SUMMARY)
         assert float(row["best_val_iou"]) == pytest.approx(config["best_val_iou"])
         saved = (Path(row["run_dir"]) / runs.CONFIG).read_text()
         assert f"batch_norm: {row['config'].endswith('true')}".lower() in saved.lower()
@@ -52,6 +52,6 @@ def test_ray_executor_runs_a_sweep_on_a_local_ray_cluster(tmp_path):
     rows = read_csv(out / "runs.csv")
     assert sorted(r["config"] for r in rows) == ["mish", "relu"] and {r["status"] for r in rows} == {"ok"}
     for row in rows:  # ordinary, complete run folders, written by the Ray workers
-        summary = runs.read_json(Path(row["run_dir"]) / runs.SUMMARY)
+        summary = files.read_json(Path(row["run_dir"]) / runs.SUMMARY)
         assert float(row["best_val_iou"]) == pytest.approx(summary["best_val_iou"])
         assert (Path(row["run_dir"]) / runs.KEPT_MODEL).is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_python
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.cli.train import main
 
 SUMMARY_KEYS = {"best_val_loss", "best_val_iou", "best_val_dice", "epochs_run", "wall_seconds"}
@@ -279,7 +279,7 @@ def test_every_summary_kept_in_the_project_reads_and_a_damaged_or_newer_one_is_n
         ({k: v for k, v in good.items() if k != "params"}, "missing params"),
         ({**good, "parms": 1}, "unknown parms"),
     ]:
-        runs.write_json(tmp_path / runs.SUMMARY, damage)
+        files.write_json(tmp_path / runs.SUMMARY, damage)
         with pytest.raises(ValueError, match=message):
             _ = run.summary
     (tmp_path / runs.SUMMARY).write_text("{")

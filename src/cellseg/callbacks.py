@@ -1,6 +1,6 @@
 """Keras callbacks that write the run folder as training goes: history, checkpoints, divergence guard.
 
-Every file is written through :func:`cellseg.runs.atomic_path`: a kill or a full disk at any instant
+Every file is written through :func:`cellseg.files.atomic_path`: a kill or a full disk at any instant
 leaves the previous complete version in place.
 """
 
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.models import activation_layers, activation_parameters
 
 
@@ -127,7 +127,7 @@ class ModelKeeper(keras.callbacks.Callback):
         if self.guard.where is not None:
             return
         if self.rule.offer(float((logs or {}).get("val_loss", math.nan))):
-            with runs.atomic_path(self.path) as tmp:
+            with files.atomic_path(self.path) as tmp:
                 self.model.save(tmp)
 
 
@@ -152,7 +152,7 @@ class HistoryWriter(keras.callbacks.Callback):
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self._start, 3)
         row.update(activation_parameters(self.model))
-        runs.append_row(self.path, row)
+        files.append_row(self.path, row)
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
@@ -182,7 +182,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.guard.where is not None:
             return
-        with runs.atomic_path(self.run_dir / runs.LAST_MODEL) as tmp:
+        with files.atomic_path(self.run_dir / runs.LAST_MODEL) as tmp:
             self.model.save(tmp)
         state = {
             "epoch": epoch + 1,
@@ -190,7 +190,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             "wall_seconds": round(self.clock(), 2),
             "session_starts": self.session_starts,
         }
-        runs.write_json(self.run_dir / runs.STATE, state)
+        files.write_json(self.run_dir / runs.STATE, state)
 
 
 class Snapshots(keras.callbacks.Callback):
@@ -207,7 +207,7 @@ class Snapshots(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         done = epoch + 1
         if self.guard.where is None and (done % self.every == 0 or done == self.epochs):
-            with runs.atomic_path(runs.snapshot_path(self.run_dir, done)) as tmp:
+            with files.atomic_path(runs.snapshot_path(self.run_dir, done)) as tmp:
                 shutil.copyfile(self.run_dir / runs.LAST_MODEL, tmp)
 
 
@@ -273,4 +273,4 @@ class Diagnostics(keras.callbacks.Callback):
             row.update({f"{name}.dead": float(dead), f"{name}.mean": float(mean), f"{name}.std": float(std)})
         row.update({f"{name}.grad_norm": float(n) for name, n in zip(self.kernel_names, norms, strict=True)})
         row["dead_fraction"] = float(dead_fraction)
-        runs.append_row(self.path, row)
+        files.append_row(self.path, row)

@@ -7,7 +7,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.runs import TrainingError
 
 
@@ -33,7 +33,7 @@ def read_checkpoint(run_dir: Path, epochs: int) -> Checkpoint | None:
     if not path.is_file():
         return None
     try:
-        state = runs.read_json(path, "checkpoint state")
+        state = files.read_json(path, "checkpoint state")
         checkpoint = Checkpoint(
             int(state["epoch"]),
             math.inf if state["best_val_loss"] is None else float(state["best_val_loss"]),

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.activations import parse_spec
 from cellseg.calibration import validation_samples
 from cellseg.config import InferenceOptions
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def write_per_image(path: Path, scores: list[ImageScore], zooms: list[float]) -> None:
     """Each image's scores, and the zoom it was predicted at (1 unless the run sets data.nucleus_size)."""
-    runs.write_csv(path, [{**s.row(), "zoom": round(z, 4)} for s, z in zip(scores, zooms, strict=True)])
+    files.write_csv(path, [{**s.row(), "zoom": round(z, 4)} for s, z in zip(scores, zooms, strict=True)])
 
 
 def _score_images(
@@ -135,8 +135,8 @@ def evaluate_run(
     out = Path(out) if out is not None else run_dir / (runs.EVALUATION if data else runs.VAL_EVALUATION)
     # everything is written to staging folders and moved into place only once all images succeeded
     with contextlib.ExitStack() as stack:
-        stage = stack.enter_context(runs.staged_outputs(out))
-        labels_stage = None if labels_dir is None else stack.enter_context(runs.staged_outputs(labels_dir))
+        stage = stack.enter_context(files.staged_outputs(out))
+        labels_stage = None if labels_dir is None else stack.enter_context(files.staged_outputs(labels_dir))
         scores, zooms, timer, pixels = _score_images(refs, segmenter, stage, labels_stage)
         seconds = sum(timer.values())
         metrics = {
@@ -152,6 +152,6 @@ def evaluate_run(
             "prediction_megapixels_per_second": round(pixels / 1e6 / timer["predict"], 3),
             "peak_memory_mb": round(peak_memory_mb(), 1),
         }
-        runs.write_json(stage / runs.EVALUATION_METRICS, metrics)
+        files.write_json(stage / runs.EVALUATION_METRICS, metrics)
         write_per_image(stage / runs.PER_IMAGE, scores, zooms)
     return out, metrics

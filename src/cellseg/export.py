@@ -31,7 +31,7 @@ import tensorflow as tf
 import tifffile
 import yaml
 
-from cellseg import runs
+from cellseg import files
 from cellseg.config import Config
 from cellseg.inference import probabilities
 from cellseg.models import as_float32
@@ -106,7 +106,7 @@ def save_saved_model(model: keras.Model, channels: int, path: Path) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         archive.write_out(tmp, verbose=False)
-        with runs.atomic_path(path) as target, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        with files.atomic_path(path) as target, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
             for file in sorted(Path(tmp).rglob("*")):
                 if file.is_file():
                     zf.write(file, file.relative_to(tmp).as_posix())
@@ -209,12 +209,12 @@ checking (and usually fine-tuning) before use.
 """
 
 
-def _rdf(cfg: Config, run_dir: Path, files: dict[str, Path], authors: list[dict[str, str]]) -> dict[str, Any]:
+def _rdf(cfg: Config, run_dir: Path, paths: dict[str, Path], authors: list[dict[str, str]]) -> dict[str, Any]:
     multiple = 2**cfg.model.depth
     space = {"min": multiple * 4, "step": multiple}
     channels = ["red", "green", "blue"] if cfg.data.channels == 3 else ["grey"]
     activation = label_of_spec(cfg.model.activation)
-    file = {name: {"source": path.name, "sha256": _sha256(path)} for name, path in files.items()}
+    file = {name: {"source": path.name, "sha256": _sha256(path)} for name, path in paths.items()}
     versions = Run(run_dir).summary.versions
     return {
         "type": "model",
@@ -323,29 +323,29 @@ def export_run(
     raw = test_image(run_dir, example, cfg)
     normalized = normalize(raw[0])[None]
     authors = [{"name": author, **({"github_user": github_user} if github_user else {})}]
-    with runs.staged_outputs(out) as stage:
-        files = {
+    with files.staged_outputs(out) as stage:
+        paths = {
             "test_input": stage / TEST_INPUT,
             "test_output": stage / TEST_OUTPUT,
             "sample_input": stage / SAMPLE_INPUT,
             "sample_output": stage / SAMPLE_OUTPUT,
             "saved_model": stage / SAVED_MODEL,
         }
-        save_saved_model(model, cfg.data.channels, files["saved_model"])
-        output = served_output(files["saved_model"], normalized)
-        np.save(files["test_input"], raw)
-        np.save(files["test_output"], output)
-        tifffile.imwrite(files["sample_input"], raw, metadata={"axes": "QYXC"})
-        tifffile.imwrite(files["sample_output"], output, metadata={"axes": "QYXC"})
+        save_saved_model(model, cfg.data.channels, paths["saved_model"])
+        output = served_output(paths["saved_model"], normalized)
+        np.save(paths["test_input"], raw)
+        np.save(paths["test_output"], output)
+        tifffile.imwrite(paths["sample_input"], raw, metadata={"axes": "QYXC"})
+        tifffile.imwrite(paths["sample_output"], output, metadata={"axes": "QYXC"})
         _cover(stage / COVER, raw, output, plan.params_for(example))  # chosen by the image as imaged
-        runs.write_text(stage / README, _readme(run_dir, cfg, plan, _metrics(run)))
-        runs.write_text(
-            stage / "rdf.yaml", yaml.safe_dump(_rdf(cfg, run_dir, files, authors), sort_keys=False)
+        files.write_text(stage / README, _readme(run_dir, cfg, plan, _metrics(run)))
+        files.write_text(
+            stage / "rdf.yaml", yaml.safe_dump(_rdf(cfg, run_dir, paths, authors), sort_keys=False)
         )
     if not zip_package:
         return out
     package = zip_path(out)
-    with runs.atomic_path(package) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with files.atomic_path(package) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(out.iterdir()):
             zf.write(file, file.name)
     return package

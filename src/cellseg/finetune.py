@@ -131,9 +131,9 @@ def keep_the_better(run: Run) -> dict[str, Any]:
     """
     from cellseg.calibration import calibrate, validation_samples
     from cellseg.config import InferenceOptions
+    from cellseg.files import atomic_path
     from cellseg.inference import load_predictor
     from cellseg.models import build_unet
-    from cellseg.runs import atomic_path
     from cellseg.segmenter import open_segmenter
 
     cfg, options = run.config, InferenceOptions()

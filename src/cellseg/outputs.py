@@ -1,6 +1,6 @@
 """Files a segmentation leaves for people and other tools: label images, outline overlays, nucleus tables.
 
-Every file is written atomically (see :func:`cellseg.runs.atomic_path`), so a killed run never leaves
+Every file is written atomically (see :func:`cellseg.files.atomic_path`), so a killed run never leaves
 half an image that Fiji, QuPath or napari would then fail to open.
 """
 
@@ -17,8 +17,8 @@ from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 from skimage.segmentation import mark_boundaries
 
+from cellseg.files import atomic_path, write_text
 from cellseg.preprocessing import normalize, to_channels
-from cellseg.runs import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
 

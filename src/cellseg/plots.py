@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from cellseg.runs import atomic_path
+from cellseg.files import atomic_path
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> None:

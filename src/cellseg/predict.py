@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.config import InferenceOptions
 from cellseg.data import DataError
 from cellseg.data.annotations import is_annotation
@@ -145,7 +145,7 @@ def predict_one(segment: Segmenter, path: Path, job: Job) -> dict[str, Any]:
     table = nucleus_table(labels, image)
     save_labels(job.out / "labels" / f"{path.stem}.{job.label_format}", labels)
     save_overlay(job.out / runs.OVERLAYS / f"{path.stem}.png", image, labels)
-    runs.write_csv(job.out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
+    files.write_csv(job.out / "nuclei" / f"{path.stem}.csv", table, columns=list(NUCLEUS_COLUMNS.values()))
     save_geojson(job.out / "nuclei" / f"{path.stem}.geojson", labels, table)  # QuPath: drag and drop
     areas = [r["area"] for r in table]
     return {
@@ -224,5 +224,5 @@ def predict_images(
     order = {str(p.resolve() if executor == "ray" else p): i for i, p in enumerate(images)}
     report.rows.sort(key=lambda r: order.get(r["path"], len(order)))  # Ray finishes in any order
     columns = list(dict.fromkeys(k for r in report.rows for k in r))  # slides add their own columns
-    runs.write_csv(job.out / SUMMARY_CSV, report.rows, columns=columns)
+    files.write_csv(job.out / SUMMARY_CSV, report.rows, columns=columns)
     return report

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.data.sample import DataError, image_id
 from cellseg.preprocessing import to_channels
 from cellseg.pretrained import (
@@ -249,7 +249,7 @@ def ship(
 
     open_segmenter(run_dir)  # the run's post-processing, calibrated on its validation images if not yet
     cfg = run.config
-    with runs.staged_outputs(zoo / name) as stage:
+    with files.staged_outputs(zoo / name) as stage:
         for file in RUN_FILES:
             if file == runs.KEPT_MODEL:
                 _save_float32(run, stage / file)
@@ -269,7 +269,7 @@ def ship(
         (stage / runs.EVALUATION).mkdir()
         shutil.copyfile(test_out / runs.PER_IMAGE, stage / runs.EVALUATION / runs.PER_IMAGE)
         # scored in the staging folder, whose name means nothing once the model is in place
-        runs.write_json(stage / runs.EVALUATION / runs.EVALUATION_METRICS, {**test, "run": name})
+        files.write_json(stage / runs.EVALUATION / runs.EVALUATION_METRICS, {**test, "run": name})
         with (test_out / runs.PER_IMAGE).open() as f:
             _failures(test_out, list(csv.DictReader(f)), stage / FAILURES)
         shutil.rmtree(scratch)
@@ -286,6 +286,6 @@ def ship(
                 **({"extra_tests": extra} if extra else {}),
             },
         }
-        runs.write_json(stage / CARD, card)
-        runs.write_text(stage / MODEL_CARD, _model_card(name, card))
+        files.write_json(stage / CARD, card)
+        files.write_text(stage / MODEL_CARD, _model_card(name, card))
     return zoo / name

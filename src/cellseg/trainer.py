@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import cellseg
-from cellseg import hardware, runs
+from cellseg import files, hardware, runs
 from cellseg.activations import parse_spec
 from cellseg.callbacks import (
     Diagnostics,
@@ -123,7 +123,7 @@ def train(
             hold.enter_context(runs.locked(opened.run_dir))  # a new folder: held from its first epoch
             try:
                 result = _fit_and_summarize(cfg, data, opened, machine, start, verbose, callbacks)
-            except runs.WriteError as exc:
+            except files.WriteError as exc:
                 fix = f"Fix that, then resume the run: train --resume {opened.run_dir}"
                 raise TrainingError(f"{exc}. {fix}") from exc
             if cfg.train.init is not None and result.summary.completed:
@@ -210,7 +210,7 @@ def _reopen_run(cfg: Config, data: PreparedData, run_dir: Path, checkpoint: Chec
     if split_path.is_file() and run.split["val"] != data.val_ids:
         raise TrainingError(f"{run_dir}: the data no longer gives the validation split this run used")
     done = checkpoint.epoch if checkpoint else 0
-    runs.remove_temporaries(run_dir)
+    files.remove_temporaries(run_dir)
     runs.truncate_history(run_dir, done)
     runs.truncate_history(run_dir, done, runs.DIAGNOSTICS)
     if checkpoint is None:
@@ -303,8 +303,8 @@ def _fit_and_summarize(
         )
     wall = clock()
     if (run_dir / runs.STATE).exists():
-        state = runs.read_json(run_dir / runs.STATE)
-        runs.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
+        state = files.read_json(run_dir / runs.STATE)
+        files.write_json(run_dir / runs.STATE, {**state, "wall_seconds": wall})
     if guard.where is not None:
         kept = (
             f"{run_dir / runs.KEPT_MODEL} holds the model kept before it "

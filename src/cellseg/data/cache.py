@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellseg import runs
+from cellseg import files
 from cellseg.data.sample import Sample, SampleRef
 
 #: Bump when the stored arrays change meaning, so old entries are decoded again.
@@ -85,7 +85,7 @@ class SampleCache:
         if labels.max(initial=0) < 2**16:
             labels = labels.astype(np.uint16)  # a quarter of the bytes; int32 comes back on load
         try:
-            with runs.atomic_path(self.entry(ref)) as tmp:
+            with files.atomic_path(self.entry(ref)) as tmp:
                 np.savez_compressed(tmp, fingerprint=np.array(current), image=sample.image, labels=labels)
         except OSError as exc:
             if not self._write_failed:

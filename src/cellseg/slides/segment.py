@@ -36,10 +36,10 @@ from tqdm import tqdm
 from cellseg.calibration import model_digest, probability_options
 from cellseg.config import SlideOptions
 from cellseg.data.tiles import grid_starts
+from cellseg.files import atomic_path, read_json, write_json, write_text
 from cellseg.outputs import NUCLEUS_COLUMNS, nucleus_features, nucleus_table
 from cellseg.postprocess import PostprocessParams, instances
 from cellseg.preprocessing import modality
-from cellseg.runs import atomic_path, read_json, write_json, write_text
 from cellseg.segmenter import Segmenter
 from cellseg.slides.omezarr import finish_pyramid, open_labels
 from cellseg.slides.reader import Slide, open_slide, slide_id

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.config import ConfigError
 from cellseg.data.prepare import DataCache
 from cellseg.hardware import configure_process
@@ -90,7 +90,9 @@ def run_one(
     except Exception as exc:
         record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_json(run_dir / runs.FAILED, {"reason": record.reason, "traceback": traceback.format_exc()})
+        files.write_json(
+            run_dir / runs.FAILED, {"reason": record.reason, "traceback": traceback.format_exc()}
+        )
         logger.warning(f"{name}: FAILED ({record.reason})")
     return record
 
@@ -276,7 +278,7 @@ def _open_folder(spec: SweepSpec, root: Path) -> None:
                 f"{root} holds a sweep with other data / test_data / --set overrides / data seed "
                 f"({ {k: before.get(k) for k in spec.comparable()} }); give another --out"
             )
-    runs.write_text(path, yaml.safe_dump(asdict(spec), sort_keys=False))
+    files.write_text(path, yaml.safe_dump(asdict(spec), sort_keys=False))
 
 
 def run_sweep(

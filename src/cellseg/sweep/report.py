@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cellseg import runs
+from cellseg import files, runs
 from cellseg.sweep import stats
 from cellseg.sweep.spec import METRICS, SweepSpec
 
@@ -227,11 +227,11 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
     from cellseg.plots import plot_depth_profile, plot_differences, plot_histories, plot_score_bars
 
     records = sorted(records, key=lambda r: (r.seed, r.variant))  # parallel workers finish in any order
-    runs.write_csv(root / RUNS_TABLE, [r.row() for r in records])
+    files.write_csv(root / RUNS_TABLE, [r.row() for r in records])
     baseline = spec.baseline_variant()
     rows = compare(records, baseline, spec.rank_by)
-    runs.write_csv(root / COMPARISON_CSV, rows)
-    runs.write_text(root / COMPARISON_MD, markdown(rows, spec, baseline))
+    files.write_csv(root / COMPARISON_CSV, rows)
+    files.write_text(root / COMPARISON_MD, markdown(rows, spec, baseline))
     series: dict[str, list[tuple[list[int], list[float]]]] = {}
     for r in records:
         if r.figures:
@@ -246,7 +246,7 @@ def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list
         plot_score_bars([r for r in rows if r["ok"]], keys, root / SCORES_PLOT, title="scores per activation")
     profile = depth_profile(records)
     if profile:
-        runs.write_csv(root / DEPTH_CSV, profile)
+        files.write_csv(root / DEPTH_CSV, profile)
         plot_depth_profile(profile, root / DEPTH_PLOT, title="activations across depth, last epoch")
     compared = [r for r in rows if r["vs_baseline_verdict"] != "baseline" and r["vs_baseline_seeds"]]
     if compared:
