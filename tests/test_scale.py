@@ -60,6 +60,11 @@ def test_zoomed_labels_keep_every_nucleus_and_images_keep_channels():
     assert resize(image, 2.0).shape == (200, 300, 3)
     assert resize(image[..., :1], 0.5).shape == (50, 75, 1)
     assert resize(image, 1.0) is image
+    five = np.random.default_rng(1).random((40, 50, 5)).astype(np.float32)  # a HoVer output's channels
+    for factor in (2.0, 0.5):
+        zoomed = resize(five, factor)
+        assert zoomed.shape[-1] == 5
+        np.testing.assert_array_equal(zoomed[..., 4:], resize(five[..., 4:], factor))
 
 
 @pytest.mark.parametrize("true_width", [6.0, 16.0, 40.0, 100.0])

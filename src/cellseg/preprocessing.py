@@ -231,6 +231,10 @@ def resize(array: np.ndarray, factor: float, size: tuple[int, int] | None = None
     h, w = size or resized_shape(array.shape, factor)
     if (h, w) == array.shape[:2]:
         return array
+    if array.ndim == 3 and array.shape[-1] > 4:  # OpenCV interpolates at most 4 channels at once
+        return np.concatenate(
+            [resize(array[..., c : c + 4], factor, (h, w)) for c in range(0, array.shape[-1], 4)], -1
+        )
     shrink = h * w < array.shape[0] * array.shape[1]
     out = cv2.resize(array, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return out[..., None] if array.ndim == 3 and out.ndim == 2 else out
