@@ -14,7 +14,7 @@ from cellseg.config import ConfigError, ModelConfig, SyntheticConfig, TrainConfi
 from cellseg.data.pipeline import one_hot_targets, prepare, train_dataset
 from cellseg.data.sample import targets
 from cellseg.data.synthetic import make_samples
-from cellseg.hover import HOVER_CHANNELS, ID_CYCLE, edges, hv_maps, patch_maps, stored_ids, unflip
+from cellseg.hover import HOVER_CHANNELS, ID_CYCLE, falls, hv_maps, patch_maps, stored_ids, unflip
 from cellseg.losses import BCEDiceLoss
 from cellseg.models import build_unet
 from cellseg.optim import compile_model
@@ -109,8 +109,9 @@ def test_hover_post_processing_parts_touching_nuclei_that_interior_seeds_merge()
     for index in (1, 2):  # each found nucleus is mostly one true nucleus
         overlap = np.bincount(labels[parted == index], minlength=3)[1:]
         assert overlap.max() / overlap.sum() > 0.9
-    energy = edges(probs.hv, labels > 0)
-    assert energy[32, 31] > 3 * np.median(energy[labels > 0])
+    fall = falls(probs.hv)
+    assert fall[32, 30:33].all(), "the maps fall where the nuclei meet"
+    assert not fall[32, 16:28].any() and not fall[32, 34:46].any(), "and rise inside each nucleus"
 
 
 def test_hover_split_without_maps_names_the_head():

@@ -2,9 +2,10 @@
 their storage, and how they turn with the image.
 
 Every nucleus pixel gets its horizontal and vertical offset from its nucleus's centre of mass, scaled
-to [-1, 1] within the nucleus (each side by its own extreme, as HoVer-Net does). Between two touching
-nuclei the maps jump from +1 to -1, a steep gradient that post-processing cuts along
-(:func:`cellseg.postprocess.instances`, split ``hover``), where a probability of "boundary" is soft.
+to [-1, 1] within the nucleus (each side by its own extreme, as HoVer-Net does). Inside a nucleus the
+maps only rise (left to right, top to bottom); between two touching nuclei they fall from +1 to -1,
+which post-processing cuts seeds along (:func:`falls`; :func:`cellseg.postprocess.instances`, split
+``hover``), where a probability of "boundary" is soft.
 
 The maps are offsets: turning an image by 90 degrees swaps and negates them, flipping it negates one,
 which is what test-time flips undo (:func:`unflip`). Per-nucleus scaling makes them invariant to zoom,
@@ -70,14 +71,10 @@ def unflip(output: np.ndarray, axes: Sequence[int]) -> np.ndarray:
     return out * sign
 
 
-def edges(hv: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """How sharply the maps change at each pixel, relative to their typical change inside nuclei.
-
-    Inside a nucleus the maps are ramps of slope about 2 / width; where two nuclei touch they jump by
-    about 2 within a pixel or two. Dividing by the median over the foreground makes the measure
-    independent of the nuclei's size in pixels, so one threshold serves every zoom.
-    """
-    smooth = [ndi.gaussian_filter(hv[..., c], 1.0) for c in (0, 1)]
-    change = np.maximum(np.abs(ndi.sobel(smooth[0], axis=1)), np.abs(ndi.sobel(smooth[1], axis=0)))
-    typical = float(np.median(change[mask])) if mask.any() else 0.0
-    return change / max(typical, 1e-6)
+def falls(hv: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Where the maps fall: the horizontal map from left to right, or the vertical from top to bottom
+    (after Gaussian smoothing by ``sigma`` px). Inside one nucleus both only rise; they fall at its rim
+    (to the background's 0) and where two nuclei touch (from +1 to -1), so interior seeds that keep clear
+    of falling maps stay one per nucleus. The sign alone decides: nothing depends on nucleus size."""
+    smooth = [ndi.gaussian_filter(hv[..., c], sigma) for c in (0, 1)]
+    return (ndi.sobel(smooth[0], axis=1) < 0) | (ndi.sobel(smooth[1], axis=0) < 0)

@@ -3,9 +3,8 @@
 Touching nuclei form one connected foreground blob, so a plain connected-components labelling merges
 them. The blob is split by a marker watershed: seeded from the nucleus-interior probability when the
 model has the three-class head, otherwise from peaks of the distance transform (nuclei are roughly
-convex, so each has one distance maximum). With the HoVer head the seeds are interior pixels away from
-where its maps jump, and the watershed floods along the jumps (HoVer-Net's marker-controlled
-watershed, with the jumps measured relative to the maps' slope inside nuclei: :func:`cellseg.hover.edges`).
+convex, so each has one distance maximum). With the HoVer head the interior seeds are also cut where
+its maps fall (:func:`cellseg.hover.falls`), which they do only where two nuclei meet.
 Foreground components no seed reaches are kept as they are.
 """
 
@@ -22,7 +21,7 @@ from skimage.feature import peak_local_max
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential, watershed
 
-from cellseg.hover import edges
+from cellseg.hover import falls
 from cellseg.preprocessing import modality
 
 
@@ -45,7 +44,6 @@ class PostprocessParams:
     split: Literal["none", "distance", "interior", "hover"] = "distance"
     min_distance: int = 4  # px between distance-transform peaks (split: distance)
     seed_threshold: float = 0.5  # interior probability of a seed (split: interior, hover)
-    edge_threshold: float = 3.0  # a seed's maps change at most this many times their typical slope (hover)
     min_size: int = 10  # px as the network saw them (times zoom^2 on the image); smaller objects are dropped
 
     def to_dict(self) -> dict[str, float | int | str]:
@@ -90,9 +88,8 @@ def instances(probs: Probabilities, params: PostprocessParams) -> np.ndarray:
     if params.split == "hover":
         if probs.hv is None or probs.interior is None:
             raise ValueError("split 'hover' needs the HoVer head (model.head: hover)")
-        energy = edges(probs.hv, mask)
-        seeds = label(mask & (probs.interior > params.seed_threshold) & (energy < params.edge_threshold))
-        labels = watershed(energy, seeds, mask=mask)
+        seeds = label(mask & (probs.interior > params.seed_threshold) & ~falls(probs.hv))
+        labels = watershed(-probs.interior, seeds, mask=mask)
     elif params.split == "interior":
         if probs.interior is None:
             raise ValueError("split 'interior' needs the three-class head (model.num_classes: 3)")
@@ -130,10 +127,7 @@ def grid(outputs: str) -> list[PostprocessParams]:
             PostprocessParams(split="none")
         ]
         if outputs == "hover":
-            splits += [
-                PostprocessParams(split="hover", seed_threshold=s, edge_threshold=e)
-                for s, e in itertools.product((0.3, 0.5), (2.0, 4.0))
-            ]
+            splits += [PostprocessParams(split="hover", seed_threshold=s) for s in (0.3, 0.5, 0.7)]
     else:
         splits = [PostprocessParams(split="distance", min_distance=d) for d in (3, 5, 8)] + [
             PostprocessParams(split="none")
