@@ -80,10 +80,12 @@ def test_a_sweep_with_folds_trains_every_fold_and_pairs_by_seed_and_fold(tmp_pat
         ("isru", "0"), ("isru", "1"), ("relu", "0"), ("relu", "1")
     ]  # fmt: skip
     assert all(r["status"] == "ok" for r in rows)
+    assert all(0 <= float(r["fold_aji"]) <= 1 and float(r["fold_dsb_score"]) >= 0 for r in rows)
     with (out / "comparison.csv").open() as f:
         isru = next(r for r in csv.DictReader(f) if r["config"] == "isru")
     assert isru["vs_baseline_seeds"] == "2", "one seed x two folds: two pairs"
     splits = [json.loads(Path(out / "runs" / f"relu_s0_f{i}" / "split.json").read_text()) for i in (0, 1)]
     assert not set(splits[0]["val"]) & set(splits[1]["val"])
     assert set(splits[0]["val"]) | set(splits[1]["val"]) == set(splits[0]["val"]) | set(splits[0]["train"])
-    assert "folds" in (out / "comparison.md").read_text()
+    table = (out / "comparison.md").read_text()
+    assert "fold AJI" in table and "folds" in table

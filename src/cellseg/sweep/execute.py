@@ -131,6 +131,19 @@ def test_figures(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def fold_figures(run: Run, options: Any) -> dict[str, float]:
+    """A fold's scores: the run's validation images of its folded source (``data.folds.source``; all of
+    them with none named), scored once into ``evaluation_val/`` and read back from there after."""
+    from cellseg.evaluation import evaluate_run
+
+    metrics = run.evaluation_metrics(run.path / runs.VAL_EVALUATION)
+    if metrics is None:
+        metrics = evaluate_run(run.path, None, options=options)[1]
+    source = run.config.data.folds.source
+    scores = metrics["by_source"].get(source, {}) if source else metrics["instance"]
+    return {"fold_dsb_score": scores.get("dsb_score", math.nan), "fold_aji": scores.get("aji", math.nan)}
+
+
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
     from cellseg.config import InferenceOptions
@@ -149,6 +162,8 @@ def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
         elif run.postprocess is None:  # else: calibrated earlier, no model needed
             open_segmenter(run_dir, options)  # calibrates
         figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
+        if spec.folds:
+            figures.update(fold_figures(run, options))
         if spec.test_data is not None:
             figures.update(test_figures(metrics))
         return figures
@@ -235,6 +250,7 @@ RECORD_FILES = (
     runs.POSTPROCESS,
     f"{runs.EVALUATION}/{runs.EVALUATION_METRICS}",
     f"{runs.EVALUATION}/{runs.PER_IMAGE}",
+    f"{runs.VAL_EVALUATION}/{runs.EVALUATION_METRICS}",  # with folds: the fold's scores
 )
 
 

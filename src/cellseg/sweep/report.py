@@ -169,8 +169,9 @@ def _interval(row: dict[str, Any], prefix: str) -> str:
 
 def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
     """comparison.md: the table a person reads, best first, against the variant ``baseline``."""
-    test = spec.test_data is not None
+    test, folded = spec.test_data is not None, bool(spec.folds)
     head = ["#", "variant", "ok / runs", "best val_loss", "val IoU", "val Dice", "val DSB score"]
+    head += ["fold DSB score", "fold AJI"] if folded else []
     head += ["test DSB score", "test AP50", "test AJI"] if test else []
     head += ["epochs to best", "s / epoch", "params", f"Δ {spec.rank_by} vs {baseline} [95 % CI]"]
     head += ["paired t-test p (Holm)", "detectable Δ"]
@@ -185,6 +186,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
             continue
         cells += [_pm(row, "best_val_loss", 4), _pm(row, "best_val_iou"), _pm(row, "best_val_dice")]
         cells += [_pm(row, "val_dsb_score")]
+        cells += [_pm(row, "fold_dsb_score"), _pm(row, "fold_aji")] if folded else []
         cells += [_pm(row, "test_dsb_score"), _pm(row, "test_ap_50"), _pm(row, "test_aji")] if test else []
         cells += [_pm(row, "best_epoch", 1), _pm(row, "seconds_per_epoch", 2), f"{row['params']:,}"]
         cells.append(_interval(row, "vs_baseline"))
@@ -200,7 +202,8 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
             f"With {spec.folds} folds every (variant, seed) trained once per validation fold (data.folds); "
             "a run pairs with the baseline's of the same seed and fold, and the intervals treat those "
             "pairs as independent, which folds sharing training images are not: they are narrower than "
-            "the truth (Bengio and Grandvalet 2004). Validation scores are on each fold's own images.",
+            "the truth (Bengio and Grandvalet 2004). Validation scores are on each fold's own images; "
+            "fold DSB / AJI on those of the folded source alone (all validation images with none named).",
         ]
         if spec.folds
         else []

@@ -24,6 +24,8 @@ METRICS: dict[str, bool] = {
     "test_ap_50": True,
     "test_aji": True,
     "test_pixel_iou": True,
+    "fold_dsb_score": True,  # with folds: on the validation fold's images of data.folds.source
+    "fold_aji": True,
     **{f"test_dsb_{modality}": True for modality in MODALITIES},
     "best_epoch": False,
     "seconds_per_epoch": False,
