@@ -85,16 +85,15 @@ class PostprocessPlan:
 def instances(probs: Probabilities, params: PostprocessParams) -> np.ndarray:
     """Instance labels (H, W) int32, 1..N, 0 = background."""
     mask = probs.foreground > params.threshold
-    if params.split == "hover":
-        if probs.hv is None or probs.interior is None:
+    if params.split in ("interior", "hover"):
+        if params.split == "hover" and (probs.hv is None or probs.interior is None):
             raise ValueError("split 'hover' needs the HoVer head (model.head: hover)")
-        seeds = label(mask & (probs.interior > params.seed_threshold) & ~falls(probs.hv))
-        labels = watershed(-probs.interior, seeds, mask=mask)
-    elif params.split == "interior":
         if probs.interior is None:
             raise ValueError("split 'interior' needs the three-class head (model.num_classes: 3)")
-        seeds = label(mask & (probs.interior > params.seed_threshold))
-        labels = watershed(-probs.interior, seeds, mask=mask)
+        seeds = mask & (probs.interior > params.seed_threshold)
+        if params.split == "hover":  # ... kept clear of where the maps fall: where nuclei meet
+            seeds &= ~falls(probs.hv)
+        labels = watershed(-probs.interior, label(seeds), mask=mask)
     elif params.split == "distance":
         distance = ndi.distance_transform_edt(mask)
         blobs = label(mask)
