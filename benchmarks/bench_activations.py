@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellseg.hardware import configure_process  # reads no TensorFlow
+from cellseg.core.hardware import configure_process  # reads no TensorFlow
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
@@ -19,10 +19,10 @@ import numpy as np
 import tensorflow as tf
 from common import interleaved, machine
 
-from cellseg.activations import available_activations
-from cellseg.config import Config
-from cellseg.models import build_unet
-from cellseg.optim import compile_model
+from cellseg.core.config import Config
+from cellseg.model.activations import available_activations
+from cellseg.model.optim import compile_model
+from cellseg.model.unet import build_unet
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cellseg.hardware import configure_process  # reads no TensorFlow
+from cellseg.core.hardware import configure_process  # reads no TensorFlow
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
@@ -23,9 +23,9 @@ import keras
 import numpy as np
 from common import machine
 
+from cellseg.core.runs import Run
 from cellseg.data.prepare import prepare_run_data
-from cellseg.models import activation_layers, load_model
-from cellseg.runs import Run
+from cellseg.model.unet import activation_layers, load_model
 
 
 def mode_stds(model: keras.Model, images: np.ndarray) -> list[tuple[str, float, float]]:

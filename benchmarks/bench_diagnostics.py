@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from cellseg.hardware import configure_process  # reads no TensorFlow
+from cellseg.core.hardware import configure_process  # reads no TensorFlow
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
@@ -20,10 +20,10 @@ import numpy as np
 import tensorflow as tf
 from common import interleaved, machine
 
-from cellseg.callbacks import Diagnostics, StopOnDivergence
-from cellseg.config import Config
-from cellseg.models import build_unet
-from cellseg.optim import compile_model
+from cellseg.core.config import Config
+from cellseg.model.optim import compile_model
+from cellseg.model.unet import build_unet
+from cellseg.train.callbacks import Diagnostics, StopOnDivergence
 
 
 def main() -> None:

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 from common import DSB2018, machine
 
-from cellseg.calibration import validation_samples
-from cellseg.config import InferenceOptions
+from cellseg.core.config import InferenceOptions
 from cellseg.data import Sample, SampleRef
+from cellseg.data.preprocessing import modality
 from cellseg.data.readers import scan_samples
-from cellseg.inference import TiledPredictor
-from cellseg.metrics import score_image, summarize
-from cellseg.postprocess import PostprocessParams, Probabilities, instances
-from cellseg.preprocessing import modality
-from cellseg.segmenter import open_segmenter
+from cellseg.infer.calibration import validation_samples
+from cellseg.infer.predictor import TiledPredictor
+from cellseg.infer.segmenter import open_segmenter
+from cellseg.labels.metrics import score_image, summarize
+from cellseg.labels.postprocess import PostprocessParams, Probabilities, instances
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 

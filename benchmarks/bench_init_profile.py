@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from cellseg.hardware import configure_process
+from cellseg.core.hardware import configure_process
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
@@ -23,9 +23,9 @@ import keras
 import numpy as np
 from common import machine
 
-from cellseg.config import load_config
+from cellseg.core.config import load_config
 from cellseg.data.prepare import prepare_run_data
-from cellseg.models import activation_layers, build_unet
+from cellseg.model.unet import activation_layers, build_unet
 
 VARIANTS = {
     "selu, no batch norm": ["model.activation=selu", "model.batch_norm=false"],

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
-from cellseg import files, pretrained, runs
-from cellseg.finetune import CONTRACT, start_folder
+from cellseg.core import files, runs
+from cellseg.infer import pretrained
 from cellseg.sweep.stats import paired
+from cellseg.train.finetune import CONTRACT, start_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("arm", "k", "fold", "aji", "dsb_score", "ap_50", "held_out", "train_seconds", "kept", "run")
@@ -74,9 +75,11 @@ def script(name: str, *args: str) -> str:
 
 
 def scores(metrics_dir: Path) -> dict[str, float]:
-    m = json.loads((metrics_dir / runs.EVALUATION_METRICS).read_text())
-    found = {key: m["instance"][key] for key in ("aji", "dsb_score", "ap_50")}
-    return {**found, "held_out": m["images"]}
+    m = runs.read_metrics(metrics_dir)
+    if m is None:
+        raise SystemExit(f"{metrics_dir}: no {runs.EVALUATION_METRICS}")
+    found = {key: m.instance[key] for key in ("aji", "dsb_score", "ap_50")}
+    return {**found, "held_out": m.images}
 
 
 def contract_sets(init: str) -> list[str]:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PREPARE = """
 import json, resource, sys, time
 start = time.perf_counter()
-from cellseg.config import load_config
+from cellseg.core.config import load_config
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import prepare_split
 cfg = load_config(sys.argv[1], sys.argv[2:])

@@ -1,7 +1,7 @@
 """Post-processing calibrated per modality (what ``postprocess.json`` now records) against one setting.
 
 Predicts a run's (or a shipped model's) validation images once and makes the calibration's choice
-(:func:`cellseg.calibration.choose_plan`: a modality's own setting only where it beats the common one on
+(:func:`cellseg.infer.calibration.choose_plan`: a modality's own setting only where it beats the common one on
 its validation images left out one at a time), printing the record of it. The held-out test set is then
 scored with the plan, with the common setting alone, and with every modality's own setting whether
 the check kept it or not (what the check saved or cost), for the record, never used to choose:
@@ -20,12 +20,12 @@ import numpy as np
 from bench_extent import Predicted, predicted
 from common import machine
 
-from cellseg import pretrained
-from cellseg.calibration import choose_plan, score_table, validation_samples
-from cellseg.config import InferenceOptions
+from cellseg.core.config import InferenceOptions
 from cellseg.data.readers import scan_samples
-from cellseg.inference import load_predictor
-from cellseg.postprocess import PostprocessParams, PostprocessPlan, grid
+from cellseg.infer import pretrained
+from cellseg.infer.calibration import choose_plan, score_table, validation_samples
+from cellseg.infer.predictor import load_predictor
+from cellseg.labels.postprocess import PostprocessParams, PostprocessPlan, grid
 
 
 def scores(items: list[Predicted], plan: PostprocessPlan, settings: list, table: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import argparse
 import time
 from dataclasses import replace
 
-from cellseg.hardware import configure_process  # reads no TensorFlow
+from cellseg.core.hardware import configure_process  # reads no TensorFlow
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
@@ -23,11 +23,11 @@ import numpy as np
 import tensorflow as tf
 from common import interleaved, machine, require_dsb2018, timed
 
-from cellseg.config import AugmentConfig, Config
+from cellseg.core.config import AugmentConfig, Config
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
 from cellseg.data.readers import scan_samples
-from cellseg.models import build_unet
-from cellseg.optim import compile_model
+from cellseg.model.optim import compile_model
+from cellseg.model.unet import build_unet
 
 HEAVY = AugmentConfig(scale=0.2, elastic=0.3, brightness_contrast=0.2, blur=0.3, noise=0.3)
 

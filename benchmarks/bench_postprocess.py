@@ -3,7 +3,7 @@
     python benchmarks/bench_postprocess.py --run RUN [--data PATH] [--images 20]
 
 The model predicts each image once (not timed); each split then labels the same probability maps
-(``cellseg.postprocess.instances``, one thread, median of 3): ``none`` (connected components),
+(``cellseg.labels.postprocess.instances``, one thread, median of 3): ``none`` (connected components),
 ``distance`` (distance-transform peaks), ``interior`` (three-class seeds) and, for a HoVer run,
 ``hover`` (seeds away from the maps' jumps, watershed along them). Each split runs with the run's
 calibrated threshold and minimum size, and its own calibrated knobs where the run chose that split.
@@ -29,10 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
 
-    from cellseg.calibration import validation_samples
     from cellseg.data.readers import scan_samples
-    from cellseg.postprocess import instances
-    from cellseg.segmenter import open_segmenter
+    from cellseg.infer.calibration import validation_samples
+    from cellseg.infer.segmenter import open_segmenter
+    from cellseg.labels.postprocess import instances
 
     segment = open_segmenter(args.run)
     refs = scan_samples(str(args.data)) if args.data else validation_samples(args.run, segment.config)

@@ -68,9 +68,9 @@ def train(recipe: Path, out: Path) -> tuple[Path, float]:
 
 
 def scores(predictor, params, test_samples) -> dict[str, float]:
-    from cellseg.metrics import score_image, summarize
-    from cellseg.postprocess import instances
-    from cellseg.preprocessing import modality
+    from cellseg.data.preprocessing import modality
+    from cellseg.labels.metrics import score_image, summarize
+    from cellseg.labels.postprocess import instances
 
     return figures(
         summarize(
@@ -86,10 +86,10 @@ def scores(predictor, params, test_samples) -> dict[str, float]:
 
 def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -> list[dict]:
     """Score every snapshot of ``run``, each with post-processing calibrated on the validation images."""
-    from cellseg import runs
-    from cellseg.calibration import calibrate, validation_samples
-    from cellseg.config import InferenceOptions
-    from cellseg.inference import load_predictor
+    from cellseg.core import runs
+    from cellseg.core.config import InferenceOptions
+    from cellseg.infer.calibration import calibrate, validation_samples
+    from cellseg.infer.predictor import load_predictor
 
     rows = []
     for epoch, path in runs.snapshots(run).items():
@@ -106,7 +106,7 @@ def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -
 
 def minutes_by_epoch(run: Path, process_wall: float | None) -> dict[int, float]:
     """Minutes from the command's start to the end of each epoch (start-up, data, training, validation)."""
-    from cellseg import files, runs
+    from cellseg.core import files, runs
 
     summary = files.read_json(run / runs.SUMMARY)
     history = runs.read_history(run)
@@ -154,9 +154,9 @@ def main() -> int:
     data = require_dsb2018()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from cellseg import files, runs
+    from cellseg.core import files, runs
     from cellseg.data.readers import scan_samples
-    from cellseg.evaluation import evaluate_run
+    from cellseg.evaluate.evaluation import evaluate_run
 
     test = data / "stage1_test"
     test_samples = []
@@ -182,7 +182,7 @@ def main() -> int:
             "model": f"kept (epoch {runs.kept_epoch(summary)}, evaluate.py)",
             "minutes": (wall if wall is not None else summary["wall_seconds"]) / 60,
             "val_dsb": files.read_json(run / runs.POSTPROCESS)["val_dsb_score"],
-            **figures(metrics),
+            **figures(metrics.to_dict()),
         }
         rows += [{"recipe": name, "run": str(run), **r} for r in [*recipe_rows, final]]
 

@@ -120,9 +120,9 @@ def seams(model: str, side: int, out: Path) -> list[tuple[str, dict]]:
     """Scores of the chunked labels, the whole mosaic at the same zoom, and the cells one by one."""
     import zarr
 
-    from cellseg.metrics import score_image, summarize
-    from cellseg.postprocess import PostprocessParams, instances
-    from cellseg.segmenter import open_segmenter
+    from cellseg.infer.segmenter import open_segmenter
+    from cellseg.labels.metrics import score_image, summarize
+    from cellseg.labels.postprocess import PostprocessParams, instances
 
     labels = out / "labels" / f"mosaic{side}.ome.zarr"
     settings = json.loads((labels / "cellseg.json").read_text())

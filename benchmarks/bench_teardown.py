@@ -17,14 +17,14 @@ import argparse
 import gc
 import time
 
-from cellseg.hardware import configure_process
+from cellseg.core.hardware import configure_process
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
 import tensorflow as tf
 from common import machine
 
-from cellseg.config import AugmentConfig, DataConfig, SyntheticConfig
+from cellseg.core.config import AugmentConfig, DataConfig, SyntheticConfig
 from cellseg.data.pipeline import prepare, train_dataset
 from cellseg.data.synthetic import make_samples
 

@@ -37,7 +37,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cellseg.hardware import configure_process  # reads no TensorFlow
+from cellseg.core.hardware import configure_process  # reads no TensorFlow
 
 configure_process()  # as the commands do: before TensorFlow is imported
 
@@ -46,13 +46,13 @@ import numpy as np
 import tensorflow as tf
 from common import DSB2018, interleaved, machine
 
-from cellseg.activations import Elementwise
-from cellseg.config import Config
+from cellseg.core.config import Config
+from cellseg.core.hardware import ONEDNN_MARKER, ONEDNN_VAR, read_cpu
 from cellseg.data import collect_samples
 from cellseg.data.pipeline import prepare, split_samples, train_dataset
-from cellseg.hardware import ONEDNN_MARKER, ONEDNN_VAR, read_cpu
-from cellseg.models import build_unet, conv_flops
-from cellseg.optim import compile_model, make_strategy
+from cellseg.model.activations import Elementwise
+from cellseg.model.optim import compile_model, make_strategy
+from cellseg.model.unet import build_unet, conv_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 from common import machine
 
-from cellseg.calibration import validation_samples
-from cellseg.config import InferenceOptions
+from cellseg.core.config import InferenceOptions
+from cellseg.data.preprocessing import modality
 from cellseg.data.readers import scan_samples
 from cellseg.data.scale import annotated_factor
-from cellseg.metrics import instance_counts
-from cellseg.postprocess import instances
-from cellseg.preprocessing import modality
-from cellseg.segmenter import open_segmenter
+from cellseg.infer.calibration import validation_samples
+from cellseg.infer.segmenter import open_segmenter
+from cellseg.labels.metrics import instance_counts
+from cellseg.labels.postprocess import instances
 
 
 def main() -> None:

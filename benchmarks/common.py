@@ -44,11 +44,11 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> di
 
 
 def machine(precision: str = "auto") -> str:
-    """The machine line of :func:`cellseg.hardware.this_machine` (CPU, features, GPU, precision, oneDNN),
+    """The machine line of :func:`cellseg.core.hardware.this_machine` (CPU, features, GPU, precision, oneDNN),
     with the Python and TensorFlow versions: every benchmark prints it with its figures."""
     import tensorflow as tf
 
-    from cellseg.hardware import this_machine
+    from cellseg.core.hardware import this_machine
 
     versions = f"Python {platform.python_version()}, TensorFlow {tf.__version__}"
     return f"{this_machine(precision).line()}; {versions}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cellseg.hardware import configure_process
+from cellseg.core.hardware import configure_process
 
 configure_process()  # the tests run the library as the commands do: oneDNN where measured faster
 
@@ -22,7 +22,7 @@ def _share_cores_between_xdist_workers() -> None:
     slow each other down many times over (the same split a sweep's ``--workers`` makes)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        from cellseg.parallel import available_cores
+        from cellseg.core.parallel import available_cores
 
         share = str(max(1, available_cores() // workers))
         for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
@@ -121,7 +121,7 @@ def held_by_another_process(run_dir: Path) -> Iterator[int]:
     """Another process holds ``run_dir``'s training lock for the block (then is SIGKILLed); yields its PID."""
     import subprocess
 
-    code = "import sys, time\nfrom cellseg import runs\nwith runs.locked(sys.argv[1]):\n"
+    code = "import sys, time\nfrom cellseg.core import runs\nwith runs.locked(sys.argv[1]):\n"
     code += "    print('held', flush=True)\n    time.sleep(600)\n"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     holder = subprocess.Popen(
@@ -140,7 +140,7 @@ def write_paired(root: Path, seed: int, count: int, size: int) -> Path:
     import cv2
     import numpy as np
 
-    from cellseg.config import SyntheticConfig
+    from cellseg.core.config import SyntheticConfig
     from cellseg.data.synthetic import make_samples
 
     (root / "images").mkdir(parents=True)

@@ -9,15 +9,15 @@ import pytest
 import tensorflow as tf
 from conftest import TINY, run_python
 
-from cellseg.activations import (
+from cellseg.core.config import ModelConfig
+from cellseg.model.activations import (
     ACTIVATIONS,
     GatedMish,
     available_activations,
     check_trainable,
     create_activation,
 )
-from cellseg.config import ModelConfig
-from cellseg.models import build_unet
+from cellseg.model.unet import build_unet
 
 erf = np.vectorize(math.erf)
 
@@ -230,7 +230,7 @@ def test_saved_models_reload_in_a_fresh_process_with_identical_outputs(tmp_path)
         model.save(tmp_path / f"{name}.keras")
         np.save(tmp_path / f"{name}.npy", model.predict(x, verbose=0))
     out = run_python(
-        "import numpy as np, keras, cellseg.activations\n"
+        "import numpy as np, keras, cellseg.model.activations\n"
         f"x = np.load(r'{tmp_path}/x.npy')\n"
         f"for name in {names!r}:\n"
         f"    m = keras.saving.load_model(r'{tmp_path}/' + name + '.keras')\n"
@@ -242,7 +242,7 @@ def test_saved_models_reload_in_a_fresh_process_with_identical_outputs(tmp_path)
 
 
 def test_conv_flops_count_every_multiply_add_of_convolutions():
-    from cellseg.models import conv_flops
+    from cellseg.model.unet import conv_flops
 
     inputs = keras.Input((None, None, 2))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 8x8 out: 2 * 3*3*2*4 * 64
@@ -254,8 +254,8 @@ def test_conv_flops_count_every_multiply_add_of_convolutions():
 def test_readme_table_and_list_activations_come_from_the_registry(capsys):
     from conftest import ROOT
 
-    from cellseg.activations import ACTIVATIONS, markdown_table
     from cellseg.cli.train import main
+    from cellseg.model.activations import ACTIVATIONS, markdown_table
 
     table = markdown_table()
     assert len(table.splitlines()) == 2 + len(ACTIVATIONS)
@@ -268,7 +268,7 @@ MY_ACTIVATIONS = '''
 import keras
 import tensorflow as tf
 
-from cellseg.activations import register
+from cellseg.model.activations import register
 
 
 class ScaledTanh(keras.layers.Layer):
@@ -302,11 +302,11 @@ def test_a_users_own_activation_trains_sweeps_and_reloads(tmp_path):
     tiny = ", ".join(repr(o) for o in TINY)
     out = run_python(
         "import json, sys\nsys.path.insert(0, '.')\nimport my_activations\n"
-        "from cellseg.config import load_config\nfrom cellseg.sweep import SweepSpec\n"
-        "from cellseg.sweep.execute import run_sweep\nfrom cellseg.trainer import train\n"
+        "from cellseg.core.config import load_config\nfrom cellseg.sweep import SweepSpec\n"
+        "from cellseg.sweep.execute import run_sweep\nfrom cellseg.train.trainer import train\n"
         f"cfg = load_config(None, [{tiny}, 'model.activation={{name: scaled_tanh, scale: 0.5}}'])\n"
         "run = train(cfg, out='runs', verbose=0)\n"
-        "from cellseg.runs import Run\n"
+        "from cellseg.core.runs import Run\n"
         "print(json.dumps(Run(run.run_dir).history()[-1]))\nprint(run.run_dir)\n"
         f"spec = SweepSpec(grid={{'model.activation': ['x_tanh_x']}}, seeds=[0], set=[{tiny}])\n"
         "rows = run_sweep(spec, 'sweep')\n"
@@ -387,8 +387,8 @@ def test_gated_mish_keeps_deep_layers_alive_in_inference_mode(tmp_path, gate, so
     earlier a * mish(b), of degree 2, squares the train / inference mismatch layer after layer."""
     import csv
 
-    from cellseg.config import load_config
-    from cellseg.trainer import train
+    from cellseg.core.config import load_config
+    from cellseg.train.trainer import train
 
     sets = ["data.synthetic.num_images=8", "data.synthetic.image_size=96", "data.patch_size=64",
             "model.depth=4", "model.base_filters=8", "train.epochs=2", "train.steps_per_epoch=15",

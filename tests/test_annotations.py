@@ -12,7 +12,7 @@ import tifffile
 from cellseg.data import DataError
 from cellseg.data.annotations import read_annotation, scan_beside
 from cellseg.data.readers import detect_layout, read_samples
-from cellseg.predict import find_images
+from cellseg.infer.predict import find_images
 
 SHAPE = (40, 50)
 
@@ -142,7 +142,7 @@ def test_a_qupath_rectangle_region_crops_what_is_trained_and_scored(tmp_path):
 def test_predicted_nuclei_go_to_qupath_as_geojson_and_come_back_pixel_for_pixel(tmp_path):
     from skimage.draw import disk, ellipse
 
-    from cellseg.outputs import nucleus_table, save_geojson
+    from cellseg.labels.outputs import nucleus_table, save_geojson
 
     labels = np.zeros((60, 70), np.int32)
     labels[disk((15, 15), 8)] = 1

@@ -102,7 +102,7 @@ def test_bad_files_are_still_named_and_never_cached(tmp_path):
 
 
 def test_training_config_uses_the_cache_unless_switched_off(tmp_path, monkeypatch):
-    from cellseg.config import load_config
+    from cellseg.core.config import load_config
     from cellseg.data import collect_samples
 
     data = write_dsb_image(tmp_path / "data", "a")

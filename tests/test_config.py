@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from cellseg.config import Config, ConfigError, config_from_dict, load_config
+from cellseg.core.config import Config, ConfigError, config_from_dict, load_config
 
 CONFIGS = ROOT / "configs"
 
@@ -22,7 +22,7 @@ def test_activation_config_overrides_only_the_activation():
 
 
 def test_every_activation_config_loads_and_names_its_file():
-    from cellseg.activations import available_activations, parse_spec
+    from cellseg.model.activations import available_activations, parse_spec
 
     names = {
         parse_spec(load_config(p).model.activation)[0] for p in CONFIGS.glob("*.yaml") if p.stem != "base"

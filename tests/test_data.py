@@ -6,7 +6,14 @@ import pytest
 from skimage import io as skio
 from skimage import measure
 
-from cellseg.config import AugmentConfig, Config, DataConfig, InferenceOptions, SyntheticConfig, load_config
+from cellseg.core.config import (
+    AugmentConfig,
+    Config,
+    DataConfig,
+    InferenceOptions,
+    SyntheticConfig,
+    load_config,
+)
 from cellseg.data import DataError, Sample, collect_samples
 from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
 from cellseg.data.pipeline import (
@@ -16,11 +23,11 @@ from cellseg.data.pipeline import (
     train_dataset,
     val_dataset,
 )
+from cellseg.data.preprocessing import Preprocessing, dark_nuclei, modality, normalize, to_channels
 from cellseg.data.readers import read_samples
 from cellseg.data.synthetic import make_sample, make_samples
 from cellseg.data.tiles import grid_starts
-from cellseg.inference import TiledPredictor
-from cellseg.preprocessing import Preprocessing, dark_nuclei, modality, normalize, to_channels
+from cellseg.infer.predictor import TiledPredictor
 
 SYN = SyntheticConfig(num_images=6, image_size=128)
 

@@ -12,7 +12,7 @@ from skimage import io as skio
 
 from cellseg.cli.download import main
 from cellseg.data import DataError
-from cellseg.download import download_dsb2018
+from cellseg.data.download import download_dsb2018
 
 
 @pytest.fixture

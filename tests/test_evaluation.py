@@ -15,19 +15,19 @@ from conftest import TINY, write_paired
 from skimage.draw import disk
 from skimage.measure import label
 
-from cellseg import runs
-from cellseg.calibration import choose_plan
 from cellseg.cli.evaluate import main as evaluate_main
-from cellseg.config import InferenceOptions, SyntheticConfig, load_config
+from cellseg.core import runs
+from cellseg.core.config import InferenceOptions, SyntheticConfig, load_config
+from cellseg.core.runs import load_run_config
 from cellseg.data.pipeline import one_hot_targets, prepare, val_dataset
+from cellseg.data.preprocessing import Preprocessing
 from cellseg.data.sample import target_map
 from cellseg.data.synthetic import make_samples
-from cellseg.inference import TiledPredictor, blend_window
-from cellseg.metrics import score_image
-from cellseg.postprocess import PostprocessParams, PostprocessPlan, Probabilities, grid, instances
-from cellseg.preprocessing import Preprocessing
-from cellseg.runs import load_run_config
-from cellseg.trainer import train
+from cellseg.infer.calibration import choose_plan
+from cellseg.infer.predictor import TiledPredictor, blend_window
+from cellseg.labels.metrics import score_image
+from cellseg.labels.postprocess import PostprocessParams, PostprocessPlan, Probabilities, grid, instances
+from cellseg.train.trainer import train
 
 
 def touching_pair() -> np.ndarray:
@@ -268,7 +268,7 @@ def test_evaluate_scores_real_dsb2018_test_images_at_native_size(tiny_run, dsb20
         if shape not in sizes.values() and len(sizes) < 3:
             sizes[folder.name] = shape
             (picked / folder.name).symlink_to(folder)
-    from cellseg.evaluation import evaluate_run
+    from cellseg.evaluate.evaluation import evaluate_run
 
     _, metrics = evaluate_run(
         tiny_run,
@@ -277,7 +277,7 @@ def test_evaluate_scores_real_dsb2018_test_images_at_native_size(tiny_run, dsb20
         tmp_path / "labels",
         InferenceOptions(tile=64, overlap=16),
     )
-    assert metrics["images"] == 3 and metrics["n_true"] > 0
+    assert metrics.images == 3 and metrics.n_true > 0
     for image_id, shape in sizes.items():
         assert cv2.imread(str(tmp_path / "labels" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED).shape == shape
 
@@ -306,12 +306,12 @@ def test_evaluate_split_val_scores_the_runs_own_validation_images(relu_run, tmp_
 
 def test_an_evaluation_is_reused_only_for_the_images_it_scored(tmp_path, monkeypatch):
     """A sweep reuses a run's evaluation/metrics.json only if it scored the sweep's test data."""
-    from cellseg.evaluation import scored_on
+    from cellseg.evaluate.evaluation import scored_on
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path)
-    metrics = {"data": [str(tmp_path / "a")]}
+    metrics = [str(tmp_path / "a")]  # the folders an evaluation scored
     assert scored_on(metrics, "a") and scored_on(metrics, [str(tmp_path / "a")]), (
         "the same folder, any spelling"
     )

@@ -22,14 +22,14 @@ import pytest
 from conftest import TINY, held_by_another_process, run_python, write_paired
 from skimage import io as skio
 
-from cellseg import runs
 from cellseg.cli.evaluate import main as evaluate_main
 from cellseg.cli.train import main as train_main
-from cellseg.config import ConfigError, DataConfig, load_config
+from cellseg.core import runs
+from cellseg.core.config import ConfigError, DataConfig, load_config
 from cellseg.data import DataError
+from cellseg.data.download import unpack
 from cellseg.data.pipeline import prepare_split
 from cellseg.data.readers import scan_samples
-from cellseg.download import unpack
 
 SETS = [f"--set={o}" for o in TINY]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -124,7 +124,7 @@ def test_a_run_that_diverges_but_stays_finite_fails_and_keeps_no_diverged_model(
 
 
 def test_divergence_is_judged_against_the_first_epoch():
-    from cellseg.callbacks import StopOnDivergence
+    from cellseg.train.callbacks import StopOnDivergence
 
     guard = StopOnDivergence()
     guard.set_model(keras.Sequential())
@@ -323,7 +323,7 @@ def test_a_failed_start_leaves_no_half_made_run_folder(capsys, tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise ValueError("model cannot be built (injected)")
 
-    monkeypatch.setattr("cellseg.trainer.build_unet", broken)
+    monkeypatch.setattr("cellseg.train.trainer.build_unet", broken)
     code, _, err = train_cli(capsys, "--out", str(tmp_path), *SETS)
     assert code == 2 and "injected" in err
     assert list(tmp_path.iterdir()) == []
@@ -374,7 +374,7 @@ def test_archives_with_links_or_clashing_members_are_refused_and_cleaned_up(tmp_
 
 
 def test_a_download_that_cannot_unpack_leaves_no_folder(tmp_path, monkeypatch):
-    from cellseg import download
+    from cellseg.data import download
 
     with zipfile.ZipFile(tmp_path / "clash.zip", "w") as zf:
         zf.writestr("id0", b"plain file")
@@ -396,7 +396,7 @@ def test_a_download_that_cannot_unpack_leaves_no_folder(tmp_path, monkeypatch):
 
 def test_importing_cellseg_models_reloads_every_saved_model_in_safe_mode(two_epoch_run):
     out = run_python(
-        "import cellseg.models, keras\n"
+        "import cellseg.model.unet, keras\n"
         f"for name in ('{runs.KEPT_MODEL}', '{runs.LAST_MODEL}'):\n"
         f"    m = keras.saving.load_model(r'{two_epoch_run}' + '/' + name, safe_mode=True)\n"
         "    print(m.loss.name, type(m.optimizer).__name__)\n"

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 from test_faults import ENV, SETS, only_run, temporaries, train_subprocess
 
-from cellseg import runs
+from cellseg.core import runs
 
 KILL_IN_SECOND_BEST_SAVE = """
 original, saves = keras.Model.save, []
@@ -55,8 +55,8 @@ def test_kill_while_saving_the_best_model_keeps_the_previous_best(tmp_path):
 
 
 KILL_AT_END_OF_EPOCH_1 = """
-import cellseg.callbacks
-cellseg.callbacks.ResumeCheckpoint.on_epoch_end = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+import cellseg.train.callbacks
+cellseg.train.callbacks.ResumeCheckpoint.on_epoch_end = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 """
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from cellseg import runs
 from cellseg.cli.train import main as train_main
-from cellseg.config import ConfigError, load_config
-from cellseg.finetune import adopt_contract, load_start_weights
-from cellseg.shipping import combined_licence
+from cellseg.core import runs
+from cellseg.core.config import ConfigError, load_config
+from cellseg.package.shipping import combined_licence
+from cellseg.train.finetune import adopt_contract, load_start_weights
 
 
 def test_the_starting_models_contract_is_adopted_and_a_contradiction_refused(isru_run):
@@ -31,7 +31,7 @@ def test_the_starting_models_contract_is_adopted_and_a_contradiction_refused(isr
 
 
 def test_the_run_starts_from_the_starting_models_weights(isru_run):
-    from cellseg.models import build_unet, load_model
+    from cellseg.model.unet import build_unet, load_model
 
     cfg = adopt_contract(load_config(None, [f"train.init={isru_run}"]))
     model = build_unet(cfg.model, cfg.data.channels)
@@ -65,9 +65,9 @@ def test_a_models_licence_is_its_starting_models_and_its_datas_together():
 def test_fine_tuning_never_leaves_a_worse_model_than_it_started_from(tmp_path):
     """A real shipped model fine-tuned for a few steps; then its result broken on purpose (all weights
     zero: no nucleus found), so the rule must put the starting model's weights back."""
-    from cellseg import pretrained
-    from cellseg.finetune import keep_the_better
-    from cellseg.models import load_model
+    from cellseg.infer import pretrained
+    from cellseg.model.unet import load_model
+    from cellseg.train.finetune import keep_the_better
 
     tiny = [f"--set={o}" for o in TINY if not o.startswith("model.")]
     assert (

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, TINY
 
 from cellseg.cli.sweep import main as sweep_main
-from cellseg.config import ConfigError, FoldConfig, load_config
+from cellseg.core.config import ConfigError, FoldConfig, load_config
 from cellseg.data import DataError
 from cellseg.data.pipeline import assign_folds, split_samples
 

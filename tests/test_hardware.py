@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cellseg.config import load_config
-from cellseg.hardware import (
+from cellseg.core.config import load_config
+from cellseg.core.hardware import (
     CPU,
     GPU,
     ONEDNN_MARKER,
@@ -88,7 +88,7 @@ def test_a_fresh_process_never_selects_emulated_bfloat16_and_sets_onednn_before_
     env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VAR, ONEDNN_MARKER)}
     code = (
         "import json, cellseg.cli\n"  # what every command imports first
-        "from cellseg.hardware import this_machine\n"
+        "from cellseg.core.hardware import this_machine\n"
         "print(json.dumps(this_machine('auto').record()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -107,7 +107,7 @@ def test_importing_the_library_leaves_the_host_process_as_it_was():
     code = (
         "import os, sys\n"
         "finders = list(sys.meta_path)\n"
-        "import cellseg, cellseg.segmenter, cellseg.trainer\n"
+        "import cellseg, cellseg.infer.segmenter, cellseg.train.trainer\n"
         f"print([k for k in {settings!r} if k in os.environ],\n"
         "      [type(f).__module__ for f in sys.meta_path if f not in finders])\n"
     )

@@ -9,16 +9,16 @@ import tensorflow as tf
 from skimage.draw import disk
 from skimage.measure import label
 
-from cellseg.activations import ACTIVATIONS
-from cellseg.config import ConfigError, ModelConfig, SyntheticConfig, TrainConfig, load_config
+from cellseg.core.config import ConfigError, ModelConfig, SyntheticConfig, TrainConfig, load_config
+from cellseg.data.hover import HOVER_CHANNELS, ID_CYCLE, falls, hv_maps, patch_maps, stored_ids, unflip
 from cellseg.data.pipeline import one_hot_targets, prepare, train_dataset
 from cellseg.data.sample import targets
 from cellseg.data.synthetic import make_samples
-from cellseg.hover import HOVER_CHANNELS, ID_CYCLE, falls, hv_maps, patch_maps, stored_ids, unflip
-from cellseg.losses import BCEDiceLoss
-from cellseg.models import build_unet
-from cellseg.optim import compile_model
-from cellseg.postprocess import PostprocessParams, Probabilities, instances
+from cellseg.labels.postprocess import PostprocessParams, Probabilities, instances
+from cellseg.model.activations import ACTIVATIONS
+from cellseg.model.losses import BCEDiceLoss
+from cellseg.model.optim import compile_model
+from cellseg.model.unet import build_unet
 
 
 def _touching_pair(size: int = 64) -> np.ndarray:

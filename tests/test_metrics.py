@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cellseg.metrics import IOU_THRESHOLDS, iou_matrix, score_image, summarize
+from cellseg.labels.metrics import IOU_THRESHOLDS, iou_matrix, score_image, summarize
 
 
 def canvas() -> np.ndarray:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg.config import ConfigError
+from cellseg.core.config import ConfigError
 from cellseg.data import DataError
 from cellseg.data.annotations import scan_beside
+from cellseg.data.preprocessing import modality
+from cellseg.labels.postprocess import PostprocessParams, Probabilities
 from cellseg.napari import child, engine
 from cellseg.napari.samples import MODALITIES, read
-from cellseg.postprocess import PostprocessParams, Probabilities
-from cellseg.preprocessing import modality
 
 
 def test_each_sample_image_is_of_the_modality_it_is_named_for():
@@ -92,7 +92,7 @@ def test_fine_tuning_needs_two_annotated_images_and_takes_the_recipe(tmp_path):
 
 
 def test_the_model_process_predicts_what_the_model_predicts_here_and_passes_errors_back():
-    from cellseg.segmenter import open_segmenter
+    from cellseg.infer.segmenter import open_segmenter
 
     image = read("fluorescence")
     here = open_segmenter("dsb2018").probabilities(image)

@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 from conftest import TINY, run_python
 
-from cellseg import runs
-from cellseg.activations import create_activation
-from cellseg.config import load_config
-from cellseg.models import load_model
-from cellseg.trainer import train
+from cellseg.core import runs
+from cellseg.core.config import load_config
+from cellseg.model.activations import create_activation
+from cellseg.model.unet import load_model
+from cellseg.train.trainer import train
 
 CUSTOM = ["mish", "lisht", "isru", "isrlu", "trainable_leaky_relu", "swish_beta", "gelu", "gelu_tanh"]
 
@@ -73,7 +73,7 @@ def test_xla_jit_compile_trains_to_the_same_result_as_the_default(tmp_path, recw
 
 
 def test_xla_with_op_determinism_is_refused_with_the_fix_at_load_time():
-    from cellseg.config import ConfigError
+    from cellseg.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"--set train.deterministic=false"):
         load_config(None, [*TINY, "train.jit_compile=true"])
@@ -85,8 +85,8 @@ logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from cellseg.config import load_config
-from cellseg.trainer import train
+from cellseg.core.config import load_config
+from cellseg.train.trainer import train
 overrides = {tiny!r} + ["train.distribute=mirrored", "train.run_eagerly=false"]
 result = train(load_config(None, overrides), out={out!r}, verbose=0)
 print("STOPPED", result.summary.stopped_reason)
@@ -106,8 +106,8 @@ logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 os.environ["TF_CONFIG"] = json.dumps(
     {{"cluster": {{"worker": ["localhost:{port}"]}}, "task": {{"type": "worker", "index": 0}}}}
 )
-from cellseg.config import load_config
-from cellseg.trainer import train
+from cellseg.core.config import load_config
+from cellseg.train.trainer import train
 overrides = {tiny!r} + ["train.distribute=multi_worker", "train.run_eagerly=false"]
 result = train(load_config(None, overrides), out={out!r}, verbose=0)
 print("STOPPED", result.summary.stopped_reason)
@@ -129,7 +129,7 @@ def test_multi_worker_strategy_reads_tf_config(tmp_path):
 
 
 def test_eager_steps_with_xla_are_refused_at_load_time():
-    from cellseg.config import ConfigError
+    from cellseg.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.run_eagerly: true"):
         load_config(None, [*TINY, "train.jit_compile=true", "train.deterministic=false"])

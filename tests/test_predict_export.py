@@ -22,15 +22,15 @@ import yaml
 from conftest import ROOT, train_tiny, write_paired
 from skimage import io as skio
 
-from cellseg import files, runs
-from cellseg.calibration import validation_samples
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
+from cellseg.core import files, runs
 from cellseg.data import DataError
-from cellseg.export import zip_path
-from cellseg.outputs import NUCLEUS_COLUMNS
-from cellseg.predict import find_images
-from cellseg.preprocessing import dark_nuclei, to_channels
+from cellseg.data.preprocessing import dark_nuclei, to_channels
+from cellseg.infer.calibration import validation_samples
+from cellseg.infer.predict import find_images
+from cellseg.labels.outputs import NUCLEUS_COLUMNS
+from cellseg.package.export import zip_path
 
 
 @pytest.fixture
@@ -231,7 +231,7 @@ def test_export_refuses_a_run_whose_preprocessing_bioimageio_cannot_describe(tin
 
 
 def test_sample_tensors_are_viewable_images(tiny_run, tmp_path):
-    from cellseg.export import export_run
+    from cellseg.package.export import export_run
 
     out = export_run(tiny_run, tmp_path / "pkg")
     sample = tifffile.imread(out / "sample_input.tif")
@@ -240,7 +240,7 @@ def test_sample_tensors_are_viewable_images(tiny_run, tmp_path):
 
 
 def test_export_readme_reports_the_validation_scores_of_the_epoch_exported(tiny_run, tmp_path):
-    from cellseg.export import export_run
+    from cellseg.package.export import export_run
 
     run = tmp_path / "kept_last"  # as keep_model: last leaves it when another epoch had the best val_loss
     shutil.copytree(tiny_run, run)
@@ -254,7 +254,7 @@ def test_export_readme_reports_the_validation_scores_of_the_epoch_exported(tiny_
 
 
 def test_export_of_a_bright_nuclei_run_asks_for_inverted_dark_nuclei_images(tiny_run, tmp_path):
-    from cellseg.export import export_run
+    from cellseg.package.export import export_run
 
     run = tmp_path / "bright"
     shutil.copytree(tiny_run, run)
@@ -272,7 +272,7 @@ def test_export_of_a_bright_nuclei_run_asks_for_inverted_dark_nuclei_images(tiny
 
 def test_labels_beyond_16_bits_are_written_as_a_32_bit_tiff_never_lost(tmp_path, caplog):
     """A whole slide holds more than 65,535 nuclei; its labels must not be lost to the output format."""
-    from cellseg.outputs import save_labels
+    from cellseg.labels.outputs import save_labels
 
     labels = np.arange(300 * 300, dtype=np.int32).reshape(300, 300)  # 89,999 nuclei
     written = save_labels(tmp_path / "slide.png", labels)
@@ -286,7 +286,7 @@ def test_nucleus_shape_measures_match_their_definitions():
     from skimage.draw import ellipse
     from skimage.measure import regionprops_table
 
-    from cellseg.outputs import nucleus_table
+    from cellseg.labels.outputs import nucleus_table
 
     labels = np.zeros((80, 120), np.int32)
     labels[ellipse(20, 30, 8, 16, rotation=0.4)] = 1

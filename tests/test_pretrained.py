@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from conftest import DSB2018, write_paired
 
-from cellseg import pretrained, runs
 from cellseg.cli.evaluate import main as evaluate_main
 from cellseg.cli.export import main as export_main
 from cellseg.cli.predict import main as predict_main
 from cellseg.cli.ship_model import main as ship_main
+from cellseg.core import runs
 from cellseg.data import DataError
 from cellseg.data.images import read_image_2d
-from cellseg.segmenter import open_segmenter
+from cellseg.infer import pretrained
+from cellseg.infer.segmenter import open_segmenter
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,10 @@ def shipped(zoo, monkeypatch) -> Path:
 
 
 def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
-    for name in (*pretrained.RUN_FILES, pretrained.CARD, pretrained.MODEL_CARD, pretrained.EXAMPLE):
+    for name in (*pretrained.RUN_FILES, runs.CARD, pretrained.MODEL_CARD, pretrained.EXAMPLE):
         assert (shipped / name).is_file(), name
     assert not (shipped / runs.LAST_MODEL).exists(), "no training state"
-    from cellseg.models import load_model
+    from cellseg.model.unet import load_model
 
     model, trained = (load_model(path / runs.KEPT_MODEL, compile=False) for path in (shipped, isru_run))
     for a, b in zip(model.get_weights(), trained.get_weights(), strict=True):
@@ -58,7 +59,7 @@ def test_a_shipped_model_holds_its_files_scores_and_card(shipped, isru_run):
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}, "fast on every CPU"
     shipped_size, trained_size = ((p / runs.KEPT_MODEL).stat().st_size for p in (shipped, isru_run))
     assert shipped_size < trained_size, "no optimiser state"
-    card = json.loads((shipped / pretrained.CARD).read_text())
+    card = json.loads((shipped / runs.CARD).read_text())
     assert card["licence"] == "CC-BY-NC-SA-4.0", "MoNuSeg's licence travels with the model"
     machine = runs.Run(isru_run).summary.machine
     assert machine["cpu"] in card["training"] and card["training"].endswith(machine["precision"])
@@ -148,7 +149,7 @@ def test_the_installed_models_stay_byte_identical_and_name_no_machine_path(tmp_p
     shutil.copytree(tmp_path / "mine" / "images", image)
     for name in _shipped_models():
         assert predict_main(["--model", name, str(image), "--out", str(tmp_path / name), "--tta"]) == 0
-        for file in (runs.CONFIG, runs.SUMMARY, runs.POSTPROCESS, pretrained.CARD):
+        for file in (runs.CONFIG, runs.SUMMARY, runs.POSTPROCESS, runs.CARD):
             text = (pretrained.ZOO / name / file).read_text()
             assert "/work/" not in text and "/home/" not in text and "/tmp/" not in text, (name, file)
     assert _contents(pretrained.ZOO) == before
@@ -170,7 +171,7 @@ def test_other_inference_options_keep_a_runs_post_processing_until_asked(relu_ru
 
 
 def test_a_run_whose_model_changed_is_calibrated_again(isru_run, tmp_path, caplog):
-    from cellseg.calibration import model_digest
+    from cellseg.infer.calibration import model_digest
 
     run = Path(shutil.copytree(isru_run, tmp_path / "run"))
     open_segmenter(run)
@@ -192,7 +193,7 @@ def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licenc
     config.write_text(config.read_text().replace("path: null", "path: /nowhere/at/all"))
     import yaml
 
-    from cellseg.export import export_run
+    from cellseg.package.export import export_run
 
     package = export_run(model, tmp_path / "pkg")
     rdf = yaml.safe_load((package / "rdf.yaml").read_text())
@@ -202,7 +203,7 @@ def test_export_of_a_shipped_model_needs_no_training_data_and_carries_its_licenc
 
 
 def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp_path, caplog):
-    from cellseg.config import InferenceOptions
+    from cellseg.core.config import InferenceOptions
 
     run = Path(shutil.copytree(relu_run, tmp_path / "run"))
     recorded = open_segmenter(run).plan
@@ -214,8 +215,8 @@ def test_a_run_without_its_data_keeps_its_recorded_post_processing(relu_run, tmp
 
 
 def test_a_shipped_example_is_the_raw_image_in_rgb_whatever_its_channels(tmp_path):
-    from cellseg.preprocessing import to_channels
-    from cellseg.shipping import write_example
+    from cellseg.data.preprocessing import to_channels
+    from cellseg.package.shipping import write_example
 
     grey = np.random.default_rng(0).integers(0, 255, (300, 280), dtype=np.uint8)
     rgba = np.dstack([grey, grey // 2, grey // 3, np.full_like(grey, 255)])  # a DSB2018 PNG's layout
@@ -226,8 +227,8 @@ def test_a_shipped_example_is_the_raw_image_in_rgb_whatever_its_channels(tmp_pat
 
 
 def test_weights_stored_as_float16_load_as_float32_layers_in_half_the_file(isru_run, tmp_path):
-    from cellseg.models import load_model
-    from cellseg.shipping import KERAS_WEIGHTS, store_weights_half
+    from cellseg.model.unet import load_model
+    from cellseg.package.shipping import KERAS_WEIGHTS, store_weights_half
 
     def weights_size(path: Path) -> int:
         with zipfile.ZipFile(path) as z:
@@ -291,7 +292,7 @@ def test_each_shipped_model_still_scores_its_recorded_figures(name, tmp_path):
     subset.mkdir()
     for row in picked:
         (subset / row["id"]).symlink_to(DSB2018 / "stage1_test" / row["id"])
-    from cellseg.evaluation import evaluate_run
+    from cellseg.evaluate.evaluation import evaluate_run
 
     out, _ = evaluate_run(folder, str(subset), out=tmp_path / "eval")
     with (out / runs.PER_IMAGE).open() as f:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from cellseg.config import InferenceOptions, load_config
+from cellseg.core.config import InferenceOptions, load_config
 from cellseg.data.pipeline import prepare
+from cellseg.data.preprocessing import Preprocessing, resize
 from cellseg.data.sample import Sample
 from cellseg.data.scale import (
     MAX_FACTOR,
@@ -19,8 +20,7 @@ from cellseg.data.scale import (
     nucleus_width,
     resize_labels,
 )
-from cellseg.inference import TiledPredictor
-from cellseg.preprocessing import Preprocessing, resize
+from cellseg.infer.predictor import TiledPredictor
 
 
 def discs(shape: tuple[int, int], radius: float, centres: list[tuple[int, int]]) -> np.ndarray:

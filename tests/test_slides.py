@@ -15,15 +15,15 @@ import zarr
 from skimage.draw import disk
 from skimage.measure import label
 
-from cellseg.config import InferenceOptions, SlideOptions
+from cellseg.core.config import InferenceOptions, SlideOptions
 from cellseg.data import DataError
 from cellseg.data.annotations import read_geojson
-from cellseg.postprocess import PostprocessParams, PostprocessPlan, Probabilities
-from cellseg.preprocessing import Preprocessing
-from cellseg.slides import is_slide, open_slide, segment_slide, slide_id
-from cellseg.slides import segment as slide_segment
-from cellseg.slides.omezarr import finish_pyramid
-from cellseg.slides.tissue import tissue_mask
+from cellseg.data.preprocessing import Preprocessing
+from cellseg.infer.slides import is_slide, open_slide, segment_slide, slide_id
+from cellseg.infer.slides import segment as slide_segment
+from cellseg.infer.slides.omezarr import finish_pyramid
+from cellseg.infer.slides.tissue import tissue_mask
+from cellseg.labels.postprocess import PostprocessParams, PostprocessPlan, Probabilities
 
 
 def write_pyramid(path: Path, image: np.ndarray, pixel_size: float | None = 0.5, levels: int = 2) -> Path:

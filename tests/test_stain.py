@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
+from cellseg.data.preprocessing import Preprocessing, macenko, modality
 from cellseg.napari.samples import read
-from cellseg.preprocessing import Preprocessing, macenko, modality
 
 
 def _stained() -> np.ndarray:
@@ -37,7 +37,7 @@ def test_only_stained_images_are_normalised_and_a_blank_one_is_named(caplog):
     fluorescence = read("fluorescence")
     assert np.array_equal(prep.oriented(fluorescence)[0], Preprocessing().oriented(fluorescence)[0])
     blank = np.full((64, 64, 3), 250, np.uint8)
-    with caplog.at_level(logging.WARNING, logger="cellseg.preprocessing"):
+    with caplog.at_level(logging.WARNING, logger="cellseg.data.preprocessing"):
         assert np.array_equal(macenko(blank, "blank.png"), blank)
     assert "blank.png: stains not normalised: 0 stained pixels" in caplog.text
     assert any("Stain" in note for note in prep.describe())

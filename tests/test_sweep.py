@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, held_by_another_process
 
-from cellseg import files, runs
 from cellseg.cli.plot_history import main as plot_history_main
 from cellseg.cli.sweep import main as sweep_main
-from cellseg.config import ConfigError
+from cellseg.core import files, runs
+from cellseg.core.config import ConfigError
 from cellseg.sweep import RunRecord, SweepSpec, compare, load_sweep_file, parse_grid, stats
 
 CONFIGS = [str(ROOT / f"configs/{name}.yaml") for name in ("relu", "isru", "mish")]
@@ -315,8 +315,8 @@ def test_notebook_runs_top_to_bottom_on_a_sweep(tiny_sweep, monkeypatch):
 
 
 def test_activation_gallery_and_learned_parameters(tiny_sweep, tmp_path, capsys):
-    from cellseg.activations import activation_curve
     from cellseg.cli.plot_activations import main as plot_activations_main
+    from cellseg.model.activations import activation_curve
 
     x = np.linspace(-3, 3, 7, dtype=np.float32)
     y, dy = activation_curve({"name": "isru", "alpha": 0.5}, x)
@@ -337,7 +337,7 @@ def test_activation_gallery_and_learned_parameters(tiny_sweep, tmp_path, capsys)
 def test_cpu_budget_is_a_sweep_workers_share_not_the_whole_machine(monkeypatch):
     import os
 
-    from cellseg.parallel import available_cores, cpu_budget
+    from cellseg.core.parallel import available_cores, cpu_budget
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert cpu_budget() == available_cores() == len(os.sched_getaffinity(0))

@@ -9,8 +9,8 @@ import pytest
 from conftest import ROOT, TINY, local_ray_cluster
 from test_sweep import read_csv
 
-from cellseg import files, runs
 from cellseg.cli.sweep import main as sweep_main
+from cellseg.core import files, runs
 
 TINY_SETS = [f"--set={o}" for o in TINY]
 

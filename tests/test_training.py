@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_python
 
-from cellseg import files, runs
 from cellseg.cli.train import main
+from cellseg.core import runs
 
 SUMMARY_KEYS = {"best_val_loss", "best_val_iou", "best_val_dice", "epochs_run", "wall_seconds"}
 SUMMARY_KEYS |= {"data_source", "activation", "params"}
@@ -50,7 +50,7 @@ def test_run_folder_holds_everything(isru_run):
 def test_model_keeper_keeps_the_lowest_val_loss_or_the_last_epoch(tmp_path, keep, kept):
     import keras
 
-    from cellseg.callbacks import ModelKeeper, StopOnDivergence
+    from cellseg.train.callbacks import ModelKeeper, StopOnDivergence
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     keeper = ModelKeeper(tmp_path / "model.keras", StopOnDivergence(), keep)
@@ -103,7 +103,7 @@ def test_last_output_line_is_the_run_folder(capsys, tmp_path, tiny_overrides):
 def test_best_model_reloads_in_a_fresh_process(isru_run):
     out = run_python(
         "import numpy as np\n"
-        "from cellseg.models import load_model\n"
+        "from cellseg.model.unet import load_model\n"
         f"m = load_model(r'{isru_run / runs.KEPT_MODEL}')\n"
         "x = np.random.default_rng(0).random((1, 64, 48, 3), dtype=np.float32)\n"
         "y = m.predict(x, verbose=0)\n"
@@ -113,8 +113,8 @@ def test_best_model_reloads_in_a_fresh_process(isru_run):
 
 
 def test_the_library_logs_its_progress_and_the_command_shows_it(capsys, caplog, tmp_path, tiny_overrides):
-    from cellseg.config import load_config
-    from cellseg.trainer import train
+    from cellseg.core.config import load_config
+    from cellseg.train.trainer import train
 
     with caplog.at_level(logging.INFO, logger="cellseg"):
         result = train(load_config(None, list(tiny_overrides)), out=tmp_path / "lib", verbose=0)
@@ -143,8 +143,8 @@ def test_seeded_runs_are_reproducible(capsys, tmp_path, tiny_overrides):
 
 @pytest.mark.slow
 def test_data_reused_between_runs_trains_exactly_like_freshly_prepared_data(caplog, tmp_path, tiny_overrides):
-    from cellseg.config import load_config
-    from cellseg.trainer import train
+    from cellseg.core.config import load_config
+    from cellseg.train.trainer import train
 
     def cfg(seed: int):  # one data set and split (data.seed), as in a sweep
         return load_config(None, [*tiny_overrides, f"seed={seed}", "data.seed=0"])
@@ -222,12 +222,12 @@ def test_trains_on_real_dsb2018_images(capsys, tmp_path, tiny_overrides, dsb2018
 def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_overrides):
     import keras
 
-    from cellseg.callbacks import Diagnostics, StopOnDivergence
     from cellseg.cli.plot_history import main as plot_history_main
-    from cellseg.config import ModelConfig
-    from cellseg.models import build_unet
-    from cellseg.optim import compile_model
-    from cellseg.runs import load_run_config
+    from cellseg.core.config import ModelConfig
+    from cellseg.core.runs import load_run_config
+    from cellseg.model.optim import compile_model
+    from cellseg.model.unet import build_unet
+    from cellseg.train.callbacks import Diagnostics, StopOnDivergence
 
     sets = [f"--set={o}" for o in tiny_overrides]  # diagnostics are on by default
     code, out = train_cli(capsys, "--out", str(tmp_path), "--quiet", *sets)
@@ -266,22 +266,17 @@ def test_diagnostics_find_dead_units_and_are_plottable(capsys, tmp_path, tiny_ov
     keras.backend.clear_session()
 
 
-def test_every_summary_kept_in_the_project_reads_and_a_damaged_or_newer_one_is_named(tmp_path):
-    kept = [p for p in (ROOT / "src" / "cellseg" / "zoo").rglob(runs.SUMMARY)]
-    kept += list((ROOT / "benchmarks" / "results").rglob(runs.SUMMARY))
-    assert len(kept) > 10
-    for path in kept:
-        assert runs.Run(path.parent).summary.params > 0
-    good = json.loads(kept[0].read_text())
-    run = runs.Run(tmp_path)
-    for damage, message in [
-        ({**good, "schema": runs.SUMMARY_SCHEMA + 1}, "written by a newer cellseg"),
-        ({k: v for k, v in good.items() if k != "params"}, "missing params"),
-        ({**good, "parms": 1}, "unknown parms"),
-    ]:
-        files.write_json(tmp_path / runs.SUMMARY, damage)
-        with pytest.raises(ValueError, match=message):
-            _ = run.summary
-    (tmp_path / runs.SUMMARY).write_text("{")
-    with pytest.raises(ValueError, match="damaged"):
-        _ = run.summary
+def test_every_optimizer_and_loss_the_config_names_is_made():
+    """The config's names are the tables the model modules make them from (one list each)."""
+    import keras
+
+    from cellseg.core.config import LOSSES, OPTIMIZERS, TrainConfig
+    from cellseg.model.losses import make_loss
+    from cellseg.model.optim import OPTIMIZER_MAKERS, make_optimizer
+
+    assert set(OPTIMIZER_MAKERS) == set(OPTIMIZERS)
+    for name in OPTIMIZERS:
+        assert isinstance(make_optimizer(TrainConfig(optimizer=name)), keras.optimizers.Optimizer)
+    for name, (bce, dice) in LOSSES.items():
+        loss = make_loss(name)
+        assert (loss.bce_weight, loss.dice_weight) == (bce, dice)

@@ -1,7 +1,7 @@
 """Command-line entry points; each is a thin layer over the library.
 
 Importing this package configures the process for TensorFlow, as a command may and a library must not
-(:func:`cellseg.hardware.configure_process`): every command imports it before TensorFlow.
+(:func:`cellseg.core.hardware.configure_process`): every command imports it before TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cellseg.hardware import configure_process
+from cellseg.core.hardware import configure_process
 
 configure_process()
 
@@ -47,7 +47,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def input_errors() -> tuple[type[Exception], ...]:
     """What a command reports as one ``error:`` line, not a traceback: bad config, data, files, values."""
-    from cellseg.config import ConfigError
+    from cellseg.core.config import ConfigError
     from cellseg.data import DataError
 
     return (ConfigError, DataError, OSError, ValueError)
@@ -65,7 +65,7 @@ def add_model_choice(p: argparse.ArgumentParser, list_models: bool = False) -> N
 def model_folder(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     """The run folder ``--run`` or ``--model`` names (a shipped model is laid out as a run)."""
     if args.model is not None:
-        from cellseg.pretrained import model_dir
+        from cellseg.infer.pretrained import model_dir
 
         if getattr(args, "recalibrate", False):  # a shipped model's folder is part of the installed package
             p.error("--recalibrate would change a shipped model; copy its folder and use --run on the copy")
@@ -81,7 +81,7 @@ def model_folder(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
 
 def print_models() -> int:
     """``--list-models``: each shipped model in one line."""
-    from cellseg.pretrained import ZOO, available
+    from cellseg.infer.pretrained import ZOO, available
 
     models = available()
     for model in models.values():
@@ -93,7 +93,7 @@ def print_models() -> int:
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
     """The whole-image prediction options of evaluate.py and predict.py; defaults from InferenceOptions."""
-    from cellseg.config import InferenceOptions  # light: no TensorFlow
+    from cellseg.core.config import InferenceOptions  # light: no TensorFlow
 
     d = InferenceOptions()
     p.add_argument("--tile", type=int, default=d.tile, help=f"tile size in pixels (default {d.tile})")
@@ -121,7 +121,7 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def inference_options(args: argparse.Namespace) -> Any:
-    """The :class:`~cellseg.config.InferenceOptions` of :func:`add_inference_options`'s flags."""
-    from cellseg.config import InferenceOptions
+    """The :class:`~cellseg.core.config.InferenceOptions` of :func:`add_inference_options`'s flags."""
+    from cellseg.core.config import InferenceOptions
 
     return InferenceOptions(args.tile, args.overlap, args.batch_size, args.tta)

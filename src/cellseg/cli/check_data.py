@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from cellseg.data import DataError
+    from cellseg.data.preprocessing import modality
     from cellseg.data.readers import detect_layout, scan_samples
-    from cellseg.preprocessing import modality
 
     problems = 0
     for root in args.paths:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg.download import DSB2018_TRAIN_URL
+from cellseg.data.download import DSB2018_TRAIN_URL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sha256", help="expected SHA-256 of the archive; the download is rejected if it differs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    from cellseg.data.download import download_dsb2018
     from cellseg.data.sample import DataError
-    from cellseg.download import download_dsb2018
 
     try:
         root, count = download_dsb2018(args.out, args.url, args.sha256, progress=not args.quiet)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is not None:  # a shipped model's folder is part of the installed package: left as it is
         out = out or Path(f"evaluation_{args.model}")
     setup_logging()
-    from cellseg.evaluation import evaluate_run
+    from cellseg.evaluate.evaluation import evaluate_run
 
     options = inference_options(args)
     try:
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     except input_errors() as exc:  # OSError: disk full
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    inst, pix = m["instance"], m["pixel"]
+    inst, pix = m.instance, m.pixel
     print(
-        f"{m['images']} images, {m['n_true']} true / {m['n_pred']} predicted nuclei in {m['seconds']:.1f} s\n"
+        f"{m.images} images, {m.n_true} true / {m.n_pred} predicted nuclei in {m.seconds:.1f} s\n"
         f"DSB score {_fmt(inst['dsb_score'])}  AP50 {_fmt(inst['ap_50'])}  AP75 {_fmt(inst['ap_75'])}  "
         f"AJI {_fmt(inst['aji'])}  PQ {_fmt(inst['pq'])}  pixel IoU {_fmt(pix['iou'])}  "
         f"Dice {_fmt(pix['dice'])}  area ratio {_fmt(inst['area_ratio'])}"
     )
-    for name, h in {**m["by_source"], **m["by_modality"]}.items():
+    for name, h in {**m.by_source, **m.by_modality}.items():
         print(
             f"  {name:<14} {h['images']:>4} images  DSB score {_fmt(h['dsb_score'])}  "
             f"AP50 {_fmt(h['ap_50'])}  AJI {_fmt(h['aji'])}  pixel IoU {_fmt(h['pixel_iou'])}"

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = model_folder(parser, args)
     setup_logging()
-    from cellseg.export import export_run
+    from cellseg.package.export import export_run
 
     try:
         package = export_run(run, args.out, args.zip, args.author, args.github_user)

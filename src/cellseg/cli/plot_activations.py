@@ -36,8 +36,8 @@ def _spec(text: str) -> str | dict:
 def gallery(names: list[str], out: Path) -> None:
     import numpy as np
 
-    from cellseg.activations import ACTIVATIONS, activation_curve, get_entry, parse_spec
-    from cellseg.plots import plot_activation_gallery
+    from cellseg.evaluate.plots import plot_activation_gallery
+    from cellseg.model.activations import ACTIVATIONS, activation_curve, get_entry, parse_spec
 
     # dense near 0 for the plots, wide for the range of each function
     x = np.concatenate([-np.geomspace(1e6, 4, 60), np.linspace(-4, 4, 401), np.geomspace(4, 1e6, 60)])
@@ -58,8 +58,8 @@ def gallery(names: list[str], out: Path) -> None:
 
 
 def learned(run_dir: Path, out: Path) -> None:
-    from cellseg import runs
-    from cellseg.plots import plot_histories
+    from cellseg.core import runs
+    from cellseg.evaluate.plots import plot_histories
 
     rows = runs.read_history(run_dir)
     columns = [c for c in rows[0] if "_act." in c]

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cellseg import runs
-    from cellseg.plots import plot_histories
+    from cellseg.core import runs
+    from cellseg.evaluate.plots import plot_histories
 
     series: dict[str, list[tuple[list[int], list[float]]]] = {}
     try:

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_slide_options(p: argparse.ArgumentParser) -> None:
     """How whole slides (SVS, NDPI, OME-TIFF, tiled TIFF, OME-Zarr) are cut; defaults from SlideOptions."""
-    from cellseg.config import SlideOptions  # light: no TensorFlow
+    from cellseg.core.config import SlideOptions  # light: no TensorFlow
 
     d = SlideOptions()
     g = p.add_argument_group(
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inputs:
         parser.error("give the images to segment (files, folders or glob patterns)")
     setup_logging()
-    from cellseg.config import SlideOptions
-    from cellseg.predict import find_images, predict_images
+    from cellseg.core.config import SlideOptions
+    from cellseg.infer.predict import find_images, predict_images
 
     options = inference_options(args)
     try:

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ship_model.py",
         description=(
-            "Make a model that ships inside cellseg (cellseg.pretrained, predict.py --model) from a "
+            "Make a model that ships inside cellseg (cellseg.infer.pretrained, predict.py --model) from a "
             "finished run: its model files, scores on held-out images and its own validation images, "
             "a model card and a picture of its weakest held-out images."
         ),
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from cellseg import runs, shipping
+    from cellseg.core import runs
+    from cellseg.package import shipping
 
     run = runs.Run(args.run)
     summary = run.summary

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cellseg.cli import setup_logging
-from cellseg.config import ConfigError
+from cellseg.core.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cellseg import runs
 from cellseg.cli import setup_logging
-from cellseg.config import ConfigError, load_config
+from cellseg.core import runs
+from cellseg.core.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     if args.list_activations:
-        from cellseg.activations import markdown_table
+        from cellseg.model.activations import markdown_table
 
         print(markdown_table())
         return 0
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.init:
                 cfg.train.init = args.init
         from cellseg.data import DataError
-        from cellseg.trainer import TrainingError, train
+        from cellseg.train.trainer import TrainingError, train
 
         try:
             result = train(cfg, out=args.out, resume=args.resume, verbose=0 if args.quiet else None)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     s = result.summary
-    saved = s.best_val_loss is not None and (result.run_dir / runs.KEPT_MODEL).is_file()
+    saved = s.best_val_loss is not None and runs.Run(result.run_dir).kept_model.is_file()
     if not saved:
         print(f"error: no model was saved: no epoch finished ({s.stopped_reason})", file=sys.stderr)
     else:

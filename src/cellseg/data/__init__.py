@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cellseg.config import Config
+from cellseg.core.config import Config
 from cellseg.data.sample import DataError, Sample, SampleRef
 
 

@@ -17,7 +17,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from cellseg.config import AugmentConfig
+from cellseg.core.config import AugmentConfig
 
 
 def build_transform(cfg: AugmentConfig) -> A.Compose | None:

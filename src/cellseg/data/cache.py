@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellseg import files
+from cellseg.core import files
 from cellseg.data.sample import Sample, SampleRef
 
 #: Bump when the stored arrays change meaning, so old entries are decoded again.

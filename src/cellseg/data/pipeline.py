@@ -18,14 +18,14 @@ import numpy as np
 import tensorflow as tf
 from skimage import measure
 
-from cellseg.config import DataConfig, FoldConfig
+from cellseg.core.config import DataConfig, FoldConfig
+from cellseg.core.parallel import cpu_budget
 from cellseg.data.augment import NOT_STAINED, STAINED, STAINED_INVERTED, PatchAugmenter
+from cellseg.data.hover import patch_maps
+from cellseg.data.preprocessing import Preprocessing, modality
 from cellseg.data.sample import DataError, Sample, SampleRef, image_id, source_of, targets
 from cellseg.data.scale import annotated_factor, resize_labels
 from cellseg.data.tiles import grid_starts, pad_to
-from cellseg.hover import patch_maps
-from cellseg.parallel import cpu_budget
-from cellseg.preprocessing import Preprocessing, modality
 
 T = TypeVar("T", Sample, SampleRef)
 
@@ -33,7 +33,7 @@ T = TypeVar("T", Sample, SampleRef)
 TRAIN_DTYPE = np.float16
 
 #: Batches made ahead: fixed, because tf.data's autotuning is off (see :func:`without_autotune`); patches
-#: are made by :func:`cellseg.parallel.cpu_budget` threads. The pipeline still makes patches far faster
+#: are made by :func:`cellseg.core.parallel.cpu_budget` threads. The pipeline still makes patches far faster
 #: than training uses them.
 PREFETCH_BATCHES = 4
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cellseg.config import Config
+from cellseg.core.config import Config
 from cellseg.data import collect_samples
 
 if TYPE_CHECKING:  # the pipeline imports TensorFlow: a sweep holds a cache before it trains anything

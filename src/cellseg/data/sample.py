@@ -1,6 +1,6 @@
 """One annotated image (or a reference to one on disk), its ids and its training target.
 
-How an image becomes the network's input is :mod:`cellseg.preprocessing`'s."""
+How an image becomes the network's input is :mod:`cellseg.data.preprocessing`'s."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from cellseg.hover import stored_ids
+from cellseg.data.hover import stored_ids
 
 
 class DataError(ValueError):
@@ -88,7 +88,7 @@ def target_map(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def targets(labels: np.ndarray, num_classes: int, hover: bool = False) -> np.ndarray:
     """The training targets (H, W, T) uint8: the :func:`target_map` and, for the HoVer head
     (``model.head: hover``), the nucleus ids its maps are computed from once a patch is cut
-    (:func:`cellseg.hover.stored_ids`)."""
+    (:func:`cellseg.data.hover.stored_ids`)."""
     classes = target_map(labels, num_classes)[..., None]
     if not hover:
         return classes

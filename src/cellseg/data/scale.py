@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from cellseg.preprocessing import resized_shape
+from cellseg.data.preprocessing import resized_shape
 
 #: Rescaling factors are kept within these bounds: a 256 px image grows to 1024 px at most.
 MIN_FACTOR, MAX_FACTOR = 0.2, 4.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cellseg.config import SyntheticConfig
+from cellseg.core.config import SyntheticConfig
 from cellseg.data.sample import DataError, Sample
 
 _HEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29], np.float32)  # optical density per RGB channel

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.config import Config, SlideOptions
+from cellseg.core.config import Config, SlideOptions
+from cellseg.labels.postprocess import PostprocessParams, Probabilities
 from cellseg.napari import engine
-from cellseg.postprocess import PostprocessParams, Probabilities
 
 _SEGMENTERS: dict[str, Any] = {}
 _STATE: dict[str, Any] = {}  # the child's connection to its parent
@@ -43,7 +43,7 @@ def _report(done: int, total: int) -> None:
 
 
 def _segmenter(source: str) -> Any:
-    from cellseg.segmenter import open_segmenter
+    from cellseg.infer.segmenter import open_segmenter
 
     if source not in _SEGMENTERS:
         _SEGMENTERS[source] = open_segmenter(source)
@@ -67,7 +67,7 @@ def finetune(cfg: Config, out: str) -> Path:
 
 def _files(result: Any) -> dict[str, Any]:
     """A slide result as a dict: the parent must not unpickle a
-    :class:`~cellseg.slides.segment.SlideResult`, whose module imports TensorFlow."""
+    :class:`~cellseg.infer.slides.segment.SlideResult`, whose module imports TensorFlow."""
     return dataclasses.asdict(result)
 
 
@@ -79,9 +79,9 @@ def segment_large(
 
 
 def segment_file(source: str, path: str, out: str, options: SlideOptions) -> dict[str, Any]:
-    """:func:`cellseg.slides.segment_slide` of a slide file (a layer opened by the reader), reporting
+    """:func:`cellseg.infer.slides.segment_slide` of a slide file (a layer opened by the reader), reporting
     its chunks: the file is read here, chunk by chunk, never sent over."""
-    from cellseg.slides.segment import segment_slide
+    from cellseg.infer.slides.segment import segment_slide
 
     return _files(segment_slide(_segmenter(source), path, out, options, _report))
 
@@ -175,7 +175,7 @@ class ModelProcess:
 
 
 if __name__ == "__main__":
-    from cellseg.hardware import configure_process
+    from cellseg.core.hardware import configure_process
 
     configure_process()  # a command's process: before the first model loads TensorFlow
     serve(int(sys.argv[1]))

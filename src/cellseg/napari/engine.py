@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cellseg.config import Config, SlideOptions, load_config
+from cellseg.core.config import Config, SlideOptions, load_config
 from cellseg.data import DataError
-from cellseg.outputs import nucleus_table
-from cellseg.postprocess import PostprocessParams, Probabilities, instances
+from cellseg.labels.outputs import nucleus_table
+from cellseg.labels.postprocess import PostprocessParams, Probabilities, instances
 
 if TYPE_CHECKING:
-    from cellseg.segmenter import Segmenter
+    from cellseg.infer.segmenter import Segmenter
 
 #: a plane with more pixels than this (or any plane of a multiscale layer) is segmented chunk by chunk,
-#: as a whole slide is (:mod:`cellseg.slides`), never loaded whole
+#: as a whole slide is (:mod:`cellseg.infer.slides`), never loaded whole
 LARGE_PIXELS = 4096 * 4096
 #: (done, total) after each unit of work
 Progress = Callable[[int, int], None]
@@ -101,7 +101,7 @@ def label_planes(result: Segmented, params: PostprocessParams, shape: tuple[int,
 
 
 def feature_table(labels: np.ndarray, data: Any, indices: Sequence[tuple[int, ...]]) -> dict[str, list]:
-    """One row per nucleus of every plane (:func:`cellseg.outputs.nucleus_table`, plus ``plane``), as
+    """One row per nucleus of every plane (:func:`cellseg.labels.outputs.nucleus_table`, plus ``plane``), as
     columns for a napari layer's ``features``; ``index`` holds each row's label id (napari's key)."""
     rows: list[dict[str, Any]] = []
     for index in indices:
@@ -156,9 +156,9 @@ def annotation_count(folder: str | Path) -> int:
 
 
 def finetune_config(start: str | Path, folder: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """The fine-tuning recipe (:data:`cellseg.finetune.RECIPE`) from ``start`` on the annotations in
+    """The fine-tuning recipe (:data:`cellseg.train.finetune.RECIPE`) from ``start`` on the annotations in
     ``folder``, with ``overrides`` (``KEY=VALUE``, as ``train.py --set``)."""
-    from cellseg.finetune import RECIPE
+    from cellseg.train.finetune import RECIPE
 
     count = annotation_count(folder)
     if count < 2:
@@ -181,7 +181,7 @@ def finetune(cfg: Config, out: str | Path, progress: Progress | None = None) -> 
     step (the run folder can be resumed: ``train.py --resume``)."""
     import keras
 
-    from cellseg.trainer import TrainingError, train
+    from cellseg.train.trainer import TrainingError, train
 
     per_epoch = cfg.train.steps_per_epoch
     steps = cfg.train.epochs * per_epoch
@@ -209,10 +209,10 @@ def segment_large(
     progress: Progress | None = None,
 ) -> Any:
     """Segment a large 2-D layer (``levels``: its data, full resolution first; numpy, dask or zarr)
-    chunk by chunk into ``out`` as a slide is (:func:`cellseg.slides.segment.segment_levels`: bounded
-    memory, seams stitched, resumable), returning its :class:`~cellseg.slides.segment.SlideResult`."""
-    from cellseg.slides.reader import Slide
-    from cellseg.slides.segment import segment_levels
+    chunk by chunk into ``out`` as a slide is (:func:`cellseg.infer.slides.segment.segment_levels`: bounded
+    memory, seams stitched, resumable), returning its :class:`~cellseg.infer.slides.segment.SlideResult`."""
+    from cellseg.infer.slides.reader import Slide
+    from cellseg.infer.slides.segment import segment_levels
 
     if levels[0].ndim != (3 if rgb else 2):
         raise DataError(

@@ -1,8 +1,8 @@
 """napari reader for whole slides (SVS, NDPI, BTF, OME-TIFF, tiled or pyramidal TIFF, OME-Zarr): a lazy
-multiscale Image layer from :func:`cellseg.slides.open_slide`, never the whole slide in memory.
+multiscale Image layer from :func:`cellseg.infer.slides.open_slide`, never the whole slide in memory.
 
 The layer keeps its file as ``layer.source.path``, so the widget hands the file itself to the model
-process (:func:`cellseg.slides.segment_slide`), which reads it chunk by chunk.
+process (:func:`cellseg.infer.slides.segment_slide`), which reads it chunk by chunk.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cellseg.slides.reader import Slide, is_slide, open_slide, slide_id
+from cellseg.infer.slides.reader import Slide, is_slide, open_slide, slide_id
 
 LayerData = tuple[Any, dict[str, Any], str]
 

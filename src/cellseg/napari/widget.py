@@ -35,9 +35,9 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from superqt.utils import ensure_main_thread
 
-from cellseg import pretrained
+from cellseg.infer import pretrained
+from cellseg.infer.slides.reader import is_slide
 from cellseg.napari import child, engine
-from cellseg.slides.reader import is_slide
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +49,15 @@ TABLE_ROWS = 2000  # the widget's table shows the first rows; the layer's featur
 def _model_line(name: str) -> str:
     """A shipped model's licence and held-out score, as ``--list-models`` gives them."""
     card = pretrained.available()[name].card
-    test = card["scores"].get("test", {})
+    test = card.scores.get("test", {})
     score = f"{test.get('data_name', 'test')} DSB {test.get('dsb_score', float('nan')):.3f}"
-    return f"{card['data']}\nlicence {card['licence']}; {score}"
+    return f"{card.data}\nlicence {card.licence}; {score}"
 
 
 def _recipe_epochs() -> int:
     """The fine-tuning recipe's epochs (the widget's default)."""
-    from cellseg.config import load_config
-    from cellseg.finetune import RECIPE
+    from cellseg.core.config import load_config
+    from cellseg.train.finetune import RECIPE
 
     return load_config(RECIPE).train.epochs
 
@@ -237,7 +237,7 @@ class CellsegWidget(Container):
         return self._start(work, done, "segmenting")
 
     def _segment_large(self, layer: Any, source: str, zoom: float | None) -> Any:
-        from cellseg.config import SlideOptions
+        from cellseg.core.config import SlideOptions
 
         levels = list(layer.data) if layer.multiscale else [layer.data]
         out, options = str(self.large_out.value), SlideOptions(zoom=zoom)
@@ -273,9 +273,9 @@ class CellsegWidget(Container):
         return self._start(work, done, "segmenting a large image")
 
     def _knobs(self) -> dict[str, Any]:
-        """The post-processing knobs, by the :class:`~cellseg.postprocess.PostprocessParams` field each
+        """The post-processing knobs, by the :class:`~cellseg.labels.postprocess.PostprocessParams` field each
         sets (the widgets are named after them)."""
-        from cellseg.postprocess import PostprocessParams
+        from cellseg.labels.postprocess import PostprocessParams
 
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(PostprocessParams)}
 
@@ -287,7 +287,7 @@ class CellsegWidget(Container):
 
     def params(self) -> Any:
         """The post-processing the knobs say."""
-        from cellseg.postprocess import PostprocessParams
+        from cellseg.labels.postprocess import PostprocessParams
 
         return PostprocessParams(**{name: knob.value for name, knob in self._knobs().items()})
 
@@ -393,7 +393,7 @@ class CellsegWidget(Container):
             return self.process.call(child.finetune, cfg, str(self.runs.value), progress=self._report)
 
         def done(run_dir: Path) -> None:
-            from cellseg.runs import Run
+            from cellseg.core.runs import Run
 
             c = Run(run_dir).summary.init_comparison or {}
             kept = (

@@ -26,13 +26,14 @@ from typing import Any
 
 import yaml
 
-from cellseg import files, runs
-from cellseg.config import ConfigError
+from cellseg.core import files, runs
+from cellseg.core.config import ConfigError
+from cellseg.core.hardware import configure_process
+from cellseg.core.parallel import available_cores, ray_map, use_threads
+from cellseg.core.records import Metrics, Summary
+from cellseg.core.runs import Run
 from cellseg.data.prepare import DataCache
-from cellseg.hardware import configure_process
-from cellseg.parallel import available_cores, ray_map, use_threads
-from cellseg.preprocessing import MODALITIES
-from cellseg.runs import Run
+from cellseg.data.preprocessing import MODALITIES
 from cellseg.sweep.report import RunRecord, compare, write_results
 from cellseg.sweep.spec import SweepSpec, Variant
 
@@ -44,7 +45,7 @@ Job = tuple[Variant, int, int | None]
 SPEC = "sweep.yaml"
 
 
-def _figures(run_dir: Path, summary: runs.Summary, evaluate: Callable[[Path], dict[str, float]]) -> dict:
+def _figures(run_dir: Path, summary: Summary, evaluate: Callable[[Path], dict[str, float]]) -> dict:
     history = Run(run_dir).history()
     traced = set(summary.session_starts)  # each process's first epoch traces the graph
     seconds = [r["seconds"] for r in history if r["epoch"] not in traced] or [r["seconds"] for r in history]
@@ -83,7 +84,7 @@ def run_one(
             if summary.best_val_loss is not None:
                 record.figures = _figures(run_dir, summary, evaluate)
                 record.test_images = _test_images(run_dir) if spec.test_data is not None else {}
-            (run_dir / runs.FAILED).unlink(missing_ok=True)
+            Run(run_dir).failed_file.unlink(missing_ok=True)
     except runs.RunBusy as exc:  # not this process's run: leave its folder alone
         record.status, record.reason = "failed", str(exc)
         logger.warning(f"{name}: skipped ({exc})")
@@ -91,7 +92,7 @@ def run_one(
         record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"
         run_dir.mkdir(parents=True, exist_ok=True)
         files.write_json(
-            run_dir / runs.FAILED, {"reason": record.reason, "traceback": traceback.format_exc()}
+            Run(run_dir).failed_file, {"reason": record.reason, "traceback": traceback.format_exc()}
         )
         logger.warning(f"{name}: FAILED ({record.reason})")
     return record
@@ -114,54 +115,54 @@ def _test_images(run_dir: Path) -> dict[str, float]:
     """Per-image DSB scores of the run's held-out evaluation (``evaluation/per_image.csv``)."""
     import csv
 
-    with (run_dir / runs.EVALUATION / runs.PER_IMAGE).open() as f:
+    with (Run(run_dir).evaluation_dir() / runs.PER_IMAGE).open() as f:
         return {row["id"]: float(row["dsb_score"]) for row in csv.DictReader(f)}
 
 
-def test_figures(metrics: dict[str, Any]) -> dict[str, float]:
-    """The sweep's test_* figures from an evaluation's ``metrics.json`` (NaN where an older one lacks
-    them, or the test set has no image of a modality)."""
-    inst, by_modality = metrics["instance"], metrics.get("by_modality", {})
+def test_figures(metrics: Metrics) -> dict[str, float]:
+    """The sweep's test_* figures from an evaluation's ``metrics.json`` (NaN where the test set has no
+    image of a modality)."""
+    figures = metrics.headline()
     return {
-        "test_dsb_score": inst["dsb_score"],
-        "test_ap_50": inst["ap_50"],
-        "test_aji": inst.get("aji", math.nan),
-        "test_pixel_iou": metrics["pixel"]["iou"],
-        **{f"test_dsb_{m}": by_modality.get(m, {}).get("dsb_score", math.nan) for m in MODALITIES},
+        "test_dsb_score": figures["dsb_score"],
+        "test_ap_50": figures["ap_50"],
+        "test_aji": figures["aji"],
+        "test_pixel_iou": figures["pixel_iou"],
+        **{f"test_dsb_{m}": metrics.by_modality.get(m, {}).get("dsb_score", math.nan) for m in MODALITIES},
     }
 
 
 def fold_figures(run: Run, options: Any) -> dict[str, float]:
     """A fold's scores: the run's validation images of its folded source (``data.folds.source``; all of
     them with none named), scored once into ``evaluation_val/`` and read back from there after."""
-    from cellseg.evaluation import evaluate_run
+    from cellseg.evaluate.evaluation import evaluate_run
 
-    metrics = run.evaluation_metrics(run.path / runs.VAL_EVALUATION)
+    metrics = run.evaluation_metrics(run.evaluation_dir(val=True))
     if metrics is None:
         metrics = evaluate_run(run.path, None, options=options)[1]
     source = run.config.data.folds.source
-    scores = metrics["by_source"].get(source, {}) if source else metrics["instance"]
+    scores = metrics.by_source.get(source, {}) if source else metrics.headline()
     return {"fold_dsb_score": scores.get("dsb_score", math.nan), "fold_aji": scores.get("aji", math.nan)}
 
 
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:
     """Instance scores of a finished run: on its validation images, and on ``spec.test_data`` if given."""
-    from cellseg.config import InferenceOptions
-    from cellseg.evaluation import evaluate_run, scored_on
-    from cellseg.segmenter import open_segmenter
+    from cellseg.core.config import InferenceOptions
+    from cellseg.evaluate.evaluation import evaluate_run, scored_on
+    from cellseg.infer.segmenter import open_segmenter
 
     options = InferenceOptions()
 
     def evaluate(run_dir: Path) -> dict[str, float]:
         run = Run(run_dir)
         metrics = run.evaluation_metrics() if spec.test_data is not None else None
-        if metrics is not None and not scored_on(metrics, spec.test_data):
+        if metrics is not None and not scored_on(metrics.data, spec.test_data):
             metrics = None  # an evaluation of other images: scored again
         if spec.test_data is not None and metrics is None:  # calibrates on validation first if needed
             metrics = evaluate_run(run_dir, spec.test_data, options=options)[1]
         elif run.postprocess is None:  # else: calibrated earlier, no model needed
             open_segmenter(run_dir, options)  # calibrates
-        figures = {"val_dsb_score": run.postprocess["val_dsb_score"]}
+        figures = {"val_dsb_score": run.postprocess.val_dsb_score}
         if spec.folds:
             figures.update(fold_figures(run, options))
         if spec.test_data is not None:
@@ -199,9 +200,14 @@ def _job(
     """One run, start to finish, in whatever process runs it (keeps that process's graph small)."""
     import keras
 
-    from cellseg.trainer import train
+    from cellseg.train.trainer import train
 
-    with _quiet("cellseg.trainer", "cellseg.data.prepare", "cellseg.calibration", "cellseg.evaluation"):
+    with _quiet(
+        "cellseg.train.trainer",
+        "cellseg.data.prepare",
+        "cellseg.infer.calibration",
+        "cellseg.evaluate.evaluation",
+    ):
         try:
             data_cache = cache if cache is not None else _worker_cache
             quiet_train = functools.partial(train, verbose=verbose, data_cache=data_cache)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cellseg import files, runs
+from cellseg.core import files, runs
 from cellseg.sweep import stats
 from cellseg.sweep.spec import METRICS, SweepSpec
 
@@ -138,7 +138,7 @@ def depth_profile(records: list[RunRecord]) -> list[dict[str, Any]]:
     """
     last: dict[str, list[dict[str, float]]] = {}
     for r in records:
-        if r.status == "ok" and (Path(r.run_dir) / runs.DIAGNOSTICS).is_file():
+        if r.status == "ok" and runs.Run(r.run_dir).diagnostics_file.is_file():
             table = runs.read_history(r.run_dir, runs.DIAGNOSTICS)
             if table:
                 last.setdefault(r.label, []).append(table[-1])
@@ -227,7 +227,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
 
 def write_results(root: Path, spec: SweepSpec, records: list[RunRecord]) -> list[dict[str, Any]]:
     """runs.csv, comparison.csv / .md and the figures, from the runs so far."""
-    from cellseg.plots import plot_depth_profile, plot_differences, plot_histories, plot_score_bars
+    from cellseg.evaluate.plots import plot_depth_profile, plot_differences, plot_histories, plot_score_bars
 
     records = sorted(records, key=lambda r: (r.seed, r.variant))  # parallel workers finish in any order
     files.write_csv(root / RUNS_TABLE, [r.row() for r in records])

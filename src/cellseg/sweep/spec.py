@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from cellseg import runs
-from cellseg.config import ConfigError, load_config
-from cellseg.preprocessing import MODALITIES
+from cellseg.core import runs
+from cellseg.core.config import ConfigError, load_config
+from cellseg.data.preprocessing import MODALITIES
 
 #: Per-run figures compared between variants, and whether higher is better.
 METRICS: dict[str, bool] = {
@@ -109,7 +109,7 @@ class SweepSpec:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.executor not in ("local", "ray"):
             raise ConfigError(f"executor must be 'local' or 'ray', got '{self.executor}'")
-        from cellseg.models import check_model_config
+        from cellseg.model.unet import check_model_config
 
         for variant in self.variants():  # every config and value is checked before anything trains
             try:

@@ -1,0 +1,1 @@
+"""Scoring a run on held-out masks (per source and modality) and the figures of histories and scores."""

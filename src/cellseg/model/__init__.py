@@ -1,0 +1,1 @@
+"""The network: the activation registry, the U-Net built from a config, its losses and optimisers."""

@@ -1,0 +1,1 @@
+"""Training a run: the trainer, its callbacks and checkpoints, and fine-tuning from a shipped model."""
