@@ -409,3 +409,22 @@ def test_resume_of_a_folder_that_is_no_run_says_so(capsys, tmp_path):
 
     assert main(["--resume", str(tmp_path)]) == 2
     assert f"{tmp_path} is not a cellseg run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_a_named_run_folder_that_holds_a_run_is_refused_and_an_empty_one_trains(tmp_path):
+    """A sweep names its runs: a folder of that name with a run in it is never overwritten; one that
+    holds only what a sweep leaves beside a run (its lock, a failure record) is started afresh."""
+    from cellseg.train.trainer import train
+
+    cfg = load_config(None, TINY)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / runs.CONFIG).write_text("model: {}\n")
+    with pytest.raises(runs.TrainingError, match="already holds a run"):
+        train(cfg, out=tmp_path, run_name="taken", verbose=0)
+    assert (taken / runs.CONFIG).read_text() == "model: {}\n"
+    retried = tmp_path / "retried"
+    retried.mkdir()
+    (retried / runs.FAILED).write_text('{"reason": "an earlier attempt"}')
+    result = train(cfg, out=tmp_path, run_name="retried", verbose=0)
+    assert result.run_dir == retried and runs.Run(retried).status() == "finished"

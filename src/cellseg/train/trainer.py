@@ -178,7 +178,7 @@ def _open_run(
         else:
             run_dir = Path(out) / run_name
             run_dir.mkdir(parents=True, exist_ok=True)  # a sweep may hold its lock already
-            if any(p.name not in (runs.LOCK, runs.FAILED) for p in run_dir.iterdir()):
+            if Run(run_dir).status() != "new":
                 raise TrainingError(f"{run_dir} already holds a run; resume it or choose another name")
         try:
             opened = _start_run(cfg, data, run_dir)
