@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from cellseg.core.files import read_json, write_json
+
 R = TypeVar("R", bound="Record")
 
 
@@ -51,6 +53,14 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def read(cls: type[R], path: Path) -> R | None:
+        """The file at ``path``, or None where there is none; a damaged one raises ValueError naming it."""
+        return cls.from_dict(read_json(path, cls.WHAT), path) if path.is_file() else None
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.to_dict())
 
 
 #: The version of ``summary.json``'s layout :class:`Summary` writes; files without one are version 0.

@@ -192,6 +192,11 @@ def load_run_config(run_dir: str | Path) -> Config:
     return config_from_dict(raw, source=str(path))
 
 
+def _file(name: str) -> property:
+    """A :class:`Run` attribute: the path of the file (or folder) ``name`` in the run folder."""
+    return property(lambda run: run.path / name, doc=f"``{name}`` in the run folder")
+
+
 class Run:
     """One run folder. Every module reads and writes a run through this class, so the meaning of each
     file (which epoch the kept model holds, whether the run finished, the calibrated post-processing, the
@@ -232,37 +237,14 @@ class Run:
     # Files that others write in their own way (Keras saves the models, callbacks append rows, a sweep
     # records a failure): Run names them, so no module joins a run folder's paths itself.
 
-    @property
-    def history_file(self) -> Path:
-        return self.path / HISTORY
-
-    @property
-    def diagnostics_file(self) -> Path:
-        return self.path / DIAGNOSTICS
-
-    @property
-    def last_model(self) -> Path:
-        return self.path / LAST_MODEL
-
-    @property
-    def state_file(self) -> Path:
-        return self.path / STATE
-
-    @property
-    def split_file(self) -> Path:
-        return self.path / SPLIT
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.path / LOSS_PLOT
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / TENSORBOARD
-
-    @property
-    def failed_file(self) -> Path:
-        return self.path / FAILED
+    history_file = _file(HISTORY)
+    diagnostics_file = _file(DIAGNOSTICS)
+    last_model = _file(LAST_MODEL)
+    state_file = _file(STATE)
+    split_file = _file(SPLIT)
+    loss_plot = _file(LOSS_PLOT)
+    tensorboard_dir = _file(TENSORBOARD)
+    failed_file = _file(FAILED)
 
     def evaluation_dir(self, val: bool = False) -> Path:
         """``evaluate.py``'s default output: ``evaluation/`` (held-out images) or ``evaluation_val/``."""
@@ -299,7 +281,7 @@ class Run:
         return Summary.from_dict(read_json(path, Summary.WHAT), path)
 
     def save_summary(self, summary: Summary) -> None:
-        write_json(self.path / SUMMARY, summary.to_dict())
+        summary.write(self.path / SUMMARY)
 
     @property
     def kept_epoch(self) -> int | None:
@@ -313,11 +295,10 @@ class Run:
     @property
     def postprocess(self) -> Calibration | None:
         """The post-processing calibrated on the validation images, or None before the first calibration."""
-        path = self.path / POSTPROCESS
-        return Calibration.from_dict(read_json(path, Calibration.WHAT), path) if path.is_file() else None
+        return Calibration.read(self.path / POSTPROCESS)
 
     def save_postprocess(self, record: Calibration) -> None:
-        write_json(self.path / POSTPROCESS, record.to_dict())
+        record.write(self.path / POSTPROCESS)
 
     def evaluation_metrics(self, folder: str | Path | None = None) -> Metrics | None:
         """The metrics of the run's last evaluation (``evaluation/metrics.json`` or ``folder``'s), or None."""
@@ -326,18 +307,16 @@ class Run:
     @property
     def card(self) -> Card | None:
         """A shipped model's card, or None for a run that was never shipped."""
-        path = self.path / CARD
-        return Card.from_dict(read_json(path, Card.WHAT), path) if path.is_file() else None
+        return Card.read(self.path / CARD)
 
     def save_card(self, card: Card) -> None:
-        write_json(self.path / CARD, card.to_dict())
+        card.write(self.path / CARD)
 
 
 def read_metrics(folder: str | Path) -> Metrics | None:
     """An evaluation folder's ``metrics.json``, or None where it has none."""
-    path = Path(folder) / EVALUATION_METRICS
-    return Metrics.from_dict(read_json(path, Metrics.WHAT), path) if path.is_file() else None
+    return Metrics.read(Path(folder) / EVALUATION_METRICS)
 
 
 def write_metrics(folder: str | Path, metrics: Metrics) -> None:
-    write_json(Path(folder) / EVALUATION_METRICS, metrics.to_dict())
+    metrics.write(Path(folder) / EVALUATION_METRICS)
