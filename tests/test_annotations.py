@@ -135,8 +135,56 @@ def test_a_qupath_rectangle_region_crops_what_is_trained_and_scored(tmp_path):
     triangle = {"type": "Polygon", "coordinates": [[[10, 10], [30, 10], [10, 35], [10, 10]]]}
     features = [inside, qupath_feature(triangle, "annotation")]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    with pytest.raises(DataError, match="not a rectangle; draw it with QuPath's rectangle tool"):
+    (ref,) = scan_beside(tmp_path)  # too small a free-form region: named when read, like a bad file
+    with pytest.raises(DataError, match="holds no rectangle of 32 x 32 px: draw it larger"):
         ref.load()
+
+
+def test_free_form_and_several_regions_give_one_sample_per_rectangle_inside_them(tmp_path):
+    """A free-form QuPath region counts only inside it: it is covered by the largest rectangles that fit
+    (each one sample), never by its bounding box; several rectangles give several samples."""
+    from cellseg.data.annotations import REGION_COVER, region_boxes
+    from cellseg.data.cache import SampleCache
+
+    image = (np.random.default_rng(3).random((200, 200)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "h.png"), image)
+    # an L: a 120 x 40 px bar down the left and a 40 x 120 px bar along the bottom (x right, y down)
+    ell = [[10, 10], [50, 10], [50, 90], [130, 90], [130, 130], [10, 130], [10, 10]]
+    in_bar = qupath_feature({"type": "Polygon", "coordinates": [square(20, 20, 30, 30)]})
+    in_foot = qupath_feature({"type": "Polygon", "coordinates": [square(100, 100, 110, 110)]})
+    in_corner = qupath_feature({"type": "Polygon", "coordinates": [square(100, 20, 110, 30)]})  # box, not L
+    features = [
+        in_bar,
+        in_foot,
+        in_corner,
+        qupath_feature({"type": "Polygon", "coordinates": [ell]}, "annotation"),
+    ]
+    path = tmp_path / "h.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    boxes = region_boxes(path)
+    area = sum((b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b in boxes)
+    assert len(boxes) == 2 and area >= REGION_COVER * (40 * 120 + 80 * 40)
+    refs = scan_beside(tmp_path)
+    assert [r.id for r in refs] == ["h_r1", "h_r2"]
+    samples = [r.load() for r in refs]
+    assert all(s.id == r.id for s, r in zip(samples, refs, strict=True))
+    inside = np.zeros((200, 200), bool)
+    for box in boxes:
+        assert not inside[box].any(), "no pixel in two samples"
+        inside[box] = True
+    assert not inside[20:30, 100:110].any(), "the corner of the bounding box outside the L counts nowhere"
+    assert sum(len(np.unique(s.labels)) - 1 for s in samples) == 2, "the nuclei in the L, each in one sample"
+    for ref, sample in zip(refs, samples, strict=True):
+        np.testing.assert_array_equal(ref.load_image(), sample.image)
+    cache = SampleCache(tmp_path / "cache")
+    assert cache.entry(refs[0]) != cache.entry(refs[1]), "each region its own cache entry"
+    cached = [r.load() for r in cache.wrap(refs)]
+    assert [c.image.shape for c in cached] == [s.image.shape for s in samples]
+
+    two = [square(0, 0, 60, 50), square(100, 100, 180, 160)]
+    regions = [qupath_feature({"type": "Polygon", "coordinates": [r]}, "annotation") for r in two]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [in_bar, *regions]}))
+    assert region_boxes(path) == [(slice(0, 50), slice(0, 60)), (slice(100, 160), slice(100, 180))]
 
 
 def test_predicted_nuclei_go_to_qupath_as_geojson_and_come_back_pixel_for_pixel(tmp_path):

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(f"{root}: layout {layout}, {len(refs)} images")
+        images = len({r.sources[0] for r in refs if r.sources}) or len(refs)
+        regions = f" ({len(refs)} samples: regions of interest)" if len(refs) > images else ""
+        print(f"{root}: layout {layout}, {images} images{regions}")
         for ref in refs:
             annotation = ", ".join(p.name for p in ref.sources[1:]) or "-"
             try:

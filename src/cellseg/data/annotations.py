@@ -17,20 +17,22 @@ Polygons are rasterised in pixel coordinates whose (0, 0) is the corner of the f
 ImageJ's convention): a pixel belongs to a nucleus when its centre lies inside. Holes are cut out, every
 part of a multi-polygon belongs to the same nucleus, and where nuclei overlap the smaller keeps the shared
 pixels. In a QuPath file, detections and cells are the nuclei (a cell's ``nucleusGeometry`` where it has
-one), and annotation objects beside them mark the region of interest: a rectangle to which image and
-nuclei are cropped, so only what was annotated is trained on and scored (:func:`region_box`). In a file
+one), and annotation objects beside them mark the regions of interest: image and nuclei are cropped to
+each (a free-form region: to the largest rectangles inside it), so only what was annotated is trained on
+and scored (:func:`region_boxes`). In a file
 without detections (a hand-drawn one), the annotation objects are the nuclei and the whole image counts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage import draw
 
 from cellseg.data.images import IMAGE_SUFFIXES, read_image_2d, read_mask_2d
@@ -127,13 +129,24 @@ def _features(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return (detected, annotations) if detected else (annotations, [])
 
 
-def region_box(path: Path, shape: tuple[int, int]) -> tuple[slice, slice] | None:
-    """The annotated region of a QuPath file (its annotation objects beside detections), as the rows and
-    columns of its rectangle; None when the whole image is annotated (or the file is not QuPath's).
+#: A free-form region is covered by the largest rectangles inside it (each one sample) until they cover
+#: this share of it, or the next would be narrower than :data:`MIN_REGION_SIDE` px.
+REGION_COVER = 0.9
+MIN_REGION_SIDE = 32
+_GRID = 256  # a free-form region is searched for rectangles on a grid of at most this many cells a side
 
-    Only what lies inside the region is trained on and scored. A region must be a rectangle (QuPath's
-    rectangle tool): the pixels of a free-form region's bounding box outside it would count as
-    background, so one is refused with the fix.
+Box = tuple[slice, slice]
+
+
+def region_boxes(path: Path) -> list[Box] | None:
+    """The annotated regions of a QuPath file (its annotation objects beside detections) as rectangles
+    of pixel rows and columns, one sample each; None when the whole image is annotated (or the file is
+    not QuPath's).
+
+    Only what lies inside a region is trained on and scored. A rectangle (QuPath's rectangle tool) is
+    one box; a free-form region is covered by the largest rectangles that fit inside it
+    (:data:`REGION_COVER`, :data:`MIN_REGION_SIDE`), since the pixels of its bounding box outside it
+    would count as background. Boxes may reach past the image; the image's size clips them when read.
     """
     if not path.name.endswith((".geojson", ".json")):
         return None
@@ -143,17 +156,60 @@ def region_box(path: Path, shape: tuple[int, int]) -> tuple[slice, slice] | None
     polygons = [
         p for i, f in enumerate(regions) for p in _geojson_polygons(f.get("geometry"), f"{path}, region {i}")
     ]
-    inside = polygon_mask(polygons, shape)
+    corners = [xy for rings in polygons for xy in rings[0]] if polygons else []
+    far = np.ceil(np.max(np.asarray(corners, np.float64)[:, :2], axis=0)).astype(int) if corners else (0, 0)
+    inside = polygon_mask(polygons, (max(int(far[1]), 0), max(int(far[0]), 0)))
     if not inside.any():
-        raise DataError(f"{path}: its region of interest covers no pixel of the {shape[1]}x{shape[0]} image")
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    if inside[box].mean() < 0.99:
+        raise DataError(f"{path}: its region of interest covers no pixel")
+    boxes = []
+    for part in ndi.find_objects(ndi.label(inside)[0]):
+        if inside[part].mean() >= 0.99:  # a rectangle: all of it
+            boxes.append(part)
+        else:
+            boxes += _cover(inside[part], (part[0].start, part[1].start), f"{path}: a region of interest")
+    return boxes
+
+
+def _cover(inside: np.ndarray, origin: tuple[int, int], what: str) -> list[Box]:
+    """The largest rectangles inside a free-form region, greedily, on a grid of cells wholly inside it."""
+    cell = max(1, -(-max(inside.shape) // _GRID))
+    rows, cols = inside.shape[0] // cell, inside.shape[1] // cell
+    grid = inside[: rows * cell, : cols * cell].reshape(rows, cell, cols, cell).all(axis=(1, 3))
+    boxes: list[Box] = []
+    covered, area = 0, int(inside.sum())
+    while covered < REGION_COVER * area:
+        top, left, height, width = _largest_rectangle(grid)
+        if min(height, width) * cell < MIN_REGION_SIDE:
+            break
+        grid[top : top + height, left : left + width] = False
+        y, x = origin[0] + top * cell, origin[1] + left * cell
+        boxes.append((slice(y, y + height * cell), slice(x, x + width * cell)))
+        covered += height * width * cell * cell
+    if not boxes:
         raise DataError(
-            f"{path}: the region of interest (its annotation objects) is not a rectangle; draw it with "
-            "QuPath's rectangle tool, or annotate its whole bounding box"
+            f"{what} holds no rectangle of {MIN_REGION_SIDE} x {MIN_REGION_SIDE} px: draw it larger, or "
+            "with QuPath's rectangle tool"
         )
-    return box
+    return boxes
+
+
+def _largest_rectangle(grid: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the largest all-True rectangle of ``grid``: per row, the heights of
+    the True columns ending there, and the largest rectangle under that histogram (a stack of rising bars)."""
+    best, best_area = (0, 0, 0, 0), 0
+    heights = np.zeros(grid.shape[1], int)
+    for row in range(grid.shape[0]):
+        heights = np.where(grid[row], heights + 1, 0)
+        bars = [*heights.tolist(), 0]  # the closing 0 empties the stack
+        stack: list[int] = []
+        for col, height in enumerate(bars):
+            while stack and bars[stack[-1]] >= height:
+                tall = bars[stack.pop()]
+                left = stack[-1] + 1 if stack else 0
+                if tall * (col - left) > best_area:
+                    best, best_area = (row - tall + 1, left, tall, col - left), tall * (col - left)
+            stack.append(col)
+    return best
 
 
 def read_geojson(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -209,23 +265,45 @@ def read_annotation(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return labels
 
 
-def _image_beside(image_path: Path, annotation: Path | None) -> np.ndarray:
-    """The image, cropped to its annotation's region of interest if it has one (:func:`region_box`)."""
+def _clip(box: Box | None, shape: tuple[int, int], annotation: Path) -> Box | None:
+    """``box`` within an image of ``shape`` (None: the whole image); one outside it is named."""
+    if box is None:
+        return None
+    rows, cols = (slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(box, shape, strict=True))
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        raise DataError(
+            f"{annotation}: its region of interest covers no pixel of the {shape[1]}x{shape[0]} image"
+        )
+    return rows, cols
+
+
+def _image_beside(image_path: Path, annotation: Path | None, box: Box | None = None) -> np.ndarray:
+    """The image, cropped to the region ``box`` of its annotation if it has one (:func:`region_boxes`)."""
     image = read_image_2d(image_path)
-    box = None if annotation is None else region_box(annotation, image.shape[:2])
+    box = None if annotation is None else _clip(box, image.shape[:2], annotation)
     return image if box is None else image[box]
 
 
-def _load_beside(image_path: Path, annotation: Path | None) -> Sample:
+def _load_beside(image_path: Path, annotation: Path | None, box: Box | None = None, name: str = "") -> Sample:
     if annotation is None:
         endings = ", ".join(image_path.stem + e for e in ANNOTATION_ENDINGS[:3])
         raise DataError(f"{image_path}: no annotation beside it (looked for {endings}, ...)")
     image = read_image_2d(image_path)
     labels = read_annotation(annotation, image.shape[:2])
-    box = region_box(annotation, image.shape[:2])
+    box = _clip(box, image.shape[:2], annotation)
     if box is not None:
         image, labels = image[box], labels[box]
-    return Sample(image_path.stem, image, labels)
+    return Sample(name or image_path.stem, image, labels)
+
+
+def _failing(error: DataError) -> Callable[[], Any]:
+    """A loader that raises ``error``: a damaged annotation fails when its sample is read, as every
+    bad file does (so ``data.on_bad_sample: skip`` can leave it out), not while the folder is listed."""
+
+    def load() -> Any:
+        raise error
+
+    return load
 
 
 def _images(root: Path) -> list[Path]:
@@ -237,18 +315,29 @@ def _images(root: Path) -> list[Path]:
 
 
 def scan_beside(root: Path) -> list[SampleRef]:
-    """One reference per image in ``root`` with its annotation beside it (see the module docstring)."""
+    """One reference per image in ``root`` with its annotation beside it (see the module docstring), or
+    one per region of interest when its annotation marks several (ids ``<image>_r1``, ``_r2``, ...)."""
     refs = []
     for image in _images(root):
         annotation = annotation_for(image)
-        refs.append(
-            SampleRef(
-                image.stem,
-                partial(_load_beside, image, annotation),
-                partial(_image_beside, image, annotation),
-                (image, *([annotation] if annotation else [])),
+        sources = (image, *([annotation] if annotation else []))
+        try:
+            boxes = region_boxes(annotation) if annotation else None
+        except DataError as exc:
+            refs.append(SampleRef(image.stem, _failing(exc), _failing(exc), sources))
+            continue
+        parts = [(image.stem, None)] if boxes is None else [(image.stem, boxes[0])]
+        if boxes is not None and len(boxes) > 1:
+            parts = [(f"{image.stem}_r{i}", box) for i, box in enumerate(boxes, start=1)]
+        for name, box in parts:
+            refs.append(
+                SampleRef(
+                    name,
+                    partial(_load_beside, image, annotation, box, name),
+                    partial(_image_beside, image, annotation, box),
+                    sources,
+                )
             )
-        )
     return refs
 
 

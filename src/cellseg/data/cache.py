@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cellseg.core import files
-from cellseg.data.sample import Sample, SampleRef
+from cellseg.data.sample import Sample, SampleRef, image_id
 
 #: Bump when the stored arrays change meaning, so old entries are decoded again.
 FORMAT = 1
@@ -57,7 +57,10 @@ class SampleCache:
         self._write_failed = False
 
     def entry(self, ref: SampleRef) -> Path:
-        key = hashlib.sha256(str(ref.sources[0].resolve()).encode()).hexdigest()[:32]
+        """Keyed by the first source file and the sample's id within its source (one image may give
+        several samples: its regions of interest), so the same image shares an entry across data sets."""
+        where = f"{ref.sources[0].resolve()}\n{image_id(ref.id)}"
+        key = hashlib.sha256(where.encode()).hexdigest()[:32]
         return self.folder / key[:2] / f"{key}.npz"
 
     def wrap(self, refs: list[SampleRef]) -> list[SampleRef]:
