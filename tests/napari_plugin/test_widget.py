@@ -263,3 +263,28 @@ def test_a_slide_opens_lazily_through_the_reader_and_the_model_process_reads_the
     rows = table.read_text().splitlines()
     assert "centroid_x_um" in rows[0] and len(rows) - 1 == len(nuclei.features) > 50
     assert tuple(nuclei.scale) == (0.5, 0.5), "labels over the slide, in its micrometres"
+
+
+def test_region_shapes_give_rectangles_and_free_form_ones_the_rectangles_inside_them():
+    """A drawn rectangle is kept as drawn; a polygon or ellipse as the largest rectangles inside it (as a
+    QuPath free-form region), never its bounding box; one too small to hold 32 x 32 px is named."""
+    import napari
+
+    from cellseg.data.annotations import REGION_COVER
+
+    image = napari.layers.Image(np.zeros((200, 200), np.uint8))
+    ell = [[10, 10], [130, 10], [130, 130], [90, 130], [90, 50], [10, 50]]  # (row, col): an L
+    shapes = napari.layers.Shapes(
+        [[[0, 150], [0, 200], [60, 200], [60, 150]], ell], shape_type=["rectangle", "polygon"]
+    )
+    boxes = list(widget._region_boxes(shapes, image, (200, 200)))
+    assert boxes[0] == (slice(0, 60), slice(150, 200))
+    inside = shapes.to_masks((200, 200))[1]
+    covered = np.zeros((200, 200), bool)
+    for box in boxes[1:]:
+        assert inside[box].all(), "every pixel of a free-form region's rectangles lies inside it"
+        covered[box] = True
+    assert covered.sum() >= REGION_COVER * inside.sum() and len(boxes) == 3
+    tiny = napari.layers.Shapes([[[5, 5], [25, 25]]], shape_type="ellipse")
+    with pytest.raises(ValueError, match="holds no rectangle of 32 x 32 px"):
+        list(widget._region_boxes(tiny, image, (200, 200)))

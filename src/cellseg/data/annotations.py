@@ -161,12 +161,19 @@ def region_boxes(path: Path) -> list[Box] | None:
     inside = polygon_mask(polygons, (max(int(far[1]), 0), max(int(far[0]), 0)))
     if not inside.any():
         raise DataError(f"{path}: its region of interest covers no pixel")
+    return cover(inside, f"{path}: a region of interest")
+
+
+def cover(inside: np.ndarray, what: str = "the region") -> list[Box]:
+    """Rectangles of pixel rows and columns within the True pixels of ``inside``: each connected part
+    that is a rectangle whole, each other part by the largest rectangles that fit in it
+    (:data:`REGION_COVER`, :data:`MIN_REGION_SIDE`); a part that holds none is named (``what``)."""
     boxes = []
     for part in ndi.find_objects(ndi.label(inside)[0]):
         if inside[part].mean() >= 0.99:  # a rectangle: all of it
             boxes.append(part)
         else:
-            boxes += _cover(inside[part], (part[0].start, part[1].start), f"{path}: a region of interest")
+            boxes += _cover(inside[part], (part[0].start, part[1].start), what)
     return boxes
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,28 @@ def _recipe_epochs() -> int:
     from cellseg.train.finetune import RECIPE
 
     return load_config(RECIPE).train.epochs
+
+
+def _region_boxes(region: Any, layer: Any, shape: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
+    """The image-pixel rectangles of a Shapes layer's regions: a rectangle as drawn (through both layers'
+    transforms), any other shape covered by the largest rectangles inside it (as a QuPath free-form
+    region is: :func:`cellseg.data.annotations.cover`), which needs the two layers aligned."""
+    from cellseg.data.annotations import cover
+
+    masks = None
+    for i, (kind, vertices) in enumerate(zip(region.shape_type, region.data, strict=True)):
+        corners = np.array([layer.world_to_data(region.data_to_world(v))[-2:] for v in vertices])
+        if kind == "rectangle":
+            (y0, x0), (y1, x1) = np.floor(corners.min(0)).astype(int), np.ceil(corners.max(0)).astype(int)
+            yield slice(max(y0, 0), y1), slice(max(x0, 0), x1)
+            continue
+        if not np.allclose(corners, np.asarray(vertices)[:, -2:]):
+            raise ValueError(
+                "a free-form region needs the region layer aligned with the image; draw rectangles"
+            )
+        if masks is None:
+            masks = region.to_masks(mask_shape=shape)
+        yield from cover(np.asarray(masks[i], bool), f"region shape {i + 1} ({kind})")
 
 
 class CellsegWidget(Container):
@@ -355,14 +377,11 @@ class CellsegWidget(Container):
         boxes: list[tuple[slice, slice] | None] = [None]
         region = self.region.value
         if region is not None and len(region.data):
-            if any(kind != "rectangle" for kind in region.shape_type):
-                show_error("cellseg: the region layer holds shapes other than rectangles; draw rectangles")
+            try:
+                boxes = list(_region_boxes(region, layer, image.shape[:2]))
+            except Exception as exc:
+                show_error(f"cellseg: {exc}")
                 return []
-            boxes = []
-            for shape in region.data:  # its corners in the image's pixels
-                corners = np.array([layer.world_to_data(region.data_to_world(v))[-2:] for v in shape])
-                (y0, x0), (y1, x1) = np.floor(corners.min(0)).astype(int), np.ceil(corners.max(0)).astype(int)
-                boxes.append((slice(max(y0, 0), y1), slice(max(x0, 0), x1)))
         written = []
         try:
             for i, box in enumerate(boxes):
