@@ -90,3 +90,41 @@ def test_fine_tuning_never_leaves_a_worse_model_than_it_started_from(tmp_path):
         load_model(run.kept_model, compile=False).get_weights(), start.get_weights(), strict=True
     ):
         np.testing.assert_allclose(kept, original, rtol=1e-2, atol=1e-2)  # the run's precision may round
+
+
+def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains(isru_run, tmp_path):
+    """``train.freeze_encoder_epochs``: the first epochs change the decoder only (the encoder's weights
+    and batch-norm statistics stay the start's), later ones every layer, in the traced training step;
+    every model saved is whole and trainable."""
+    import keras
+
+    from cellseg.model.unet import load_model
+    from cellseg.train.trainer import train
+
+    def weights(model: keras.Model, part: str) -> list[np.ndarray]:
+        return [
+            w.numpy().copy() for layer in model.layers if layer.name.startswith(part) for w in layer.weights
+        ]
+
+    seen: list[dict[str, list[np.ndarray]]] = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.append({p: weights(self.model, p) for p in ("enc", "bottleneck", "dec")})
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append({p: weights(self.model, p) for p in ("enc", "bottleneck", "dec")})
+
+    sets = [*TINY, "train.run_eagerly=false", "train.epochs=2", "train.freeze_encoder_epochs=1"]
+    cfg = load_config(None, [*sets, f"train.init={isru_run}", "train.keep_model=last"])
+    result = train(cfg, out=tmp_path, verbose=0, callbacks=[Probe()])
+    start, frozen, free = seen
+
+    def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+        return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert same(start["enc"], frozen["enc"]) and same(start["bottleneck"], frozen["bottleneck"])
+    assert not same(start["dec"], frozen["dec"]), "the decoder trains while the encoder is frozen"
+    assert not same(frozen["enc"], free["enc"]), "after its frozen epochs the encoder trains"
+    kept = load_model(runs.Run(result.run_dir).kept_model, compile=False)
+    assert all(layer.trainable for layer in kept.layers), "saved whole and trainable"

@@ -165,6 +165,9 @@ class TrainConfig:
     tensorboard: bool = False
     snapshot_every: int = field(default=0, metadata=_bounded(0))  # 0: no snapshots
     keep_model: Literal["val_loss", "last"] = "val_loss"  # which epoch model.keras holds
+    # the first N epochs train the decoder and head only (the encoder and bottleneck keep their weights
+    # and batch-norm statistics): a fine-tuned run adapts its output before its features
+    freeze_encoder_epochs: int = field(default=0, metadata=_bounded(0))
     diagnostics: bool = True  # per-layer dead units, activation statistics, gradient norms per epoch
     # auto: chosen by the hardware (cellseg.core.hardware.choose_precision); else a Keras dtype policy
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]

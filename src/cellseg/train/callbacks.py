@@ -76,6 +76,47 @@ class StopOnDivergence(keras.callbacks.Callback):
                 self._stop(f"epoch {epoch + 1}", f"diverged at epoch {epoch + 1}: {key} {value:.3g}, {why}")
 
 
+class FreezeEncoder(keras.callbacks.Callback):
+    """Train the decoder and head only for the first ``epochs`` epochs (``train.freeze_encoder_epochs``),
+    then every layer.
+
+    The encoder's layers (``enc*``, ``bottleneck*``: :func:`cellseg.model.unet.build_unet`'s names) are
+    made untrainable while the training step is traced, so their weights and batch-norm statistics stay
+    as they started; the optimiser is built for every variable first, so unfreezing needs no new one.
+    Between epochs every layer is trainable again, so each model saved after an epoch (kept, checkpoint,
+    snapshot) is a whole, trainable model and a resumed run's optimiser state matches it. Goes first
+    among the callbacks: its ``on_epoch_end`` runs before those saves.
+    """
+
+    ENCODER = ("enc", "bottleneck")
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self._traced_frozen = False
+
+    def _set(self, trainable: bool) -> None:
+        for layer in self.model.layers:
+            if layer.name.startswith(self.ENCODER):
+                layer.trainable = trainable
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # every variable, frozen or not
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch < self.epochs:
+            self._set(False)  # the step is traced at the first batch, with these flags
+            self._traced_frozen = True
+        elif self._traced_frozen:  # the first epoch of every layer: trace the step again
+            self._set(True)
+            self.model.make_train_function(force=True)
+            self._traced_frozen = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._set(True)  # what the savers after this callback write is the whole model
+
+
 class KeepRule:
     """``train.keep_model``, the one place it is decided: which epoch ``model.keras`` holds.
 

@@ -43,6 +43,7 @@ from cellseg.model.optim import compile_model, make_schedule, make_strategy, see
 from cellseg.model.unet import build_unet, check_model_config, load_model
 from cellseg.train.callbacks import (
     Diagnostics,
+    FreezeEncoder,
     HistoryWriter,
     KeepRule,
     ModelKeeper,
@@ -261,6 +262,7 @@ def _callbacks(
     guard = StopOnDivergence({k: history[0][k] for k in ("loss", "val_loss")} if history else None)
     keeper = ModelKeeper(run.kept_model, guard, cfg.train.keep_model, opened.best_val_loss)
     callbacks: list[keras.callbacks.Callback] = [
+        *([FreezeEncoder(cfg.train.freeze_encoder_epochs)] if cfg.train.freeze_encoder_epochs else []),
         guard,
         HistoryWriter(run.path, guard),
         keeper,
