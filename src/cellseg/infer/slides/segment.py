@@ -24,7 +24,9 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -172,27 +174,48 @@ def _slide_coordinates(
     return out
 
 
+@dataclass
+class _Predicted:
+    """A chunk read and through the network: what the next stage labels, stitches and measures."""
+
+    grown: tuple[int, int, int, int]  # the chunk with its halo, in px of the level read
+    region: np.ndarray
+    probs: Any  # Probabilities
+    seconds: dict[str, float]  # read, network
+
+
+def _predict_chunk(
+    segment: Segmenter, slide: Slide, settings: dict[str, Any], box: tuple[int, int, int, int]
+) -> _Predicted:
+    """Read one chunk with its halo and predict it: independent of every other chunk, so the next
+    chunk's prediction can run while this one is labelled (:func:`_run_chunks`)."""
+    level, downsample = settings["level"], settings["downsample"]
+    grown = _grow(box, settings["halo"], slide.shape(level))
+    start = time.perf_counter()
+    region = slide.read(level, *grown)
+    read = time.perf_counter()
+    probs = segment.predictor.at_zoom(
+        region, settings["zoom"] * downsample, slide.name, invert=settings["modality"] != "fluorescence"
+    )
+    seconds = {"read": round(read - start, 3), "network": round(time.perf_counter() - read, 3)}
+    return _Predicted(grown, region, probs, seconds)
+
+
 def _segment_chunk(
-    segment: Segmenter,
     slide: Slide,
     labels: Any,
     settings: dict[str, Any],
     box: tuple[int, int, int, int],
+    predicted: _Predicted,
     next_id: int,
 ) -> dict[str, Any]:
-    """Predict one chunk, write its nuclei into ``labels`` and return its part (measurements, outlines)."""
-    level, downsample = settings["level"], settings["downsample"]
-    shape = slide.shape(level)
-    grown = _grow(box, settings["halo"], shape)
-    gy0, gy1, gx0, gx1 = grown
-    clock = [time.perf_counter()]
-    region = slide.read(level, *grown)
-    clock.append(time.perf_counter())
-    probs = segment.predictor.at_zoom(
-        region, settings["zoom"] * downsample, slide.name, invert=settings["modality"] != "fluorescence"
-    )
-    clock.append(time.perf_counter())
-    found = instances(probs, PostprocessParams(**settings["params"]))
+    """Label one predicted chunk, write its nuclei into ``labels`` (the chunks before it are written:
+    nuclei on a seam belong to the chunk holding their centre) and return its part (measurements,
+    outlines)."""
+    downsample, shape = settings["downsample"], slide.shape(settings["level"])
+    gy0, gy1, gx0, gx1 = predicted.grown
+    region, clock = predicted.region, [time.perf_counter()]
+    found = instances(predicted.probs, PostprocessParams(**settings["params"]))
     clock.append(time.perf_counter())
     props = regionprops_table(found, properties=("label", "centroid", "bbox"))
     y0, y1, x0, x1 = box
@@ -215,7 +238,7 @@ def _segment_chunk(
     rows = _slide_coordinates(table, (gy0, gx0), downsample, settings["pixel_size_um"])
     features = nucleus_features(new, table, rows, origin=(gy0, gx0), scale=downsample)
     clock.append(time.perf_counter())
-    seconds = dict(zip(STAGES, np.diff(clock).round(3).tolist(), strict=True))
+    seconds = {**predicted.seconds, **dict(zip(STAGES[2:], np.diff(clock).round(3).tolist(), strict=True))}
     return {"first": next_id, "count": count, "tissue": True, "cut": int((mine & at_edge).sum()),
             "seconds": seconds, "rows": rows, "features": features}  # fmt: skip
 
@@ -301,14 +324,32 @@ def _run_chunks(
     tissue, passed over) and its part written."""
     settings = measured["settings"]
     scale = measured["scale"] * settings["downsample"]  # thumbnail px per px of the level read
+    todo = [
+        i for i, (box, part) in enumerate(zip(boxes, parts, strict=True))
+        if not part.is_file() and covered(measured["mask"], scale, box) > 0
+    ]  # fmt: skip
     tally = _Tally()
-    with tqdm(total=len(boxes), desc=f"{name} chunks", unit="chunk", disable=None) as bar:
-        for box, part_file in zip(boxes, parts, strict=True):
+    # the network predicts the next tissue chunk (in a thread: TensorFlow and most of labelling release
+    # the GIL) while this one is labelled, stitched and measured, which must go in raster order
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="cellseg-chunk") as ahead,
+        tqdm(total=len(boxes), desc=f"{name} chunks", unit="chunk", disable=None) as bar,
+    ):
+        coming, pending = iter(todo), {}
+
+        def predict_next() -> None:
+            for j in islice(coming, 1):
+                pending[j] = ahead.submit(_predict_chunk, segment, slide, settings, boxes[j])
+
+        predict_next()
+        for i, (box, part_file) in enumerate(zip(boxes, parts, strict=True)):
             if part_file.is_file():
                 part = json.loads(part_file.read_text())
             else:
-                if covered(measured["mask"], scale, box) > 0:
-                    part = _segment_chunk(segment, slide, labels, settings, box, tally.next_id)
+                if i in pending:
+                    predicted = pending.pop(i).result()
+                    predict_next()
+                    part = _segment_chunk(slide, labels, settings, box, predicted, tally.next_id)
                 else:
                     part = {"first": tally.next_id, "count": 0, "tissue": False}
                 _write_part(part_file, part)
