@@ -207,3 +207,30 @@ def test_predicted_nuclei_go_to_qupath_as_geojson_and_come_back_pixel_for_pixel(
     for row in table:  # every nucleus comes back with exactly its pixels
         (found,) = np.unique(back[labels == row["label"]])
         np.testing.assert_array_equal(back == found, labels == row["label"])
+
+
+def test_outlines_keep_every_turn_and_drop_only_the_middle_of_straight_runs():
+    """An outline's vertices (outputs._turns): those of scikit-image's approximate_polygon with zero
+    tolerance, or fewer (only points on a straight run between two others), so the same polygon."""
+    from skimage.draw import ellipse
+    from skimage.measure import approximate_polygon, find_contours
+
+    from cellseg.labels.outputs import _turns
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        mask = np.zeros((40, 40), np.float32)
+        for _ in range(3):
+            rr, cc = ellipse(*rng.uniform(12, 28, 2), *rng.uniform(3, 10, 2), (40, 40), rng.uniform(0, 3))
+            mask[rr, cc] = 1
+        ring = max(find_contours(np.pad(mask, 1), 0.5), key=len)
+        old, new = approximate_polygon(ring, tolerance=1e-6), _turns(ring)
+        assert {tuple(p) for p in new.tolist()} <= {tuple(p) for p in old.tolist()}
+        assert np.array_equal(new[0], ring[0]) and np.array_equal(new[-1], ring[-1])
+        before, after = new[1:-1] - new[:-2], new[2:] - new[1:-1]
+        assert np.all(before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0]), "every kept point turns"
+
+        def area(p: np.ndarray) -> float:
+            return 0.5 * abs(np.dot(p[:, 1], np.roll(p[:, 0], 1)) - np.dot(p[:, 0], np.roll(p[:, 1], 1)))
+
+        assert area(new) == pytest.approx(area(old), abs=1e-9)

@@ -106,16 +106,16 @@ def nucleus_features(
     pixel; a nucleus in several pieces keeps its largest. ``labels`` may be a crop at ``origin`` (y, x)
     of an image ``scale`` times smaller than the coordinates wanted (a slide's level).
     """
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     features = []
     for i, row in enumerate(table):
         y0, x0, y1, x1 = (row[k] for k in ("bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x"))
         mask = np.pad(labels[y0:y1, x0:x1] == row["label"], 1).astype(np.float32)
         ring = max(find_contours(mask, 0.5), key=len)  # (row, col) in the padded crop, centres at integers
-        ring = approximate_polygon(ring, tolerance=1e-6)  # straight runs as one segment: the same polygon
+        ring = _turns(ring)  # straight runs as one segment: the same polygon
         oy, ox = origin[0] + y0 - 0.5, origin[1] + x0 - 0.5
-        points = [[round((float(x) + ox) * scale, 3), round((float(y) + oy) * scale, 3)] for y, x in ring]
+        points = [[round((x + ox) * scale, 3), round((y + oy) * scale, 3)] for y, x in ring.tolist()]
         shown = row if measurements is None else measurements[i]
         features.append({
             "type": "Feature",
@@ -127,6 +127,18 @@ def nucleus_features(
             },
         })  # fmt: skip
     return features
+
+
+def _turns(ring: np.ndarray) -> np.ndarray:
+    """A contour's first and last point and every point where it turns: the points in the middle of a
+    straight run dropped, as scikit-image's ``approximate_polygon`` with a zero tolerance drops them
+    (the same points, for contours on a half-pixel grid), vectorised (that function took 70 % of a
+    slide's measuring time)."""
+    if len(ring) < 3:
+        return ring
+    before, after = ring[1:-1] - ring[:-2], ring[2:] - ring[1:-1]
+    turns = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0
+    return ring[np.concatenate([[True], turns, [True]])]
 
 
 def _shape(labels: np.ndarray, ids: np.ndarray, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
