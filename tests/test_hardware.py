@@ -114,3 +114,16 @@ def test_importing_the_library_leaves_the_host_process_as_it_was():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     variables, finders = out.stdout.strip().splitlines()[-1].split("] [")
     assert variables == "[" and "cellseg" not in finders
+
+
+def test_peak_memory_is_this_programs_own_not_its_parents():
+    """A command started by a process holding much memory reports its own peak (``ru_maxrss`` would
+    report the parent's, as a benchmark's 10.5 GB for a slide run that peaked at 1.8 GB)."""
+    child = "from cellseg.core.hardware import peak_memory_mb; print(peak_memory_mb())"
+    parent = (
+        "import subprocess, sys, numpy as np\n"
+        "held = np.ones(2**30 // 8)  # 1 GiB, resident\n"
+        f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True)
+    assert float(done.stdout.split()[-1]) < 500, done.stdout
