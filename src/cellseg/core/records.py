@@ -8,6 +8,7 @@ these files; everything else works with the dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -153,7 +154,8 @@ def headline(figures: dict[str, Any]) -> dict[str, float | int]:
     return {
         "images": figures["images"],
         "n_true": figures["n_true"],
-        **{k: inst[k] for k in ("dsb_score", "ap_50", "ap_75", "aji")},
+        **{k: inst[k] for k in ("dsb_score", "ap_50", "ap_75")},
+        "aji": inst.get("aji", math.nan),  # NaN in an evaluation written before AJI was scored
         "pixel_iou": figures["pixel"]["iou"],
     }
 

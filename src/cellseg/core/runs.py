@@ -215,9 +215,7 @@ class Run:
 
     # -------------------------------------------------------------------------------------- state
 
-    @property
-    def kept_model(self) -> Path:
-        return self.path / KEPT_MODEL
+    kept_model = _file(KEPT_MODEL)
 
     def require_finished(self) -> None:
         """Raise FileNotFoundError unless the run kept a model (the folder is a trained run)."""

@@ -329,14 +329,12 @@ def scan_beside(root: Path) -> list[SampleRef]:
         annotation = annotation_for(image)
         sources = (image, *([annotation] if annotation else []))
         try:
-            boxes = region_boxes(annotation) if annotation else None
+            boxes: list[Box | None] = (region_boxes(annotation) if annotation else None) or [None]
         except DataError as exc:
             refs.append(SampleRef(image.stem, _failing(exc), _failing(exc), sources))
             continue
-        parts = [(image.stem, None)] if boxes is None else [(image.stem, boxes[0])]
-        if boxes is not None and len(boxes) > 1:
-            parts = [(f"{image.stem}_r{i}", box) for i, box in enumerate(boxes, start=1)]
-        for name, box in parts:
+        names = [image.stem] if len(boxes) == 1 else [f"{image.stem}_r{i}" for i in range(1, len(boxes) + 1)]
+        for name, box in zip(names, boxes, strict=True):
             refs.append(
                 SampleRef(
                     name,

@@ -61,12 +61,8 @@ class PretrainedModel:
 
 def available(zoo: Path | None = None) -> dict[str, PretrainedModel]:
     """Every shipped model, by name (in ``zoo``, default :data:`ZOO`)."""
-    found = {}
-    for file in sorted((zoo or ZOO).glob(f"*/{runs.CARD}")):
-        card = runs.Run(file.parent).card
-        assert card is not None
-        found[file.parent.name] = PretrainedModel(file.parent.name, file.parent, card)
-    return found
+    cards = {folder: runs.Run(folder).card for folder in sorted((zoo or ZOO).glob("*/"))}
+    return {folder.name: PretrainedModel(folder.name, folder, card) for folder, card in cards.items() if card}
 
 
 def model_dir(name: str, zoo: Path | None = None) -> Path:

@@ -213,17 +213,17 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         session_starts: list[int] | None = None,
     ) -> None:
         super().__init__()
-        self.run_dir = run_dir
+        self.run = runs.Run(run_dir)
         self.guard = guard
         self.keeper = keeper
         self.clock = clock
         self.session_starts = session_starts or [1]
-        runs.Run(run_dir).last_model.parent.mkdir(exist_ok=True)
+        self.run.last_model.parent.mkdir(exist_ok=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.guard.where is not None:
             return
-        with files.atomic_path(runs.Run(self.run_dir).last_model) as tmp:
+        with files.atomic_path(self.run.last_model) as tmp:
             self.model.save(tmp)
         state = {
             "epoch": epoch + 1,
@@ -231,7 +231,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             "wall_seconds": round(self.clock(), 2),
             "session_starts": self.session_starts,
         }
-        files.write_json(runs.Run(self.run_dir).state_file, state)
+        files.write_json(self.run.state_file, state)
 
 
 class Snapshots(keras.callbacks.Callback):
@@ -243,14 +243,13 @@ class Snapshots(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, every: int, epochs: int, guard: StopOnDivergence) -> None:
         super().__init__()
-        self.run_dir, self.every, self.epochs, self.guard = run_dir, every, epochs, guard
+        self.run, self.every, self.epochs, self.guard = runs.Run(run_dir), every, epochs, guard
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         done = epoch + 1
         if self.guard.where is None and (done % self.every == 0 or done == self.epochs):
-            run = runs.Run(self.run_dir)
-            with files.atomic_path(run.snapshot(done)) as tmp:
-                shutil.copyfile(run.last_model, tmp)
+            with files.atomic_path(self.run.snapshot(done)) as tmp:
+                shutil.copyfile(self.run.last_model, tmp)
 
 
 class Diagnostics(keras.callbacks.Callback):
