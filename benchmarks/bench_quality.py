@@ -67,7 +67,7 @@ def train(recipe: Path, out: Path) -> tuple[Path, float]:
     return Path(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def scores(predictor, params, test_samples) -> dict[str, float]:
+def scores(predictor, plan, test_samples) -> dict[str, float]:
     from cellseg.data.preprocessing import modality
     from cellseg.labels.metrics import score_image, summarize
     from cellseg.labels.postprocess import instances
@@ -76,7 +76,10 @@ def scores(predictor, params, test_samples) -> dict[str, float]:
         summarize(
             [
                 score_image(
-                    s.id, s.labels, instances(predictor(s.image, s.id), params), modality(s.image, s.labels)
+                    s.id,
+                    s.labels,
+                    instances(predictor(s.image, s.id), plan.params_for(s.image)),
+                    modality(s.image, s.labels),
                 )
                 for s in test_samples
             ]
@@ -94,9 +97,9 @@ def snapshot_rows(run: Path, test_samples: list, minutes_at: dict[int, float]) -
     rows = []
     for epoch, path in runs.snapshots(run).items():
         predictor, cfg = load_predictor(run, InferenceOptions(), model_path=path)
-        params, val_score, _ = calibrate(predictor, validation_samples(run, cfg), cfg.model.outputs)
-        rows.append({"model": f"epoch {epoch}", "minutes": minutes_at[epoch], "val_dsb": val_score,
-                     **scores(predictor, params, test_samples)})  # fmt: skip
+        choice = calibrate(predictor, validation_samples(run, cfg), cfg.model.outputs)
+        rows.append({"model": f"epoch {epoch}", "minutes": minutes_at[epoch], "val_dsb": choice.score,
+                     **scores(predictor, choice.plan, test_samples)})  # fmt: skip
         print(
             f"  {run.name} epoch {epoch}: "
             + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items() if k != "model")

@@ -33,37 +33,76 @@ from cellseg.labels.postprocess import PostprocessParams, PostprocessPlan, Proba
 logger = logging.getLogger(__name__)
 
 
-def validation_samples(run_dir: Path, cfg: Config) -> list[Sample] | list[SampleRef]:
-    """The run's validation images (by the ids in ``split.json``), re-read from the run's data source."""
+def run_samples(run_dir: Path, cfg: Config, ids: Sequence[str]) -> list[Sample] | list[SampleRef]:
+    """The run's images named by ``ids``, re-read from the run's data source."""
     samples, source = collect_samples(cfg)
-    val_ids = Run(run_dir).split["val"]
     by_id = {s.id: s for s in samples}
-    missing = [i for i in val_ids if i not in by_id]
+    missing = [i for i in ids if i not in by_id]
     if missing:
         raise DataError(
-            f"{len(missing)} of the run's validation images (e.g. {missing[0]}) are not in {source}; "
+            f"{len(missing)} of the images of {run_dir} (e.g. {missing[0]}) are not in {source}; "
             "evaluate from the folder training ran in, so data.path resolves as it did then"
         )
-    return [by_id[i] for i in val_ids]
+    return [by_id[i] for i in ids]
+
+
+def validation_samples(run_dir: Path, cfg: Config) -> list[Sample] | list[SampleRef]:
+    """The run's validation images (by the ids in ``split.json``)."""
+    return run_samples(run_dir, cfg, Run(run_dir).split["val"])
 
 
 #: A modality gets a setting of its own only with this many validation images (see :func:`choose_plan`).
 MIN_MODALITY_IMAGES = 8
 
 
-def calibrate(
-    predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], outputs: str
-) -> tuple[PostprocessPlan, dict[str, Any]]:
-    """The post-processing chosen on ``samples`` for a model predicting ``outputs`` (see
-    :func:`choose_plan`) and the record of the choice."""
+@dataclasses.dataclass
+class Choice:
+    """A post-processing chosen on ``images`` (:func:`choose_plan`) and the record of why. ``folds``: 0 when
+    the model itself predicted them (its validation images); k when each was predicted by one of k models
+    trained without it (:mod:`cellseg.train.crossfit`)."""
+
+    plan: PostprocessPlan
+    record: dict[str, Any]
+    images: list[str]
+    folds: int = 0
+
+    @property
+    def score(self) -> float:
+        """The mean DSB score on ``images`` with the chosen setting."""
+        return float(self.record["val_dsb_score"])
+
+
+def predict_images(
+    predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], desc: str = "calibrate on validation"
+) -> tuple[list[tuple[np.ndarray, Probabilities]], list[str]]:
+    """Each sample's (true labels, predicted probabilities) and its modality, as prediction reads it."""
     predicted: list[tuple[np.ndarray, Probabilities]] = []
     kinds = []
-    for ref in tqdm(samples, desc="calibrate on validation", unit="img", disable=None):
+    for ref in tqdm(samples, desc=desc, unit="img", disable=None):
         sample = ref.load()
         predicted.append((sample.labels, predictor(sample.image, ref.id)))
         kinds.append(modality(sample.image))  # as prediction will read it: without the masks
+    return predicted, kinds
+
+
+def choose(
+    predicted: Sequence[tuple[np.ndarray, Probabilities]],
+    kinds: Sequence[str],
+    ids: Sequence[str],
+    outputs: str,
+    folds: int = 0,
+) -> Choice:
+    """The post-processing for a model predicting ``outputs``, chosen on ``predicted``
+    (:func:`choose_plan`)."""
     settings = grid(outputs)
-    return choose_plan(score_table(predicted, settings), settings, kinds)
+    plan, record = choose_plan(score_table(predicted, settings), settings, kinds)
+    return Choice(plan, record, list(ids), folds)
+
+
+def calibrate(predictor: TiledPredictor, samples: Sequence[Sample | SampleRef], outputs: str) -> Choice:
+    """The post-processing chosen on ``samples`` as ``predictor`` predicts them."""
+    predicted, kinds = predict_images(predictor, samples)
+    return choose(predicted, kinds, [s.id for s in samples], outputs)
 
 
 def score_table(
@@ -144,28 +183,37 @@ def probability_options(options: InferenceOptions) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(options).items() if k != "batch_size"}
 
 
+def record_calibration(run: Run, choice: Choice, options: InferenceOptions) -> PostprocessPlan:
+    """Record ``choice`` as the run's post-processing in ``postprocess.json``, with what it depends on:
+    the model (its file's digest), the images, how they were predicted (options, folds)."""
+    run.save_postprocess(
+        Calibration(
+            **choice.plan.to_dict(),
+            val_dsb_score=choice.score,
+            val_images=choice.images,
+            inference=dataclasses.asdict(options),
+            model_sha256=model_digest(run.kept_model),
+            modalities=choice.record["modalities"],
+            grid=choice.record["grid"],
+            folds=choice.folds,
+        )
+    )
+    knobs = ", ".join(f"{k} {v}" for k, v in choice.plan.default.to_dict().items())
+    own = "".join(f"; {k}: its own setting" for k in choice.plan.by_modality)
+    how = (
+        f"images, each predicted by the one of {choice.folds} fold runs not trained on it"
+        if choice.folds
+        else "validation images"
+    )
+    logger.info(
+        f"post-processing chosen on {len(choice.images)} {how} (DSB score {choice.score:.3f}): {knobs}{own}"
+    )
+    return choice.plan
+
+
 def calibrate_run(
     run: Run, predictor: TiledPredictor, cfg: Config, options: InferenceOptions
 ) -> PostprocessPlan:
-    """Choose the run's post-processing on its validation images and record it in ``postprocess.json``
-    with what it depends on: the model (its file's digest), the images, the inference options."""
-    samples = validation_samples(run.path, cfg)
-    plan, record = calibrate(predictor, samples, cfg.model.outputs)
-    run.save_postprocess(
-        Calibration(
-            **plan.to_dict(),
-            val_dsb_score=record["val_dsb_score"],
-            val_images=[s.id for s in samples],
-            inference=dataclasses.asdict(options),
-            model_sha256=model_digest(run.kept_model),
-            modalities=record["modalities"],
-            grid=record["grid"],
-        )
-    )
-    knobs = ", ".join(f"{k} {v}" for k, v in plan.default.to_dict().items())
-    own = "".join(f"; {k}: its own setting" for k in plan.by_modality)
-    logger.info(
-        f"post-processing chosen on {len(samples)} validation images (DSB score "
-        f"{record['val_dsb_score']:.3f}): {knobs}{own}"
-    )
-    return plan
+    """The run's post-processing chosen on its validation images, recorded (:func:`record_calibration`)."""
+    choice = calibrate(predictor, validation_samples(run.path, cfg), cfg.model.outputs)
+    return record_calibration(run, choice, options)

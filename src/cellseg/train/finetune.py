@@ -21,6 +21,8 @@ from cellseg.infer import pretrained
 if TYPE_CHECKING:
     import keras
 
+    from cellseg.infer.calibration import Choice
+
 #: The fine-tuning recipe for 1 to 20 images (``configs/finetune.yaml`` links to it): in the package, so
 #: an installed cellseg (the napari plugin) has it too.
 RECIPE = Path(__file__).with_name("finetune.yaml")
@@ -119,36 +121,45 @@ def provenance(cfg: Config) -> dict[str, Any] | None:
     return record
 
 
-def keep_the_better(run: Run) -> dict[str, Any]:
-    """Keep the fine-tuned model only if it beats its starting model on the run's validation images.
+def keep_the_better(run: Run, tuned: Choice | None = None) -> dict[str, Any]:
+    """Keep the fine-tuned model only if it beats its starting model on the same images.
 
-    Both are calibrated on those images (each its own post-processing) and compared by DSB score; if the
-    starting model scores higher, its weights replace ``model.keras`` (and its calibration is recorded),
-    so fine-tuning never leaves a user with a worse model than they began with. Returns the comparison
-    for ``summary.json``.
+    ``tuned`` is the fine-tuned model's post-processing chosen on images: cross-fitted, every image of the
+    run predicted by a fold run without it (:mod:`cellseg.train.crossfit`), or (None) chosen here on the
+    run's validation images. The starting model is calibrated on the same images and the two compared by
+    DSB score; if the starting model scores higher, its weights replace ``model.keras``, so fine-tuning
+    never leaves a user with a worse model than they began with. The kept model's post-processing is
+    recorded; returns the comparison for ``summary.json``.
     """
     from cellseg.core.config import InferenceOptions
     from cellseg.core.files import atomic_path
-    from cellseg.infer.calibration import calibrate, validation_samples
+    from cellseg.infer.calibration import calibrate, record_calibration, run_samples, validation_samples
     from cellseg.infer.predictor import load_predictor
-    from cellseg.infer.segmenter import open_segmenter
     from cellseg.model.unet import build_unet
 
     cfg, options = run.config, InferenceOptions()
     assert cfg.train.init is not None
-    open_segmenter(run.path, options, recalibrate=True)
-    tuned = float(run.postprocess.val_dsb_score)
+    if tuned is None:
+        tuned = calibrate(
+            load_predictor(run.path, options)[0], validation_samples(run.path, cfg), cfg.model.outputs
+        )
+    samples = run_samples(run.path, cfg, tuned.images)
     start_model = Run(start_folder(cfg.train.init)).kept_model
     predictor, _ = load_predictor(run.path, options, model_path=start_model)  # the run's preprocessing
-    samples = validation_samples(run.path, cfg)
-    _, record = calibrate(predictor, samples, cfg.model.outputs)
-    before = float(record["val_dsb_score"])
-    comparison = {"val_images": len(samples), "fine_tuned_val_dsb": tuned, "start_val_dsb": before}
-    if before <= tuned:
+    before = calibrate(predictor, samples, cfg.model.outputs)
+    comparison = {
+        "val_images": len(samples),
+        "folds": tuned.folds,  # 0: the run's validation images; k: every image, out of k folds
+        "fine_tuned_val_dsb": tuned.score,
+        "start_val_dsb": before.score,
+    }
+    if before.score <= tuned.score:
+        record_calibration(run, tuned, options)
         return {**comparison, "kept": "fine-tuned"}
     model = build_unet(cfg.model, cfg.data.channels)
     model.set_weights(predictor.model.get_weights())
     with atomic_path(run.kept_model) as tmp:
         model.save(tmp)
-    open_segmenter(run.path, options)  # the model file changed: calibrated again
+    kept = calibrate(load_predictor(run.path, options)[0], samples, cfg.model.outputs)  # the file as saved
+    record_calibration(run, kept, options)
     return {**comparison, "kept": "start"}
