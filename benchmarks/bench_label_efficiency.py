@@ -5,7 +5,14 @@ of DATA scores it, so each score is on images the run never saw. Arms, on the sa
 
 - ``zero-shot``: the shipped model as it is;
 - ``fine-tuned``: ``configs/finetune.yaml --init MODEL`` on the k images;
-- ``scratch`` (with ``--scratch``): the same config, architecture and budget from random weights.
+- ``scratch`` (with ``--scratch``): the same config, architecture and budget from random weights;
+- ``reference`` (with ``--reference``): a run of a full recipe trained without the held-out images.
+
+With ``--group`` the held-out images of fold f are a group-wise fold (e.g. MoNuSeg's tissue source sites,
+as ``sweep.py --folds`` holds them out) and the k training images are drawn from the other folds, so a
+sweep's fold runs of a full recipe score the same images as the fine-tuned runs (``--reference``).
+A draw of k = 1 trains on one region of its image and validates on the other (two halves, as QuPath
+region annotations), so even one image gives a validation sample.
 
 Each run is a fresh ``train.py`` / ``evaluate.py`` process, as a user runs them (their folders go under
 ``WORK``). Rows go to ``OUT/results.csv`` as they finish, so a killed study resumes where it stopped; the
@@ -32,6 +39,8 @@ from cellseg.sweep.stats import paired
 from cellseg.train.finetune import CONTRACT, start_folder
 
 ROOT = Path(__file__).resolve().parents[1]
+Folds = tuple[int, str] | None  # (folds, regular expression of the group its images share), or draws
+ARMS = ("zero-shot", "fine-tuned", "scratch", "reference")
 COLUMNS = ("arm", "k", "fold", "aji", "dsb_score", "ap_50", "held_out", "train_seconds", "kept", "run")
 
 
@@ -50,20 +59,66 @@ def draw(n: int, k: int, fold: int) -> np.ndarray:
     return order
 
 
-def folds(data: Path, k: int, fold: int, out: Path) -> tuple[Path, Path]:
-    """Folders of symbolic links: the k training images of draw ``fold`` (:func:`draw`), the rest held out."""
+def held_out_fold(ids: list[str], k: int, fold: int, group: Folds) -> tuple[list[int], list[int]]:
+    """Draw ``fold`` as (training, held-out) indices of ``ids``: with ``group`` (folds, regular expression),
+    the held-out images are fold ``fold`` of :func:`cellseg.data.pipeline.assign_folds` (as a sweep with
+    ``data.folds`` deals them, seed 0) and k training images are drawn from the others; else :func:`draw`."""
+    if group is None:
+        order = draw(len(ids), k, fold)
+        return order[:k].tolist(), order[k:].tolist()
+    from cellseg.data.pipeline import assign_folds
+
+    fold_of = assign_folds(ids, group[0], 0, group[1])
+    rest = [i for i, f in enumerate(fold_of) if f != fold]
+    if k > len(rest):
+        raise SystemExit(f"k = {k} is more than the {len(rest)} images outside fold {fold}")
+    return [rest[i] for i in draw(len(rest), k, fold)[:k]], [i for i, f in enumerate(fold_of) if f == fold]
+
+
+def folds(data: Path, k: int, fold: int, out: Path, group: Folds = None) -> tuple[Path, Path]:
+    """Folders of symbolic links: the k training images of draw ``fold`` (:func:`held_out_fold`), the
+    held-out images. One image (k = 1) is annotated as a user would, as two regions (:func:`two_regions`)."""
     ids = sorted(p.name for p in data.iterdir() if p.is_dir())
     if not 1 <= k < len(ids):
         raise SystemExit(f"k = {k} must leave held-out images among the {len(ids)} of {data}")
-    order = draw(len(ids), k, fold)
-    where = out / "data" / f"k{k}_f{fold}"
-    for name, chosen in (("train", order[:k]), ("held_out", order[k:])):
+    chosen_train, chosen_held = held_out_fold(ids, k, fold, group)
+    where = out / "data" / (f"k{k}_f{fold}" if group is None else f"k{k}_group_f{fold}")
+    for name, chosen in (("train", chosen_train), ("held_out", chosen_held)):
         (where / name).mkdir(parents=True, exist_ok=True)
         for i in chosen:
             link = where / name / ids[i]
-            if not link.exists():
+            if k == 1 and name == "train":
+                two_regions(data / ids[i], where / name)
+            elif not link.exists():
                 link.symlink_to((data / ids[i]).resolve())
     return where / "train", where / "held_out"
+
+
+def two_regions(folder: Path, out: Path, gap: int = 8) -> None:
+    """One DSB2018-layout image as QuPath exports it: ``<id>.png`` beside ``<id>.geojson`` holding its nuclei
+    (detections) and two region annotations, its left and right halves ``gap`` px apart, so the image
+    gives two samples: one trains and the other validates (a nucleus cut by a region's edge is cropped)."""
+    from cellseg.data.readers import scan_dsb2018
+    from cellseg.labels.outputs import nucleus_table, save_geojson
+
+    (ref,) = [r for r in scan_dsb2018(folder.parent) if r.id == folder.name]
+    sample = ref.load()
+    image = out / f"{folder.name}.png"
+    if not image.exists():
+        image.symlink_to(next((folder / "images").iterdir()).resolve())
+    geojson = out / f"{folder.name}.geojson"
+    save_geojson(geojson, sample.labels, nucleus_table(sample.labels, sample.image))
+    height, width = sample.labels.shape
+    half = width // 2
+
+    def box(x0: int, x1: int) -> dict[str, object]:
+        ring = [[x0, 0], [x1, 0], [x1, height], [x0, height], [x0, 0]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation"}}  # fmt: skip
+
+    collection = json.loads(geojson.read_text())
+    collection["features"] += [box(0, half - gap // 2), box(half + gap // 2, width)]
+    geojson.write_text(json.dumps(collection))
 
 
 def script(name: str, *args: str) -> str:
@@ -94,8 +149,11 @@ def contract_sets(init: str) -> list[str]:
 
 def run_arm(arm: str, args: argparse.Namespace, k: int, fold: int) -> dict[str, object]:
     out = args.work
-    train, held = folds(args.data, k, fold, out)
+    group = (args.folds, args.group) if args.group else None
+    train, held = folds(args.data, k, fold, out, group)
     tag = f"{arm}_k{k}_f{fold}"
+    if arm == "reference":
+        return reference_row(Path(args.reference[fold]), held, out / "eval" / tag, k, fold)
     if arm == "zero-shot":
         if args.init not in pretrained.available():
             raise SystemExit("the zero-shot arm scores a shipped model: give --init NAME")
@@ -117,12 +175,25 @@ def run_arm(arm: str, args: argparse.Namespace, k: int, fold: int) -> dict[str, 
             "kept": (summary.init_comparison or {}).get("kept", "")}  # fmt: skip
 
 
+def reference_row(run_dir: Path, held: Path, out: Path, k: int, fold: int) -> dict[str, object]:
+    """A run trained without the held-out images (e.g. a sweep's fold run of the full recipe) scored on
+    them: refused unless its validation split holds every one of them, so it never trained on them."""
+    val = {i.split("/")[-1] for i in runs.Run(run_dir).split["val"]}
+    unseen = sorted(p.name for p in held.iterdir())
+    if not set(unseen) <= val:
+        raise SystemExit(f"{run_dir} trained on some of the held-out images of fold {fold}: {unseen}")
+    script("evaluate.py", "--run", str(run_dir), "--data", str(held), "--out", str(out))
+    summary = runs.Run(run_dir).summary
+    return {"arm": "reference", "k": k, "fold": fold, **scores(out), "run": str(run_dir),
+            "train_seconds": summary.wall_seconds}  # fmt: skip
+
+
 def table(rows: list[dict[str, str]]) -> str:
     lines = [
         "| arm | k | folds | AJI (95 % interval) | DSB score (95 % interval) | training s |",
         "|---|---|---|---|---|---|",
     ]
-    for arm in ("zero-shot", "fine-tuned", "scratch"):
+    for arm in ARMS:
         for k in sorted({int(r["k"]) for r in rows if r["arm"] == arm}):
             mine = [r for r in rows if r["arm"] == arm and int(r["k"]) == k]
             cells = []
@@ -136,7 +207,7 @@ def table(rows: list[dict[str, str]]) -> str:
             lines.append(f"| {arm} | {k} | {len(mine)} | {cells[0]} | {cells[1]} | {cost} |")
     lines += ["", "Paired by fold (the same held-out images): difference in AJI, 95 % interval, p", ""]
     by = {(r["arm"], int(r["k"]), int(r["fold"])): float(r["aji"]) for r in rows}
-    for arm, other in (("fine-tuned", "zero-shot"), ("fine-tuned", "scratch")):
+    for arm, other in (("fine-tuned", "zero-shot"), ("fine-tuned", "scratch"), ("fine-tuned", "reference")):
         for k in sorted({key[1] for key in by if key[0] == arm}):
             diffs = [by[(arm, k, f)] - by[(other, k, f)] for (a, kk, f) in by if a == arm and kk == k
                      and (other, k, f) in by]  # fmt: skip
@@ -157,7 +228,7 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key in zip(axes, ("aji", "dsb_score"), strict=True):
-        for arm in ("zero-shot", "fine-tuned", "scratch"):
+        for arm in ARMS:
             ks = sorted({int(r["k"]) for r in rows if r["arm"] == arm})
             if not ks:
                 continue
@@ -183,6 +254,18 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=3, help="draws of the k images (seeds 0, 1, ...)")
     p.add_argument("--scratch", action="store_true", help="also train from random weights at the same budget")
     p.add_argument(
+        "--group",
+        metavar="REGEX",
+        help="hold out --folds folds of images grouped by this regular expression (e.g. 'TCGA-(..)-', the"
+        " tissue source site), as a sweep's data.folds does with seed 0, instead of random draws",
+    )
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="RUN",
+        help="with --group: per fold, a run trained without its images (a sweep's fold run), scored on them",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="overrides of finetune.yaml"
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/label_efficiency", help="results")
@@ -194,7 +277,14 @@ def main() -> None:
     done = list(csv.DictReader(results.open())) if results.is_file() else []
     have = {(r["arm"], int(r["k"]), int(r["fold"])) for r in done}
     print(f"{machine()}; {args.data}, start {args.init}, overrides {args.set or 'none'}")
-    arms = ["zero-shot", "fine-tuned", *(["scratch"] if args.scratch else [])]
+    if args.reference and (not args.group or len(args.reference) != args.folds):
+        raise SystemExit("--reference needs --group and one run per fold")
+    arms = [
+        "zero-shot",
+        "fine-tuned",
+        *(["scratch"] if args.scratch else []),
+        *(["reference"] if args.reference else []),
+    ]
     for k in args.k:
         for fold in range(args.folds):
             for arm in arms:
