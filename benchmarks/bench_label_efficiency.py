@@ -154,10 +154,9 @@ def run_arm(arm: str, args: argparse.Namespace, k: int, fold: int) -> dict[str, 
     tag = f"{arm}_k{k}_f{fold}"
     if arm == "reference":
         return reference_row(Path(args.reference[fold]), held, out / "eval" / tag, k, fold)
-    if arm == "zero-shot":
-        if args.init not in pretrained.available():
-            raise SystemExit("the zero-shot arm scores a shipped model: give --init NAME")
-        script("evaluate.py", "--model", args.init, "--data", str(held), "--out", str(out / "eval" / tag))
+    if arm == "zero-shot":  # a run folder as its own validation images calibrated it
+        model = ["--model", args.init] if args.init in pretrained.available() else ["--run", args.init]
+        script("evaluate.py", *model, "--data", str(held), "--out", str(out / "eval" / tag))
         return {"arm": arm, "k": k, "fold": fold, **scores(out / "eval" / tag), "run": args.init}
     config = ["--config", str(ROOT / "configs/finetune.yaml"), "--data", str(train), "--quiet"]
     config += (

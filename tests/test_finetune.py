@@ -130,18 +130,19 @@ def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains(isru_run,
     assert all(layer.trainable for layer in kept.layers), "saved whole and trainable"
 
 
-def test_cross_fitting_chooses_the_postprocessing_on_every_image_predicted_out_of_fold(isru_run, tmp_path):
-    """``train.calibration_folds``: a fold run per fold of all the run's images, each validating on (and so
-    predicting) images it never trained on; the setting is chosen on their predictions of every image,
-    recorded for the run's own model, said in the summary, used to compare with the start, and the fold
-    runs are reused when it is chosen again."""
+def test_compare_folds_judge_the_fine_tuning_out_of_fold_on_every_image(isru_run, tmp_path):
+    """``train.compare_folds``: a fold run per fold of all the run's images, each validating on (and so
+    predicting) images it never trained on; the fine-tuning's score on all of them, each predicted out of
+    fold, is what the start is compared with; the kept model's post-processing is still chosen on the
+    run's validation images; fold runs are reused when asked again."""
+    from cellseg.core.config import InferenceOptions
     from cellseg.core.records import Calibration
     from cellseg.infer.calibration import choose, model_digest, predict_images, validation_samples
     from cellseg.infer.predictor import load_predictor
     from cellseg.train.crossfit import FOLDS, cross_fit
     from cellseg.train.trainer import train
 
-    sets = [*TINY, "train.epochs=1", "train.calibration_folds=3", f"train.init={isru_run}"]
+    sets = [*TINY, "train.epochs=1", "train.compare_folds=3", f"train.init={isru_run}"]
     run = runs.Run(train(load_config(None, sets), out=tmp_path, verbose=0).run_dir)
     images = sorted(run.split["train"] + run.split["val"])
     folds = [runs.Run(run.path / FOLDS / f"fold{i}") for i in range(3)]
@@ -150,32 +151,21 @@ def test_cross_fitting_chooses_the_postprocessing_on_every_image_predicted_out_o
     for fold, out in zip(folds, held, strict=True):
         assert out and not set(out) & set(fold.split["train"]), "a fold run never trains on what it predicts"
         assert fold.summary.init_comparison is None, "a fold run is not compared with the start"
-    comparison = run.summary.init_comparison
-    assert comparison["folds"] == 3 and comparison["val_images"] == 6
 
-    predicted, kinds, ids = [], [], []  # the choice again, from the fold runs' own models
+    predicted, kinds, ids = [], [], []  # the fine-tuning's out-of-fold score again, from the fold runs
     for fold in folds:
         samples = validation_samples(fold.path, fold.config)
         got, got_kinds = predict_images(load_predictor(fold.path)[0], samples)
         predicted, kinds, ids = predicted + got, kinds + got_kinds, ids + [s.id for s in samples]
     again = choose(predicted, kinds, ids, run.config.model.outputs, folds=3)
-    calibration = run.summary.calibration
-    assert (calibration["images"], calibration["folds"], calibration["seconds"] > 0) == (6, 3, True)
-    assert calibration["dsb_score"] == pytest.approx(again.score)
+    comparison = run.summary.init_comparison
+    assert (comparison["folds"], comparison["val_images"], comparison["seconds"] > 0) == (3, 6, True)
     assert comparison["fine_tuned_val_dsb"] == pytest.approx(again.score), "compared out of fold"
     saved = Calibration.read(run.path / runs.POSTPROCESS)
-    assert sorted(saved.val_images) == images
-    assert saved.model_sha256 == model_digest(run.kept_model), "recorded for the model kept"
-    if comparison["kept"] == "fine-tuned":
-        assert saved.folds == 3 and saved.params == again.plan.default.to_dict()
-    else:  # the start's own setting, on every image: it trained on none of them
-        assert saved.folds == 0 and saved.val_dsb_score == pytest.approx(
-            comparison["start_val_dsb"], abs=0.02
-        )
+    assert saved.val_images == run.split["val"], "the kept model's setting: on its validation images"
+    assert saved.model_sha256 == model_digest(run.kept_model)
 
     def must_not_train(*_):
         raise AssertionError("finished fold runs are reused")
-
-    from cellseg.core.config import InferenceOptions
 
     assert cross_fit(run, must_not_train, InferenceOptions()).score == pytest.approx(again.score)

@@ -62,8 +62,9 @@ def test_each_fold_validates_once_and_other_sources_keep_their_split():
         (["data.folds.k=3", "data.folds.index=3"], "0 <= index < k"),
         (["data.folds.k=3", "data.folds.group=TCGA-(..-"], "not a regular expression"),
         (["data.folds.k=3", "data.folds.group=TCGA"], "needs a group in parentheses"),
-        (["train.calibration_folds=1"], "calibration_folds 1: k >= 2 folds, or 0"),
-        (["train.calibration_folds=3", "data.folds.k=3"], "data.folds already holds images out"),
+        (["train.compare_folds=1", "train.init=dsb2018"], "compare_folds 1: k >= 2 folds, or 0"),
+        (["train.compare_folds=3", "train.init=dsb2018", "data.folds.k=3"], "data.folds already holds"),
+        (["train.compare_folds=3"], "compares a fine-tuned run with its start: set train.init"),
     ],
 )
 def test_fold_settings_that_cannot_work_are_refused(sets, message):

@@ -175,9 +175,9 @@ class TrainConfig:
     run_eagerly: bool = False  # Keras runs each step eagerly: no graph tracing (debuggers, tiny runs)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     init: str | None = None  # start from a shipped model (its name) or a run folder: fine-tuning
-    # k >= 2: choose the post-processing on every image, each predicted by one of k models trained without
-    # it (cellseg.train.crossfit); 0: on the validation images. For runs on a few images
-    calibration_folds: int = field(default=0, metadata=_bounded(0))
+    # k >= 2: a fine-tuned run is compared with its start on every one of its images, each predicted by
+    # one of k runs trained without it (cellseg.train.crossfit); 0: on its validation images
+    compare_folds: int = field(default=0, metadata=_bounded(0))
 
 
 @dataclass(frozen=True)
@@ -269,11 +269,17 @@ def _check(cfg: Config, origins: dict[str, str]) -> Config:
         raise ConfigError(
             f"{where}: data.folds.k {folds.k}, index {folds.index}: k folds need k >= 2 and 0 <= index < k"
         )
-    crossfit = cfg.train.calibration_folds
-    if crossfit == 1 or (crossfit and folds.k):
-        where = origins.get("train.calibration_folds") or "config"
-        why = "k >= 2 folds, or 0" if crossfit == 1 else "data.folds already holds images out; choose one"
-        raise ConfigError(f"{where}: train.calibration_folds {crossfit}: {why}")
+    crossfit = cfg.train.compare_folds
+    if crossfit == 1 or (crossfit and (folds.k or cfg.train.init is None)):
+        where = origins.get("train.compare_folds") or "config"
+        why = (
+            "k >= 2 folds, or 0"
+            if crossfit == 1
+            else "data.folds already holds images out; choose one"
+            if folds.k
+            else "it compares a fine-tuned run with its start: set train.init (--init)"
+        )
+        raise ConfigError(f"{where}: train.compare_folds {crossfit}: {why}")
     if folds.group is not None:
         try:
             groups = re.compile(folds.group).groups

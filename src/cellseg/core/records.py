@@ -65,7 +65,7 @@ class Record:
 
 
 #: The version of ``summary.json``'s layout :class:`Summary` writes; files without one are version 0.
-SUMMARY_SCHEMA = 2  # 2: calibration
+SUMMARY_SCHEMA = 1
 
 
 @dataclasses.dataclass
@@ -103,7 +103,6 @@ class Summary(Record):
     train_inverted: int = 0  # training images data.polarity inverted (runs since 2026-12-02)
     init: dict[str, Any] | None = None  # the model a fine-tuned run started from
     init_comparison: dict[str, Any] | None = None  # a fine-tuned run against its start, on its images
-    calibration: dict[str, Any] | None = None  # where a cross-fitted post-processing was chosen (folds)
     schema: int = SUMMARY_SCHEMA
 
     WHAT: ClassVar[str] = "run summary"
@@ -115,7 +114,7 @@ class Summary(Record):
 
 
 #: The version of ``postprocess.json``'s layout :class:`Calibration` writes.
-CALIBRATION_SCHEMA = 2  # 2: folds
+CALIBRATION_SCHEMA = 1
 
 
 @dataclasses.dataclass
@@ -132,7 +131,6 @@ class Calibration(Record):
     by_modality: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # a modality's own
     modalities: dict[str, Any] | None = None  # each modality's own setting, tried by leaving images out
     model_sha256: str | None = None  # the model file it was chosen for (None: recorded before digests)
-    folds: int = 0  # 0: on the model's own predictions; k: each image predicted by one of k runs without it
     schema: int = CALIBRATION_SCHEMA
 
     WHAT: ClassVar[str] = "post-processing record"

@@ -185,7 +185,7 @@ def probability_options(options: InferenceOptions) -> dict[str, Any]:
 
 def record_calibration(run: Run, choice: Choice, options: InferenceOptions) -> PostprocessPlan:
     """Record ``choice`` as the run's post-processing in ``postprocess.json``, with what it depends on:
-    the model (its file's digest), the images, how they were predicted (options, folds)."""
+    the model (its file's digest), the images, the inference options."""
     run.save_postprocess(
         Calibration(
             **choice.plan.to_dict(),
@@ -195,18 +195,13 @@ def record_calibration(run: Run, choice: Choice, options: InferenceOptions) -> P
             model_sha256=model_digest(run.kept_model),
             modalities=choice.record["modalities"],
             grid=choice.record["grid"],
-            folds=choice.folds,
         )
     )
     knobs = ", ".join(f"{k} {v}" for k, v in choice.plan.default.to_dict().items())
     own = "".join(f"; {k}: its own setting" for k in choice.plan.by_modality)
-    how = (
-        f"images, each predicted by the one of {choice.folds} fold runs not trained on it"
-        if choice.folds
-        else "validation images"
-    )
     logger.info(
-        f"post-processing chosen on {len(choice.images)} {how} (DSB score {choice.score:.3f}): {knobs}{own}"
+        f"post-processing chosen on {len(choice.images)} validation images (DSB score {choice.score:.3f}): "
+        f"{knobs}{own}"
     )
     return choice.plan
 

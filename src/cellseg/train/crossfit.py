@@ -1,13 +1,12 @@
-"""Post-processing chosen by cross-fitting, for a run on a few images (``train.calibration_folds: k``).
+"""A fine-tuned run judged out of fold, for runs on a few images (``train.compare_folds: k``).
 
-A run on five images validates on one, and a setting chosen on one image fits that image. Cross-fitting
-deals all the run's images (training and validation) into k folds and trains the run's config once more
-per fold, without that fold's images, in ``<run>/folds/fold<i>``. Every image is then predicted by the fold
-run that never trained on it, and the setting is chosen on all of them, as nnU-Net chooses its
-post-processing on its cross-validation's predictions. The run's own model, trained on more images than
-any fold run, keeps that setting. A fine-tuned run is compared with its start on the same out-of-fold
-predictions (:func:`cellseg.train.finetune.keep_the_better`). It costs k more trainings; fold runs that
-finished are reused and an interrupted one resumes, so a killed run loses at most one fold's epoch.
+A run on five images validates on one, and keeping the fine-tuned model or its start on one image's
+verdict is a coin weighted by that image. Cross-fitting deals all the run's images (training and
+validation) into k folds and trains the run's config once more per fold, without that fold's images, in
+``<run>/folds/fold<i>``. Every image is then predicted by the fold run that never trained on it, and the
+fine-tuning is compared with its start on all of them (:func:`cellseg.train.finetune.keep_the_better`), as
+nnU-Net judges its choices on its cross-validation's predictions. It costs k more trainings; fold runs that
+finished are reused and an interrupted one resumes.
 """
 
 from __future__ import annotations
@@ -35,9 +34,9 @@ TrainFold = Callable[[Config, Path], None]
 
 
 def fold_count(run: Run) -> int:
-    """``train.calibration_folds``, at most one fold per image of the run (leave-one-out)."""
+    """``train.compare_folds``, at most one fold per image of the run (leave-one-out)."""
     split = run.split
-    return min(run.config.train.calibration_folds, len(split["train"]) + len(split["val"]))
+    return min(run.config.train.compare_folds, len(split["train"]) + len(split["val"]))
 
 
 def fold_config(cfg: Config, k: int, index: int) -> Config:
@@ -45,13 +44,13 @@ def fold_config(cfg: Config, k: int, index: int) -> Config:
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, folds=FoldConfig(k=k, index=index)),
-        train=dataclasses.replace(cfg.train, calibration_folds=0),
+        train=dataclasses.replace(cfg.train, compare_folds=0),
     )
 
 
 def cross_fit(run: Run, train_fold: TrainFold, options: InferenceOptions) -> Choice:
-    """Train (or reuse) the run's fold runs and choose the post-processing on their out-of-fold
-    predictions of every image of the run."""
+    """Train (or reuse) the run's fold runs and choose the fine-tuning's post-processing on their
+    out-of-fold predictions of every image of the run: its score there is what the start is compared with."""
     cfg, k = run.config, fold_count(run)
     predicted: list[tuple[np.ndarray, Probabilities]] = []
     kinds: list[str] = []

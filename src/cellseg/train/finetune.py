@@ -121,15 +121,17 @@ def provenance(cfg: Config) -> dict[str, Any] | None:
     return record
 
 
-def keep_the_better(run: Run, tuned: Choice | None = None) -> dict[str, Any]:
+def keep_the_better(run: Run, out_of_fold: Choice | None = None) -> dict[str, Any]:
     """Keep the fine-tuned model only if it beats its starting model on the same images.
 
-    ``tuned`` is the fine-tuned model's post-processing chosen on images: cross-fitted, every image of the
-    run predicted by a fold run without it (:mod:`cellseg.train.crossfit`), or (None) chosen here on the
-    run's validation images. The starting model is calibrated on the same images and the two compared by
-    DSB score; if the starting model scores higher, its weights replace ``model.keras``, so fine-tuning
-    never leaves a user with a worse model than they began with. The kept model's post-processing is
-    recorded; returns the comparison for ``summary.json``.
+    The images are the run's validation images or, with ``out_of_fold`` (:mod:`cellseg.train.crossfit`),
+    every image of the run, each predicted by a fold run trained without it: with one or two validation
+    images the comparison is one image's verdict. Each side gets its best post-processing on those
+    images and they are compared by DSB score; if the starting model scores higher, its weights replace
+    ``model.keras``, so fine-tuning never leaves a user with a worse model than they began with. The
+    kept model's post-processing is then chosen on the run's validation images, as any run's is (the
+    fold runs, trained on fewer images, are less confident than the run itself: their setting would not
+    fit it). Returns the comparison for ``summary.json``.
     """
     from cellseg.core.config import InferenceOptions
     from cellseg.core.files import atomic_path
@@ -139,11 +141,14 @@ def keep_the_better(run: Run, tuned: Choice | None = None) -> dict[str, Any]:
 
     cfg, options = run.config, InferenceOptions()
     assert cfg.train.init is not None
-    if tuned is None:
-        tuned = calibrate(
-            load_predictor(run.path, options)[0], validation_samples(run.path, cfg), cfg.model.outputs
-        )
-    samples = run_samples(run.path, cfg, tuned.images)
+    val = validation_samples(run.path, cfg)
+
+    def own() -> Choice:
+        """The kept model's setting, chosen on the validation images as the file predicts them."""
+        return calibrate(load_predictor(run.path, options)[0], val, cfg.model.outputs)
+
+    tuned = out_of_fold or own()
+    samples = val if out_of_fold is None else run_samples(run.path, cfg, tuned.images)
     start_model = Run(start_folder(cfg.train.init)).kept_model
     predictor, _ = load_predictor(run.path, options, model_path=start_model)  # the run's preprocessing
     before = calibrate(predictor, samples, cfg.model.outputs)
@@ -154,12 +159,11 @@ def keep_the_better(run: Run, tuned: Choice | None = None) -> dict[str, Any]:
         "start_val_dsb": before.score,
     }
     if before.score <= tuned.score:
-        record_calibration(run, tuned, options)
+        record_calibration(run, own() if out_of_fold else tuned, options)
         return {**comparison, "kept": "fine-tuned"}
     model = build_unet(cfg.model, cfg.data.channels)
     model.set_weights(predictor.model.get_weights())
     with atomic_path(run.kept_model) as tmp:
         model.save(tmp)
-    kept = calibrate(load_predictor(run.path, options)[0], samples, cfg.model.outputs)  # the file as saved
-    record_calibration(run, kept, options)
+    record_calibration(run, own(), options)  # the starting model as saved in the run
     return {**comparison, "kept": "start"}

@@ -38,7 +38,6 @@ from cellseg.core.runs import Run, TrainingError
 from cellseg.data.pipeline import PreparedData, one_hot_targets, train_dataset, val_dataset
 from cellseg.data.prepare import DataCache, prepare_run_data
 from cellseg.evaluate.plots import plot_run_history
-from cellseg.infer.calibration import Choice, record_calibration
 from cellseg.model.activations import parse_spec
 from cellseg.model.optim import compile_model, make_schedule, make_strategy, seed_everything
 from cellseg.model.unet import build_unet, check_model_config, load_model
@@ -105,8 +104,8 @@ def train(
     ``callbacks`` are Keras callbacks added to the run's own (the napari plugin's progress bar and
     cancel button: an exception raised in one interrupts the run, which resumes like a killed one).
 
-    A finished run then cross-fits its post-processing (``train.calibration_folds``) and, fine-tuned and
-    unless ``compare_with_start`` is false (a fold run's), keeps the better of itself and its start.
+    A finished fine-tuned run then keeps the better of itself and its start, unless
+    ``compare_with_start`` is false (a fold run of ``train.compare_folds``).
     """
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -135,48 +134,37 @@ def train(
             except files.WriteError as exc:
                 fix = f"Fix that, then resume the run: train --resume {opened.run_dir}"
                 raise TrainingError(f"{exc}. {fix}") from exc
-            if result.summary.completed:
-                _choose_postprocessing(Run(result.run_dir), result.summary, compare_with_start, verbose)
+            if cfg.train.init is not None and compare_with_start and result.summary.completed:
+                result.summary.init_comparison = _compare_with_start(Run(result.run_dir), verbose)
             return result
         finally:
             keras.config.set_dtype_policy(policy)
 
 
-def _choose_postprocessing(run: Run, summary: Summary, compare_with_start: bool, verbose: int) -> None:
-    """After training: cross-fit the post-processing (``train.calibration_folds``), and keep the better of
-    a fine-tuned run and its start. A run that does neither is calibrated when first used."""
-    cfg, tuned = run.config, None
-    if cfg.train.calibration_folds:
+def _compare_with_start(run: Run, verbose: int) -> dict[str, Any]:
+    """A fine-tuned run keeps the better of itself and its starting model (:func:`keep_the_better`), on
+    its validation images or, with ``train.compare_folds``, on every image out of fold (:func:`cross_fit`)."""
+    out_of_fold, began = None, time.perf_counter()
+    if run.config.train.compare_folds:
 
         def train_fold(fold_cfg: Config, folder: Path) -> None:
             interrupted = Run(folder).status() == "interrupted"
             resume, name = (folder, None) if interrupted else (None, folder.name)
             train(fold_cfg, folder.parent, resume, verbose, name, compare_with_start=False)
 
-        began = time.perf_counter()
-        tuned = cross_fit(run, train_fold, InferenceOptions())
-        summary.calibration = {
-            "images": len(tuned.images),
-            "folds": tuned.folds,
-            "dsb_score": tuned.score,
-            "seconds": round(time.perf_counter() - began, 1),  # this process's: fold runs reused cost none
-        }
-        run.save_summary(summary)
-    if cfg.train.init is not None and compare_with_start:
-        summary.init_comparison = _compare_with_start(run, tuned)
-    elif tuned is not None:
-        record_calibration(run, tuned, InferenceOptions())
-
-
-def _compare_with_start(run: Run, tuned: Choice | None) -> dict[str, Any]:
-    """A fine-tuned run keeps the better of itself and its starting model (:func:`keep_the_better`)."""
-    comparison = keep_the_better(run, tuned)
+        out_of_fold = cross_fit(run, train_fold, InferenceOptions())
+    comparison = keep_the_better(run, out_of_fold)
+    if out_of_fold is not None:  # this process's: fold runs it found finished cost none
+        comparison["seconds"] = round(time.perf_counter() - began, 1)
     tuned, before = comparison["fine_tuned_val_dsb"], comparison["start_val_dsb"]
-    scores = f"validation DSB {tuned:.3f} fine-tuned, {before:.3f} before"
+    where = f"{comparison['val_images']} " + (
+        "images, each predicted by a fold run without it" if out_of_fold else "validation images"
+    )
+    scores = f"DSB {tuned:.3f} fine-tuned, {before:.3f} before, on {where}"
     if comparison["kept"] == "start":
         logger.warning(
-            f"fine-tuning did not beat the model it started from ({scores}, on {comparison['val_images']} "
-            f"validation images): model.keras holds the starting model's weights"
+            f"fine-tuning did not beat the model it started from ({scores}): model.keras holds the "
+            "starting model's weights"
         )
     else:
         logger.info(f"fine-tuned model kept ({scores})")
