@@ -251,6 +251,7 @@ def main() -> None:
     p.add_argument("--init", default="dsb2018", help="the shipped model (or run folder) to start from")
     p.add_argument("--k", type=int, nargs="+", default=[5], help="training images per run")
     p.add_argument("--folds", type=int, default=3, help="draws of the k images (seeds 0, 1, ...)")
+    p.add_argument("--only", type=int, nargs="+", metavar="F", help="run these draws of --folds only")
     p.add_argument("--scratch", action="store_true", help="also train from random weights at the same budget")
     p.add_argument(
         "--group",
@@ -285,7 +286,7 @@ def main() -> None:
         *(["reference"] if args.reference else []),
     ]
     for k in args.k:
-        for fold in range(args.folds):
+        for fold in args.only or range(args.folds):
             for arm in arms:
                 if (arm, k, fold) in have:
                     continue
