@@ -130,42 +130,82 @@ def test_a_frozen_encoder_keeps_its_weights_for_its_epochs_then_trains(isru_run,
     assert all(layer.trainable for layer in kept.layers), "saved whole and trainable"
 
 
-def test_compare_folds_judge_the_fine_tuning_out_of_fold_on_every_image(isru_run, tmp_path):
-    """``train.compare_folds``: a fold run per fold of all the run's images, each validating on (and so
-    predicting) images it never trained on; the fine-tuning's score on all of them, each predicted out of
-    fold, is what the start is compared with; the kept model's post-processing is still chosen on the
-    run's validation images; fold runs are reused when asked again."""
+def test_compare_folds_train_fold_runs_that_predict_every_image_out_of_fold(isru_run, tmp_path):
+    """The fold runs of ``train.compare_folds`` (:func:`cross_fit`): every image of the run held out by
+    exactly one of them, none trained on what it predicts, none compared with the start; the choice is
+    made on their predictions, and fold runs that finished are reused."""
     from cellseg.core.config import InferenceOptions
-    from cellseg.core.records import Calibration
-    from cellseg.infer.calibration import choose, model_digest, predict_images, validation_samples
+    from cellseg.infer.calibration import choose, predict_images, validation_samples
     from cellseg.infer.predictor import load_predictor
     from cellseg.train.crossfit import FOLDS, cross_fit
     from cellseg.train.trainer import train
 
     sets = [*TINY, "train.epochs=1", "train.compare_folds=3", f"train.init={isru_run}"]
-    run = runs.Run(train(load_config(None, sets), out=tmp_path, verbose=0).run_dir)
+    run = runs.Run(train(load_config(None, sets), out=tmp_path, verbose=0, compare_with_start=False).run_dir)
+
+    def train_fold(cfg, folder):
+        train(cfg, folder.parent, verbose=0, run_name=folder.name, compare_with_start=False)
+
+    choice = cross_fit(run, train_fold, InferenceOptions())
     images = sorted(run.split["train"] + run.split["val"])
     folds = [runs.Run(run.path / FOLDS / f"fold{i}") for i in range(3)]
     held = [fold.split["val"] for fold in folds]
-    assert sorted(i for out in held for i in out) == images, "every image is held out once"
+    assert sorted(choice.images) == sorted(i for out in held for i in out) == images, "each held out once"
     for fold, out in zip(folds, held, strict=True):
         assert out and not set(out) & set(fold.split["train"]), "a fold run never trains on what it predicts"
         assert fold.summary.init_comparison is None, "a fold run is not compared with the start"
-
-    predicted, kinds, ids = [], [], []  # the fine-tuning's out-of-fold score again, from the fold runs
+    predicted, kinds, ids = [], [], []  # the choice again, from the fold runs' own models
     for fold in folds:
         samples = validation_samples(fold.path, fold.config)
         got, got_kinds = predict_images(load_predictor(fold.path)[0], samples)
         predicted, kinds, ids = predicted + got, kinds + got_kinds, ids + [s.id for s in samples]
-    again = choose(predicted, kinds, ids, run.config.model.outputs, folds=3)
-    comparison = run.summary.init_comparison
-    assert (comparison["folds"], comparison["val_images"], comparison["seconds"] > 0) == (3, 6, True)
-    assert comparison["fine_tuned_val_dsb"] == pytest.approx(again.score), "compared out of fold"
-    saved = Calibration.read(run.path / runs.POSTPROCESS)
-    assert saved.val_images == run.split["val"], "the kept model's setting: on its validation images"
-    assert saved.model_sha256 == model_digest(run.kept_model)
+    assert choice.folds == 3
+    assert choice.score == pytest.approx(choose(predicted, kinds, ids, run.config.model.outputs).score)
 
     def must_not_train(*_):
         raise AssertionError("finished fold runs are reused")
 
-    assert cross_fit(run, must_not_train, InferenceOptions()).score == pytest.approx(again.score)
+    assert cross_fit(run, must_not_train, InferenceOptions()).score == pytest.approx(choice.score)
+
+
+def test_a_verdict_for_the_start_is_checked_out_of_fold_before_the_fine_tuning_is_discarded(
+    isru_run, tmp_path
+):
+    """With ``out_of_fold``, validation images that favour the start (here: the fine-tuned model broken
+    on purpose) ask for the verdict on every image; that verdict decides what ``model.keras`` holds, and
+    the kept model's post-processing is chosen on the validation images either way."""
+    from cellseg.core.records import Calibration
+    from cellseg.infer.calibration import Choice, model_digest
+    from cellseg.labels.postprocess import PostprocessParams, PostprocessPlan
+    from cellseg.model.unet import load_model
+    from cellseg.train.finetune import keep_the_better
+    from cellseg.train.trainer import train
+
+    sets = [*(o for o in TINY if not o.startswith("model.")), "train.epochs=1", "train.init=dsb2018"]
+    run = runs.Run(train(load_config(None, sets), out=tmp_path, verbose=0, compare_with_start=False).run_dir)
+    broken = load_model(run.kept_model, compile=False)
+    broken.set_weights([np.zeros_like(w) for w in broken.get_weights()])
+    broken.save(run.kept_model)
+    images = run.split["train"] + run.split["val"]
+    asked = []
+
+    def verdict(score: float):
+        def out_of_fold() -> Choice:
+            asked.append(score)
+            record = {"val_dsb_score": score, "modalities": {}, "grid": []}
+            return Choice(PostprocessPlan(PostprocessParams()), record, images, folds=3)
+
+        return out_of_fold
+
+    kept = keep_the_better(run, verdict(1.0))  # every image out of fold favours the fine-tuning
+    assert asked == [1.0] and kept["kept"] == "fine-tuned"
+    found = kept["out_of_fold"]
+    assert (found["images"], found["folds"], found["fine_tuned_dsb"]) == (6, 3, 1.0) and found[
+        "start_dsb"
+    ] > 0
+    assert kept["start_val_dsb"] > kept["fine_tuned_val_dsb"] == 0, "the validation image favoured the start"
+    saved = Calibration.read(run.path / runs.POSTPROCESS)
+    assert saved.val_images == run.split["val"] and saved.model_sha256 == model_digest(run.kept_model)
+    assert keep_the_better(run, verdict(-1.0))["kept"] == "start" and asked == [1.0, -1.0]
+    restored = load_model(run.kept_model, compile=False).get_weights()
+    assert any(np.abs(w).sum() > 0 for w in restored), "the start's weights are back"

@@ -175,8 +175,8 @@ class TrainConfig:
     run_eagerly: bool = False  # Keras runs each step eagerly: no graph tracing (debuggers, tiny runs)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     init: str | None = None  # start from a shipped model (its name) or a run folder: fine-tuning
-    # k >= 2: a fine-tuned run is compared with its start on every one of its images, each predicted by
-    # one of k runs trained without it (cellseg.train.crossfit); 0: on its validation images
+    # k >= 2: when a fine-tuned run's validation images favour its start, it is judged on every one of its
+    # images instead, each predicted by one of k runs trained without it (cellseg.train.crossfit)
     compare_folds: int = field(default=0, metadata=_bounded(0))
 
 

@@ -1,12 +1,12 @@
 """A fine-tuned run judged out of fold, for runs on a few images (``train.compare_folds: k``).
 
-A run on five images validates on one, and keeping the fine-tuned model or its start on one image's
-verdict is a coin weighted by that image. Cross-fitting deals all the run's images (training and
-validation) into k folds and trains the run's config once more per fold, without that fold's images, in
-``<run>/folds/fold<i>``. Every image is then predicted by the fold run that never trained on it, and the
-fine-tuning is compared with its start on all of them (:func:`cellseg.train.finetune.keep_the_better`), as
-nnU-Net judges its choices on its cross-validation's predictions. It costs k more trainings; fold runs that
-finished are reused and an interrupted one resumes.
+A run on five images validates on one, and discarding the fine-tuning on one image's verdict is a coin
+weighted by that image. Cross-fitting deals all the run's images (training and validation) into k folds
+and trains the run's config once more per fold, without that fold's images, in ``<run>/folds/fold<i>``.
+Every image is then predicted by the fold run that never trained on it, and the fine-tuning is compared
+with its start on all of them, as nnU-Net judges its choices on its cross-validation's predictions.
+:func:`cellseg.train.finetune.keep_the_better` asks for it only when the validation images favour the
+start. It costs k more trainings; fold runs that finished are reused and an interrupted one resumes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,17 +122,17 @@ def provenance(cfg: Config) -> dict[str, Any] | None:
     return record
 
 
-def keep_the_better(run: Run, out_of_fold: Choice | None = None) -> dict[str, Any]:
-    """Keep the fine-tuned model only if it beats its starting model on the same images.
+def keep_the_better(run: Run, out_of_fold: Callable[[], Choice] | None = None) -> dict[str, Any]:
+    """Keep the fine-tuned model only if it beats its starting model, so fine-tuning never leaves a user
+    with a worse model than they began with. Returns the comparison for ``summary.json``.
 
-    The images are the run's validation images or, with ``out_of_fold`` (:mod:`cellseg.train.crossfit`),
-    every image of the run, each predicted by a fold run trained without it: with one or two validation
-    images the comparison is one image's verdict. Each side gets its best post-processing on those
-    images and they are compared by DSB score; if the starting model scores higher, its weights replace
-    ``model.keras``, so fine-tuning never leaves a user with a worse model than they began with. The
-    kept model's post-processing is then chosen on the run's validation images, as any run's is (the
-    fold runs, trained on fewer images, are less confident than the run itself: their setting would not
-    fit it). Returns the comparison for ``summary.json``.
+    Both are compared by DSB score on the run's validation images, each with its best post-processing
+    there. When those favour the start and ``out_of_fold`` is given (``train.compare_folds``: it trains
+    the fold runs of :mod:`cellseg.train.crossfit` and returns the fine-tuning's choice on every image,
+    each predicted by a fold run without it), the verdict is taken on every image instead: one or two
+    validation images would otherwise discard a fine-tuning that the rest of the user's images favour.
+    If the start wins, its weights replace ``model.keras``. The kept model's post-processing is chosen on
+    the validation images, as any run's is.
     """
     from cellseg.core.config import InferenceOptions
     from cellseg.core.files import atomic_path
@@ -142,28 +143,32 @@ def keep_the_better(run: Run, out_of_fold: Choice | None = None) -> dict[str, An
     cfg, options = run.config, InferenceOptions()
     assert cfg.train.init is not None
     val = validation_samples(run.path, cfg)
-
-    def own() -> Choice:
-        """The kept model's setting, chosen on the validation images as the file predicts them."""
-        return calibrate(load_predictor(run.path, options)[0], val, cfg.model.outputs)
-
-    tuned = out_of_fold or own()
-    samples = val if out_of_fold is None else run_samples(run.path, cfg, tuned.images)
-    start_model = Run(start_folder(cfg.train.init)).kept_model
-    predictor, _ = load_predictor(run.path, options, model_path=start_model)  # the run's preprocessing
-    before = calibrate(predictor, samples, cfg.model.outputs)
-    comparison = {
-        "val_images": len(samples),
-        "folds": tuned.folds,  # 0: the run's validation images; k: every image, out of k folds
+    start, _ = load_predictor(run.path, options, model_path=Run(start_folder(cfg.train.init)).kept_model)
+    tuned = calibrate(load_predictor(run.path, options)[0], val, cfg.model.outputs)
+    before = calibrate(start, val, cfg.model.outputs)  # the run's preprocessing, the start's weights
+    comparison: dict[str, Any] = {
+        "val_images": len(val),
         "fine_tuned_val_dsb": tuned.score,
         "start_val_dsb": before.score,
     }
-    if before.score <= tuned.score:
-        record_calibration(run, own() if out_of_fold else tuned, options)
+    start_wins = before.score > tuned.score
+    if start_wins and out_of_fold is not None:
+        everything = out_of_fold()
+        start_everywhere = calibrate(start, run_samples(run.path, cfg, everything.images), cfg.model.outputs)
+        comparison["out_of_fold"] = {
+            "images": len(everything.images),
+            "folds": everything.folds,
+            "fine_tuned_dsb": everything.score,
+            "start_dsb": start_everywhere.score,
+        }
+        start_wins = start_everywhere.score > everything.score
+    if not start_wins:
+        record_calibration(run, tuned, options)
         return {**comparison, "kept": "fine-tuned"}
     model = build_unet(cfg.model, cfg.data.channels)
-    model.set_weights(predictor.model.get_weights())
+    model.set_weights(start.model.get_weights())
     with atomic_path(run.kept_model) as tmp:
         model.save(tmp)
-    record_calibration(run, own(), options)  # the starting model as saved in the run
+    kept = calibrate(load_predictor(run.path, options)[0], val, cfg.model.outputs)  # the file as saved
+    record_calibration(run, kept, options)
     return {**comparison, "kept": "start"}

@@ -38,6 +38,7 @@ from cellseg.core.runs import Run, TrainingError
 from cellseg.data.pipeline import PreparedData, one_hot_targets, train_dataset, val_dataset
 from cellseg.data.prepare import DataCache, prepare_run_data
 from cellseg.evaluate.plots import plot_run_history
+from cellseg.infer.calibration import Choice
 from cellseg.model.activations import parse_spec
 from cellseg.model.optim import compile_model, make_schedule, make_strategy, seed_everything
 from cellseg.model.unet import build_unet, check_model_config, load_model
@@ -142,25 +143,35 @@ def train(
 
 
 def _compare_with_start(run: Run, verbose: int) -> dict[str, Any]:
-    """A fine-tuned run keeps the better of itself and its starting model (:func:`keep_the_better`), on
-    its validation images or, with ``train.compare_folds``, on every image out of fold (:func:`cross_fit`)."""
-    out_of_fold, began = None, time.perf_counter()
-    if run.config.train.compare_folds:
+    """A fine-tuned run keeps the better of itself and its starting model (:func:`keep_the_better`); with
+    ``train.compare_folds``, a verdict for the start is checked out of fold (:func:`cross_fit`)."""
+    seconds: list[float] = []
 
+    def out_of_fold() -> Choice:
         def train_fold(fold_cfg: Config, folder: Path) -> None:
             interrupted = Run(folder).status() == "interrupted"
             resume, name = (folder, None) if interrupted else (None, folder.name)
             train(fold_cfg, folder.parent, resume, verbose, name, compare_with_start=False)
 
-        out_of_fold = cross_fit(run, train_fold, InferenceOptions())
-    comparison = keep_the_better(run, out_of_fold)
-    if out_of_fold is not None:  # this process's: fold runs it found finished cost none
-        comparison["seconds"] = round(time.perf_counter() - began, 1)
+        began = time.perf_counter()
+        logger.info("the validation images favour the starting model: checking on every image, out of fold")
+        choice = cross_fit(run, train_fold, InferenceOptions())
+        seconds.append(time.perf_counter() - began)  # this process's: fold runs it found finished cost none
+        return choice
+
+    comparison = keep_the_better(run, out_of_fold if run.config.train.compare_folds else None)
+    if seconds:
+        comparison["out_of_fold"]["seconds"] = round(seconds[0], 1)
+    where = comparison.get("out_of_fold")
     tuned, before = comparison["fine_tuned_val_dsb"], comparison["start_val_dsb"]
-    where = f"{comparison['val_images']} " + (
-        "images, each predicted by a fold run without it" if out_of_fold else "validation images"
+    scores = (
+        f"DSB {tuned:.3f} fine-tuned, {before:.3f} before, on {comparison['val_images']} validation images"
     )
-    scores = f"DSB {tuned:.3f} fine-tuned, {before:.3f} before, on {where}"
+    if where:
+        scores += (
+            f"; {where['fine_tuned_dsb']:.3f} and {where['start_dsb']:.3f} on all {where['images']} images, "
+            "each predicted by a fold run without it"
+        )
     if comparison["kept"] == "start":
         logger.warning(
             f"fine-tuning did not beat the model it started from ({scores}): model.keras holds the "
