@@ -206,6 +206,9 @@ def test_a_verdict_for_the_start_is_checked_out_of_fold_before_the_fine_tuning_i
     assert kept["start_val_dsb"] > kept["fine_tuned_val_dsb"] == 0, "the validation image favoured the start"
     saved = Calibration.read(run.path / runs.POSTPROCESS)
     assert saved.val_images == run.split["val"] and saved.model_sha256 == model_digest(run.kept_model)
+    assert not run.fine_tuned_model.exists()
+    fine_tuned = model_digest(run.kept_model)
     assert keep_the_better(run, verdict(-1.0))["kept"] == "start" and asked == [1.0, -1.0]
+    assert model_digest(run.fine_tuned_model) == fine_tuned, "the fine-tuned model kept aside"
     restored = load_model(run.kept_model, compile=False).get_weights()
     assert any(np.abs(w).sum() > 0 for w in restored), "the start's weights are back"

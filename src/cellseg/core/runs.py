@@ -27,6 +27,7 @@ SUMMARY = "summary.json"
 SPLIT = "split.json"
 KEPT_MODEL = "model.keras"  # the epoch train.keep_model picks: lowest val_loss, or the last
 LAST_MODEL = "checkpoint/last.keras"
+FINE_TUNED = "fine_tuned.keras"  # a fine-tuned run's own model, kept aside when its start beat it
 STATE = "checkpoint/state.json"
 LOSS_PLOT = "loss_curve.png"
 DIAGNOSTICS = "diagnostics.csv"  # optional per-layer training diagnostics (train.diagnostics)
@@ -216,6 +217,7 @@ class Run:
     # -------------------------------------------------------------------------------------- state
 
     kept_model = _file(KEPT_MODEL)
+    fine_tuned_model = _file(FINE_TUNED)
 
     def require_finished(self) -> None:
         """Raise FileNotFoundError unless the run kept a model (the folder is a trained run)."""

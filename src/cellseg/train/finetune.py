@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,8 +132,9 @@ def keep_the_better(run: Run, out_of_fold: Callable[[], Choice] | None = None) -
     the fold runs of :mod:`cellseg.train.crossfit` and returns the fine-tuning's choice on every image,
     each predicted by a fold run without it), the verdict is taken on every image instead: one or two
     validation images would otherwise discard a fine-tuning that the rest of the user's images favour.
-    If the start wins, its weights replace ``model.keras``. The kept model's post-processing is chosen on
-    the validation images, as any run's is.
+    If the start wins, its weights replace ``model.keras`` and the fine-tuned model is kept aside as
+    ``fine_tuned.keras``: a few validation images can be unlike the rest, and a user who knows that can
+    put it back. The kept model's post-processing is chosen on the validation images, as any run's is.
     """
     from cellseg.core.config import InferenceOptions
     from cellseg.core.files import atomic_path
@@ -165,6 +167,7 @@ def keep_the_better(run: Run, out_of_fold: Callable[[], Choice] | None = None) -
     if not start_wins:
         record_calibration(run, tuned, options)
         return {**comparison, "kept": "fine-tuned"}
+    shutil.copyfile(run.kept_model, run.fine_tuned_model)
     model = build_unet(cfg.model, cfg.data.channels)
     model.set_weights(start.model.get_weights())
     with atomic_path(run.kept_model) as tmp:

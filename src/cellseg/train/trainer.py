@@ -175,7 +175,8 @@ def _compare_with_start(run: Run, verbose: int) -> dict[str, Any]:
     if comparison["kept"] == "start":
         logger.warning(
             f"fine-tuning did not beat the model it started from ({scores}): model.keras holds the "
-            "starting model's weights"
+            f"starting model's weights, {run.fine_tuned_model.name} the fine-tuned ones (copy it over "
+            "model.keras to use them: the next command calibrates it again)"
         )
     else:
         logger.info(f"fine-tuned model kept ({scores})")
