@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,13 +156,16 @@ def keep_the_better(run: Run, out_of_fold: Callable[[], Choice] | None = None) -
     }
     start_wins = before.score > tuned.score
     if start_wins and out_of_fold is not None:
+        began = time.perf_counter()
         everything = out_of_fold()
+        seconds = time.perf_counter() - began  # this process's: fold runs it found finished cost none
         start_everywhere = calibrate(start, run_samples(run.path, cfg, everything.images), cfg.model.outputs)
         comparison["out_of_fold"] = {
             "images": len(everything.images),
             "folds": everything.folds,
             "fine_tuned_dsb": everything.score,
             "start_dsb": start_everywhere.score,
+            "seconds": round(seconds, 1),
         }
         start_wins = start_everywhere.score > everything.score
     if not start_wins:

@@ -145,23 +145,17 @@ def train(
 def _compare_with_start(run: Run, verbose: int) -> dict[str, Any]:
     """A fine-tuned run keeps the better of itself and its starting model (:func:`keep_the_better`); with
     ``train.compare_folds``, a verdict for the start is checked out of fold (:func:`cross_fit`)."""
-    seconds: list[float] = []
+
+    def train_fold(fold_cfg: Config, folder: Path) -> None:
+        interrupted = Run(folder).status() == "interrupted"
+        resume, name = (folder, None) if interrupted else (None, folder.name)
+        train(fold_cfg, folder.parent, resume, verbose, name, compare_with_start=False)
 
     def out_of_fold() -> Choice:
-        def train_fold(fold_cfg: Config, folder: Path) -> None:
-            interrupted = Run(folder).status() == "interrupted"
-            resume, name = (folder, None) if interrupted else (None, folder.name)
-            train(fold_cfg, folder.parent, resume, verbose, name, compare_with_start=False)
-
-        began = time.perf_counter()
         logger.info("the validation images favour the starting model: checking on every image, out of fold")
-        choice = cross_fit(run, train_fold, InferenceOptions())
-        seconds.append(time.perf_counter() - began)  # this process's: fold runs it found finished cost none
-        return choice
+        return cross_fit(run, train_fold, InferenceOptions())
 
     comparison = keep_the_better(run, out_of_fold if run.config.train.compare_folds else None)
-    if seconds:
-        comparison["out_of_fold"]["seconds"] = round(seconds[0], 1)
     where = comparison.get("out_of_fold")
     tuned, before = comparison["fine_tuned_val_dsb"], comparison["start_val_dsb"]
     scores = (
