@@ -4,7 +4,8 @@ For each run and the images it never saw (``--data``, one folder per run, in the
 AJI and DSB score of the setting the run recorded (``postprocess.json``, chosen on its own images), of the
 best single setting for those held-out images (an oracle no calibration can beat: the ceiling of any
 calibration scheme), and where the recorded setting ranks among the grid's. A small gap means the
-post-processing choice is not where the missing score is.
+post-processing choice is not where the missing score is. A run with a setting per modality is judged by
+the one its plan uses for the held-out images, which must then share a modality.
 
     python benchmarks/bench_postprocess_ceiling.py --runs RUN... --data HELD_OUT...
 """
@@ -35,9 +36,12 @@ def held_out_table(run: Path, data: Path) -> tuple[list[dict[str, object]], int]
         scored = [score_image(s.id, s.labels, instances(p, params), modality(s.image)) for s, p in predicted]
         figures = summarize(scored)["instance"]
         rows.append({**params.to_dict(), "aji": figures["aji"], "dsb_score": figures["dsb_score"]})
-    if segment.plan.by_modality:
-        raise SystemExit(f"{run}: a run with settings by modality; this benchmark compares single settings")
-    return rows, settings.index(segment.plan.default)
+    kinds = {modality(s.image) for s in samples}
+    if len(kinds) > 1 and segment.plan.by_modality:
+        raise SystemExit(
+            f"{data}: images of several modalities ({sorted(kinds)}) for a run with a setting per modality"
+        )
+    return rows, settings.index(segment.plan.for_modality(kinds.pop()))
 
 
 def main() -> None:
