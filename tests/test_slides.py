@@ -24,6 +24,7 @@ from cellseg.infer.slides import segment as slide_segment
 from cellseg.infer.slides.omezarr import finish_pyramid
 from cellseg.infer.slides.tissue import tissue_mask
 from cellseg.labels.postprocess import PostprocessParams, PostprocessPlan, Probabilities
+from cellseg.napari.samples import read as read_sample
 
 
 def write_pyramid(path: Path, image: np.ndarray, pixel_size: float | None = 0.5, levels: int = 2) -> Path:
@@ -64,26 +65,30 @@ class ThresholdPredictor:
     preprocessing = Preprocessing(channels=1)
     options = InferenceOptions()
 
-    def __init__(self, fail_at: int | None = None) -> None:
-        self.calls, self.fail_at = 0, fail_at
+    def __init__(self, fail_at: int | None = None, preprocessing: Preprocessing | None = None) -> None:
+        self.calls, self.fail_at, self.stains = 0, fail_at, []
+        self.preprocessing = preprocessing or self.preprocessing
 
     def zoom(self, image: np.ndarray, name: str = "image") -> float:
         return 1.0
 
-    def at_zoom(self, image: np.ndarray, factor: float, name: str = "", invert: bool | None = None):
+    def at_zoom(self, image, factor: float, name: str = "", invert: bool | None = None, slide_stains=None):
         self.calls += 1
+        self.stains.append(slide_stains)
         if self.calls == self.fail_at:
             raise KeyboardInterrupt("killed")
         grey = image if image.ndim == 2 else image[..., 0]
         return Probabilities(grey.astype(np.float32) / 255)
 
 
-def threshold_segmenter(tmp_path: Path, fail_at: int | None = None) -> SimpleNamespace:
+def threshold_segmenter(
+    tmp_path: Path, fail_at: int | None = None, preprocessing: Preprocessing | None = None
+) -> SimpleNamespace:
     model = tmp_path / "model.keras"
     model.write_bytes(b"threshold")
     plan = PostprocessPlan(PostprocessParams(threshold=0.5, split="none", min_size=1))
     return SimpleNamespace(name="threshold", run=SimpleNamespace(kept_model=model), plan=plan,
-                           predictor=ThresholdPredictor(fail_at))  # fmt: skip
+                           predictor=ThresholdPredictor(fail_at, preprocessing))  # fmt: skip
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -250,6 +255,21 @@ def test_glass_chunks_are_skipped(tmp_path):
     segment = threshold_segmenter(tmp_path)
     result = segment_slide(segment, path, tmp_path / "out", SlideOptions(chunk=256))
     assert result.summary["chunks"] == 6 and result.summary["tissue_chunks"] == segment.predictor.calls == 1
+
+
+def test_a_stain_normalising_model_sees_every_chunk_with_the_slides_one_estimate(tmp_path):
+    tissue = read_sample("stained")[..., :3]
+    path = write_pyramid(tmp_path / "he.ome.tif", np.tile(tissue, (2, 2, 1)))  # 512 x 640
+    segment = threshold_segmenter(tmp_path, preprocessing=Preprocessing(macenko=True))
+    result = segment_slide(segment, path, tmp_path / "out", SlideOptions(chunk=256))
+    given = segment.predictor.stains
+    assert len(given) == result.summary["tissue_chunks"] > 1
+    assert all(s.to_dict() == given[0].to_dict() for s in given)
+    settings = json.loads((result.labels / "cellseg.json").read_text())["settings"]
+    assert settings["stains"] == given[0].to_dict()  # recorded: a resumed run keeps them
+    plain = threshold_segmenter(tmp_path)  # a model trained without normalisation gets none
+    segment_slide(plain, path, tmp_path / "plain", SlideOptions(chunk=256))
+    assert set(plain.predictor.stains) == {None}
 
 
 def test_predict_segments_a_slide_with_a_trained_run(relu_run, tmp_path):

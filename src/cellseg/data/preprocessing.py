@@ -11,23 +11,20 @@ nothing else re-declares them.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from cellseg.core.config import DataConfig
+from cellseg.data import stains
 from cellseg.data.sample import DataError
+from cellseg.data.stains import Stains
 
 #: Intensity normalisation: these percentiles of an image (over all channels) map to 0 and 1.
 NORMALIZE_PERCENTILES = (1.0, 99.8)
 
 logger = logging.getLogger(__name__)
-
-#: Fewer stained pixels than this and :func:`macenko` leaves an image as it is: its two stains' directions
-#: come from the spread of these pixels' optical densities.
-MIN_STAINED_PIXELS = 500
 
 
 @dataclass(frozen=True)
@@ -57,30 +54,53 @@ class Preprocessing:
         return self.bright_nuclei and dark_nuclei(image)
 
     def oriented(
-        self, image: np.ndarray, name: str = "image", invert: bool | None = None
+        self,
+        image: np.ndarray,
+        name: str = "image",
+        invert: bool | None = None,
+        slide_stains: Stains | None = None,
     ) -> tuple[np.ndarray, bool]:
         """The raw image in the network's channels (a stained image's stains first normalised with
-        ``macenko``), and whether it is to be inverted: ``invert`` when given (a slide's chunks share the
-        slide's polarity), else :meth:`inverts`, read off the converted image (what the network is fed,
-        also by an exported model's user)."""
-        if self.macenko and image.ndim == 3 and image.shape[-1] in (3, 4) and modality(image) == "stained":
-            image = macenko(image[..., :3], name)
+        ``macenko``), and whether it is to be inverted. A slide's chunks share the slide's decisions:
+        ``invert`` when given, else :meth:`inverts`, read off the converted image (what the network is fed,
+        also by an exported model's user); ``slide_stains`` when given (the slide is stained), else the
+        image's own, if it reads as stained."""
+        if self.macenko and _colour(image) and (slide_stains is not None or modality(image) == "stained"):
+            image = macenko(image[..., :3], name, slide_stains)
         image = to_channels(image, self.channels, name)
         return image, (self.inverts(image) if invert is None else invert and self.bright_nuclei)
 
+    def stains_of(self, image: np.ndarray, name: str = "image") -> Stains | None:
+        """The stains of an image of stained tissue (a slide's sample of its tissue), for a model that
+        normalises them (``macenko``); None for other models and grey images, or if there is too little
+        tissue."""
+        if not (self.macenko and _colour(image)):
+            return None
+        return stains.estimate(_rgb8(image[..., :3]), name)
+
     def apply(
-        self, image: np.ndarray, name: str = "image", factor: float = 1.0, invert: bool | None = None
+        self,
+        image: np.ndarray,
+        name: str = "image",
+        factor: float = 1.0,
+        invert: bool | None = None,
+        slide_stains: Stains | None = None,
     ) -> np.ndarray:
         """A raw image as the network sees it: its channels, zoomed by ``factor`` (nucleus size, see
         :mod:`cellseg.data.scale`), inverted as :meth:`oriented` decides, normalised to [0, 1], equalised
         locally with ``equalize``."""
-        return self.prepare(image, name, factor, invert)[0]
+        return self.prepare(image, name, factor, invert, slide_stains)[0]
 
     def prepare(
-        self, image: np.ndarray, name: str = "image", factor: float = 1.0, invert: bool | None = None
+        self,
+        image: np.ndarray,
+        name: str = "image",
+        factor: float = 1.0,
+        invert: bool | None = None,
+        slide_stains: Stains | None = None,
     ) -> tuple[np.ndarray, bool]:
         """:meth:`apply`, and whether it inverted the image (training records it per image)."""
-        image, inverted = self.oriented(image, name, invert)
+        image, inverted = self.oriented(image, name, invert, slide_stains)
         if inverted:  # negated before normalising: what any tool's "invert" gives, since
             image = -image.astype(np.float32)  # normalize() ignores offsets (see describe)
         normalized = normalize(resize(image, factor))
@@ -115,25 +135,22 @@ class Preprocessing:
         return notes
 
 
-def macenko(image: np.ndarray, name: str = "image") -> np.ndarray:
+def macenko(image: np.ndarray, name: str = "image", slide_stains: Stains | None = None) -> np.ndarray:
     """An RGB image of stained tissue as 8-bit RGB with its two stains (haematoxylin, eosin) mapped to
-    the reference stain vectors and intensities of Macenko et al. (ISBI 2009), by torchstain.
+    the reference of Macenko et al. (:mod:`cellseg.data.stains`): with its own stains, estimated on
+    it, or with ``slide_stains``, its slide's. An image whose stains cannot be estimated (too little
+    tissue) is left as it is, with a warning naming it."""
+    rgb = _rgb8(image)
+    found = slide_stains or stains.estimate(rgb, name)
+    return image if found is None else stains.normalise(rgb, found)
 
-    Labs, scanners and protocols colour H&E differently; normalised, every image shows the same two
-    colours. An image whose stains cannot be estimated (too little tissue) is left as it is, with a
-    warning naming it.
-    """
-    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
 
-    rgb = image if image.dtype == np.uint8 else np.round(normalize(image, 0.0, 100.0) * 255).astype(np.uint8)
-    # the pixels Macenko's method estimates from: optical density >= 0.15 in every channel (its beta)
-    stained = int((-np.log((rgb.astype(np.float32) + 1) / 240) >= 0.15).all(axis=-1).sum())
-    if stained < MIN_STAINED_PIXELS:
-        logger.warning(f"{name}: stains not normalised: {stained} stained pixels, too few to estimate them")
-        return image
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return NumpyMacenkoNormalizer().normalize(rgb, stains=False)[0]
+def _colour(image: np.ndarray) -> bool:
+    return image.ndim == 3 and image.shape[-1] in (3, 4)
+
+
+def _rgb8(image: np.ndarray) -> np.ndarray:
+    return image if image.dtype == np.uint8 else np.round(normalize(image, 0.0, 100.0) * 255).astype(np.uint8)
 
 
 def to_channels(image: np.ndarray, channels: int, name: str = "image") -> np.ndarray:

@@ -6,8 +6,9 @@ whose centroid lies in its own square: a nucleus on a seam belongs to one chunk,
 halo is wider than a nucleus), so it is never cut in two nor counted twice. Nuclei are written into the
 label image where no earlier chunk put one, with ids continuing from the chunks before.
 
-One zoom and one polarity hold for the whole slide (estimated on its tissue, or given): chunks that
-decided for themselves could disagree at a seam. The level read is the smallest one that still has the
+One zoom, one polarity and, for a model trained with stain normalisation, one set of stains hold for the
+whole slide (estimated on its tissue, or given): chunks that decided for themselves could disagree at a
+seam. The level read is the smallest one that still has the
 pixels that zoom needs. Chunks of bare glass (:mod:`cellseg.infer.slides.tissue`) are skipped.
 
 Every finished chunk leaves a part file (its nuclei's measurements and outlines) after its labels are
@@ -18,6 +19,7 @@ written, so a killed run resumes at the first chunk without one; at the end the 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -38,6 +40,7 @@ from tqdm import tqdm
 from cellseg.core.config import SlideOptions
 from cellseg.core.files import atomic_path, read_json, write_json, write_text
 from cellseg.data.preprocessing import modality
+from cellseg.data.stains import Stains
 from cellseg.data.tiles import grid_starts
 from cellseg.infer.calibration import model_digest, probability_options
 from cellseg.infer.segmenter import Segmenter
@@ -85,18 +88,26 @@ def _grow(box: tuple[int, int, int, int], halo: int, shape: tuple[int, int]) -> 
     return max(0, y0 - halo), min(shape[0], y1 + halo), max(0, x0 - halo), min(shape[1], x1 + halo)
 
 
-def estimate_zoom(segment: Segmenter, slide: Slide, mask: np.ndarray, scale: float) -> tuple[float, int]:
-    """The model's zoom for the slide, estimated once on the (up to :data:`SAMPLES`) full-resolution
-    regions with most tissue, side by side, so every region's nuclei weigh in as they would in one
-    image; and how many regions it used."""
-    if segment.predictor.preprocessing.nucleus_size is None:
-        return 1.0, 0
+def tissue_sample(slide: Slide, mask: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+    """The (up to :data:`SAMPLES`) full-resolution regions of the slide with most tissue, side by side,
+    and how many: what the slide-wide decisions are taken on, so every region weighs in as it would in
+    one image."""
     h, w = slide.shape(0)
     side = min(SAMPLE_SIDE, h, w)
     boxes = [(y, y + side, x, x + side) for y in grid_starts(h, side) for x in grid_starts(w, side)]
     ranked = sorted(boxes, key=lambda b: -covered(mask, scale, b))[:SAMPLES]
-    sample = np.concatenate([slide.read(0, *b) for b in ranked], axis=1)
-    return segment.predictor.zoom(sample, slide.name), len(ranked)
+    return np.concatenate([slide.read(0, *b) for b in ranked], axis=1), len(ranked)
+
+
+def estimate_zoom(
+    segment: Segmenter, slide: Slide, tissue: Callable[[], tuple[np.ndarray, int]]
+) -> tuple[float, int]:
+    """The model's zoom for the slide, estimated once on its :func:`tissue_sample` (``tissue`` reads
+    it), and how many regions that used."""
+    if segment.predictor.preprocessing.nucleus_size is None:
+        return 1.0, 0
+    sample, regions = tissue()
+    return segment.predictor.zoom(sample, slide.name), regions
 
 
 def _level_for(slide: Slide, zoom: float) -> int:
@@ -112,17 +123,26 @@ def _settings(segment: Segmenter, slide: Slide, options: SlideOptions, known: di
     kind = known["modality"] if known else modality(thumb)
     estimating = 0.0
     mask = tissue_mask(thumb, kind)
+    tissue = functools.cache(lambda: tissue_sample(slide, mask, scale))  # read once, if needed at all
     if known and options.zoom in (None, known["zoom"]):
         zoom, samples = known["zoom"], known["zoom_samples"]
     elif options.zoom is not None:
         zoom, samples = options.zoom, 0
     else:
         began = time.perf_counter()
-        zoom, samples = estimate_zoom(segment, slide, mask, scale)
+        zoom, samples = estimate_zoom(segment, slide, tissue)
         estimating = time.perf_counter() - began
+    preprocessing = segment.predictor.preprocessing
+    if known and "stains" in known:
+        slide_stains = known["stains"]
+    elif preprocessing.macenko and kind == "stained":
+        found = preprocessing.stains_of(tissue()[0], slide.name)
+        slide_stains = found.to_dict() if found else None
+    else:
+        slide_stains = None
     level = _level_for(slide, zoom)
     downsample = slide.downsample(level)
-    size = segment.predictor.preprocessing.nucleus_size
+    size = preprocessing.nucleus_size
     halo = max(options.halo, math.ceil(3 * size / (zoom * downsample))) if size else options.halo
     settings = {
         "model": segment.name,
@@ -137,6 +157,7 @@ def _settings(segment: Segmenter, slide: Slide, options: SlideOptions, known: di
         "chunk": options.chunk,
         "halo": halo,
         "pixel_size_um": slide.pixel_size_um,
+        "stains": slide_stains,
     }
     return {"settings": settings, "mask": mask, "scale": scale, "zoom_seconds": estimating}
 
@@ -194,8 +215,13 @@ def _predict_chunk(
     start = time.perf_counter()
     region = slide.read(level, *grown)
     read = time.perf_counter()
+    saved = settings["stains"]
     probs = segment.predictor.at_zoom(
-        region, settings["zoom"] * downsample, slide.name, invert=settings["modality"] != "fluorescence"
+        region,
+        settings["zoom"] * downsample,
+        slide.name,
+        invert=settings["modality"] != "fluorescence",
+        slide_stains=Stains.from_dict(saved) if saved else None,
     )
     seconds = {"read": round(read - start, 3), "network": round(time.perf_counter() - read, 3)}
     return _Predicted(grown, region, probs, seconds)
