@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, TINY, held_by_another_process
+from scipy import stats as scipy_stats
 
 from cellseg.cli.plot_history import main as plot_history_main
 from cellseg.cli.sweep import main as sweep_main
@@ -213,6 +214,19 @@ def test_paired_statistics_tell_a_consistent_gain_from_noise():
     assert noise.mdd == pytest.approx((3.182446 + 0.978472) * se, rel=1e-5)
     # more seeds of the same spread detect smaller differences
     assert stats.paired(diffs * 4).mdd < noise.mdd / 2
+
+
+def test_fold_differences_get_the_corrected_resampled_t_test():
+    diffs = [0.008, -0.086, 0.032, 0.030, -0.040, -0.087]  # 3 folds x 2 seeds, one pair each
+    plain, corrected = stats.paired(diffs), stats.paired(diffs, folds=3)
+    assert corrected.diff == plain.diff
+    se = np.std(diffs, ddof=1) * np.sqrt(1 / 6 + 1 / 2)  # Nadeau and Bengio: 1/n + test/train share
+    t = 2.570582  # t(0.975, 5)
+    assert corrected.ci_high - corrected.ci_low == pytest.approx(2 * t * se, rel=1e-5)
+    assert corrected.p == pytest.approx(2 * scipy_stats.t.sf(abs(np.mean(diffs)) / se, 5), rel=1e-9)
+    assert corrected.p > plain.p and corrected.mdd == pytest.approx(plain.mdd * np.sqrt(1 + 6 / 2))
+    gain = [0.05, 0.051, 0.049, 0.052, 0.05, 0.05]  # a consistent gain stays one
+    assert stats.paired(gain, folds=3).p < 0.01
 
 
 def test_holm_correction_and_bootstrap_interval():

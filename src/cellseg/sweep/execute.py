@@ -343,4 +343,4 @@ def run_sweep(
             futures = [pool.submit(_job, spec, job, root, 0) for job in jobs]
             for future in concurrent.futures.as_completed(futures):
                 done(future.result())
-    return compare(records, spec.baseline_variant(), spec.rank_by)
+    return compare(records, spec.baseline_variant(), spec.rank_by, spec.folds)
