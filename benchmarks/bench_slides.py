@@ -120,6 +120,7 @@ def seams(model: str, side: int, out: Path) -> list[tuple[str, dict]]:
     """Scores of the chunked labels, the whole mosaic at the same zoom, and the cells one by one."""
     import zarr
 
+    from cellseg.data.preprocessing import Decided
     from cellseg.infer.segmenter import open_segmenter
     from cellseg.labels.metrics import score_image, summarize
     from cellseg.labels.postprocess import PostprocessParams, instances
@@ -130,7 +131,7 @@ def seams(model: str, side: int, out: Path) -> list[tuple[str, dict]]:
     image, truth = region(side, 0, side, 0, side), region(side, 0, side, 0, side, labels=True)
     segment = open_segmenter(model)
     zoom, params = settings["settings"]["zoom"], PostprocessParams(**settings["settings"]["params"])
-    whole = instances(segment.predictor.at_zoom(image, zoom, invert=True), params)
+    whole = instances(segment.predictor.at_zoom(image, zoom, decided=Decided(invert=True)), params)
     full = side // CELL
     boxes = [(y * CELL, x * CELL) for y in range(full) for x in range(full)]
     one_by_one, chunked_cells = [], []

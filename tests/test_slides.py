@@ -18,7 +18,7 @@ from skimage.measure import label
 from cellseg.core.config import InferenceOptions, SlideOptions
 from cellseg.data import DataError
 from cellseg.data.annotations import read_geojson
-from cellseg.data.preprocessing import Preprocessing
+from cellseg.data.preprocessing import Decided, Preprocessing
 from cellseg.infer.slides import is_slide, open_slide, segment_slide, slide_id
 from cellseg.infer.slides import segment as slide_segment
 from cellseg.infer.slides.omezarr import finish_pyramid
@@ -72,9 +72,9 @@ class ThresholdPredictor:
     def zoom(self, image: np.ndarray, name: str = "image") -> float:
         return 1.0
 
-    def at_zoom(self, image, factor: float, name: str = "", invert: bool | None = None, slide_stains=None):
+    def at_zoom(self, image: np.ndarray, factor: float, name: str = "", decided: Decided | None = None):
         self.calls += 1
-        self.stains.append(slide_stains)
+        self.stains.append(decided.stains if decided else None)
         if self.calls == self.fail_at:
             raise KeyboardInterrupt("killed")
         grey = image if image.ndim == 2 else image[..., 0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cellseg.data import stains
-from cellseg.data.preprocessing import Preprocessing, macenko, modality
+from cellseg.data.preprocessing import Decided, Preprocessing, macenko, modality
 from cellseg.napari.samples import read
 
 
@@ -58,7 +58,7 @@ def test_a_slides_chunks_normalised_with_its_stains_agree_at_every_seam():
     slide = stains.estimate(image)
     half = image.shape[0] // 2
     prep = Preprocessing(macenko=True)
-    chunks = [prep.oriented(part, slide_stains=slide)[0] for part in (image[:half], image[half:])]
+    chunks = [prep.oriented(part, decided=Decided(stains=slide))[0] for part in (image[:half], image[half:])]
     np.testing.assert_array_equal(np.concatenate(chunks), macenko(image))  # as the whole image, seamless
     each_its_own = np.concatenate([macenko(image[:half]), macenko(image[half:])])
     assert np.abs(each_its_own.astype(int) - macenko(image)).mean() > 1  # what one estimate per chunk gives

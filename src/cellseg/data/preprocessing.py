@@ -27,6 +27,15 @@ NORMALIZE_PERCENTILES = (1.0, 99.8)
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, eq=False)
+class Decided:
+    """What a whole slide decides once for all its chunks, which must agree at their seams: whether to
+    invert (``invert``) and, for a model that normalises stains, its stains. None: each image decides."""
+
+    invert: bool | None = None
+    stains: Stains | None = None
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """``channels``, ``nucleus_size`` (px; None: native scale), ``equalize``, ``bright_nuclei``
@@ -54,20 +63,17 @@ class Preprocessing:
         return self.bright_nuclei and dark_nuclei(image)
 
     def oriented(
-        self,
-        image: np.ndarray,
-        name: str = "image",
-        invert: bool | None = None,
-        slide_stains: Stains | None = None,
+        self, image: np.ndarray, name: str = "image", decided: Decided | None = None
     ) -> tuple[np.ndarray, bool]:
         """The raw image in the network's channels (a stained image's stains first normalised with
-        ``macenko``), and whether it is to be inverted. A slide's chunks share the slide's decisions:
-        ``invert`` when given, else :meth:`inverts`, read off the converted image (what the network is fed,
-        also by an exported model's user); ``slide_stains`` when given (the slide is stained), else the
-        image's own, if it reads as stained."""
-        if self.macenko and _colour(image) and (slide_stains is not None or modality(image) == "stained"):
-            image = macenko(image[..., :3], name, slide_stains)
+        ``macenko``), and whether it is to be inverted: as ``decided`` for its whole slide where that says,
+        else read off the image: :meth:`inverts` on the converted image (what the network is fed, also by
+        an exported model's user), its own stains if it reads as stained."""
+        decided = decided or Decided()
+        if self.macenko and _colour(image) and (decided.stains is not None or modality(image) == "stained"):
+            image = macenko(image[..., :3], name, decided.stains)
         image = to_channels(image, self.channels, name)
+        invert = decided.invert
         return image, (self.inverts(image) if invert is None else invert and self.bright_nuclei)
 
     def stains_of(self, image: np.ndarray, name: str = "image") -> Stains | None:
@@ -79,28 +85,18 @@ class Preprocessing:
         return stains.estimate(_rgb8(image[..., :3]), name)
 
     def apply(
-        self,
-        image: np.ndarray,
-        name: str = "image",
-        factor: float = 1.0,
-        invert: bool | None = None,
-        slide_stains: Stains | None = None,
+        self, image: np.ndarray, name: str = "image", factor: float = 1.0, decided: Decided | None = None
     ) -> np.ndarray:
         """A raw image as the network sees it: its channels, zoomed by ``factor`` (nucleus size, see
         :mod:`cellseg.data.scale`), inverted as :meth:`oriented` decides, normalised to [0, 1], equalised
         locally with ``equalize``."""
-        return self.prepare(image, name, factor, invert, slide_stains)[0]
+        return self.prepare(image, name, factor, decided)[0]
 
     def prepare(
-        self,
-        image: np.ndarray,
-        name: str = "image",
-        factor: float = 1.0,
-        invert: bool | None = None,
-        slide_stains: Stains | None = None,
+        self, image: np.ndarray, name: str = "image", factor: float = 1.0, decided: Decided | None = None
     ) -> tuple[np.ndarray, bool]:
         """:meth:`apply`, and whether it inverted the image (training records it per image)."""
-        image, inverted = self.oriented(image, name, invert, slide_stains)
+        image, inverted = self.oriented(image, name, decided)
         if inverted:  # negated before normalising: what any tool's "invert" gives, since
             image = -image.astype(np.float32)  # normalize() ignores offsets (see describe)
         normalized = normalize(resize(image, factor))

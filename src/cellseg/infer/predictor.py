@@ -19,9 +19,8 @@ import tensorflow as tf
 from cellseg.core import runs
 from cellseg.core.config import Config, InferenceOptions
 from cellseg.data.hover import HOVER_CHANNELS, unflip
-from cellseg.data.preprocessing import Preprocessing, resize
+from cellseg.data.preprocessing import Decided, Preprocessing, resize
 from cellseg.data.scale import estimate_factor
-from cellseg.data.stains import Stains
 from cellseg.data.tiles import grid_starts, pad_to
 from cellseg.labels.postprocess import Probabilities
 from cellseg.model.unet import load_model
@@ -109,29 +108,19 @@ class TiledPredictor:
         return (total / weight)[:h, :w]
 
     def _output(
-        self,
-        image: np.ndarray,
-        factor: float,
-        name: str,
-        invert: bool | None = None,
-        slide_stains: Stains | None = None,
+        self, image: np.ndarray, factor: float, name: str, decided: Decided | None = None
     ) -> np.ndarray:
         """Model output for a raw image zoomed by ``factor``, prepared exactly as in training."""
-        return self.predict_normalized(self.preprocessing.apply(image, name, factor, invert, slide_stains))
+        return self.predict_normalized(self.preprocessing.apply(image, name, factor, decided))
 
     def at_zoom(
-        self,
-        image: np.ndarray,
-        factor: float,
-        name: str = "image",
-        invert: bool | None = None,
-        slide_stains: Stains | None = None,
+        self, image: np.ndarray, factor: float, name: str = "image", decided: Decided | None = None
     ) -> Probabilities:
         """Probability maps for a raw image predicted at a zoom given, not estimated (e.g. the zoom its
         masks give: ``benchmarks/bench_zoom.py`` measures what the estimate costs, or one zoom for all of
-        a slide's chunks), at its size; ``invert`` and ``slide_stains`` override the polarity and the
-        stains read off the image (:meth:`Preprocessing.oriented`)."""
-        return _zoomed_back(self._output(image, factor, name, invert, slide_stains), factor, image)
+        a slide's chunks), at its size; ``decided``: the polarity and stains of its slide, not the image's
+        own (:meth:`Preprocessing.oriented`)."""
+        return _zoomed_back(self._output(image, factor, name, decided), factor, image)
 
     def _estimate(self, image: np.ndarray, name: str) -> tuple[float, np.ndarray]:
         """The zoom for a raw image (1 without ``nucleus_size``) and the model's output at that zoom."""

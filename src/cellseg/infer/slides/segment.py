@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from cellseg.core.config import SlideOptions
 from cellseg.core.files import atomic_path, read_json, write_json, write_text
-from cellseg.data.preprocessing import modality
+from cellseg.data.preprocessing import Decided, modality
 from cellseg.data.stains import Stains
 from cellseg.data.tiles import grid_starts
 from cellseg.infer.calibration import model_digest, probability_options
@@ -216,13 +216,8 @@ def _predict_chunk(
     region = slide.read(level, *grown)
     read = time.perf_counter()
     saved = settings["stains"]
-    probs = segment.predictor.at_zoom(
-        region,
-        settings["zoom"] * downsample,
-        slide.name,
-        invert=settings["modality"] != "fluorescence",
-        slide_stains=Stains.from_dict(saved) if saved else None,
-    )
+    decided = Decided(settings["modality"] != "fluorescence", Stains.from_dict(saved) if saved else None)
+    probs = segment.predictor.at_zoom(region, settings["zoom"] * downsample, slide.name, decided)
     seconds = {"read": round(read - start, 3), "network": round(time.perf_counter() - read, 3)}
     return _Predicted(grown, region, probs, seconds)
 
