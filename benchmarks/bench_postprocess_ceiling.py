@@ -29,19 +29,21 @@ def held_out_table(run: Path, data: Path) -> tuple[list[dict[str, object]], int]
     """(every grid setting with its held-out AJI and DSB score, the index of the run's recorded setting)."""
     segment = open_segmenter(run)
     samples = read_samples(str(data))
-    predicted = [(s, segment.probabilities(s.image, s.id)) for s in samples]
+    kinds = [modality(s.image) for s in samples]
+    if len(set(kinds)) > 1 and segment.plan.by_modality:
+        raise SystemExit(
+            f"{data}: images of several modalities ({sorted(set(kinds))}) for a per-modality plan"
+        )
+    predicted = [
+        (s, kind, segment.probabilities(s.image, s.id)) for s, kind in zip(samples, kinds, strict=True)
+    ]
     settings = grid(segment.config.model.outputs)
     rows = []
     for params in settings:
-        scored = [score_image(s.id, s.labels, instances(p, params), modality(s.image)) for s, p in predicted]
+        scored = [score_image(s.id, s.labels, instances(p, params), kind) for s, kind, p in predicted]
         figures = summarize(scored)["instance"]
         rows.append({**params.to_dict(), "aji": figures["aji"], "dsb_score": figures["dsb_score"]})
-    kinds = {modality(s.image) for s in samples}
-    if len(kinds) > 1 and segment.plan.by_modality:
-        raise SystemExit(
-            f"{data}: images of several modalities ({sorted(kinds)}) for a run with a setting per modality"
-        )
-    return rows, settings.index(segment.plan.for_modality(kinds.pop()))
+    return rows, settings.index(segment.plan.for_modality(kinds[0]))
 
 
 def main() -> None:

@@ -73,8 +73,8 @@ class Preprocessing:
         if self.macenko and _colour(image) and (decided.stains is not None or modality(image) == "stained"):
             image = macenko(image[..., :3], name, decided.stains)
         image = to_channels(image, self.channels, name)
-        invert = decided.invert
-        return image, (self.inverts(image) if invert is None else invert and self.bright_nuclei)
+        invert = self.inverts(image) if decided.invert is None else decided.invert and self.bright_nuclei
+        return image, invert
 
     def stains_of(self, image: np.ndarray, name: str = "image") -> Stains | None:
         """The stains of an image of stained tissue (a slide's sample of its tissue), for a model that

@@ -159,7 +159,15 @@ def _settings(segment: Segmenter, slide: Slide, options: SlideOptions, known: di
         "pixel_size_um": slide.pixel_size_um,
         "stains": slide_stains,
     }
-    return {"settings": settings, "mask": mask, "scale": scale, "zoom_seconds": estimating}
+    # the slide's polarity and stains, as every chunk is prepared with them
+    decided = Decided(kind != "fluorescence", Stains.from_dict(slide_stains) if slide_stains else None)
+    return {
+        "settings": settings,
+        "mask": mask,
+        "scale": scale,
+        "zoom_seconds": estimating,
+        "decided": decided,
+    }
 
 
 def _refuse_changes(recorded: dict[str, Any], settings: dict[str, Any], where: Path) -> None:
@@ -206,18 +214,18 @@ class _Predicted:
 
 
 def _predict_chunk(
-    segment: Segmenter, slide: Slide, settings: dict[str, Any], box: tuple[int, int, int, int]
+    segment: Segmenter, slide: Slide, measured: dict[str, Any], box: tuple[int, int, int, int]
 ) -> _Predicted:
     """Read one chunk with its halo and predict it: independent of every other chunk, so the next
     chunk's prediction can run while this one is labelled (:func:`_run_chunks`)."""
+    settings = measured["settings"]
     level, downsample = settings["level"], settings["downsample"]
     grown = _grow(box, settings["halo"], slide.shape(level))
     start = time.perf_counter()
     region = slide.read(level, *grown)
     read = time.perf_counter()
-    saved = settings["stains"]
-    decided = Decided(settings["modality"] != "fluorescence", Stains.from_dict(saved) if saved else None)
-    probs = segment.predictor.at_zoom(region, settings["zoom"] * downsample, slide.name, decided)
+    zoom = settings["zoom"] * downsample
+    probs = segment.predictor.at_zoom(region, zoom, slide.name, measured["decided"])
     seconds = {"read": round(read - start, 3), "network": round(time.perf_counter() - read, 3)}
     return _Predicted(grown, region, probs, seconds)
 
@@ -360,7 +368,7 @@ def _run_chunks(
 
         def predict_next() -> None:
             for j in islice(coming, 1):
-                pending[j] = ahead.submit(_predict_chunk, segment, slide, settings, boxes[j])
+                pending[j] = ahead.submit(_predict_chunk, segment, slide, measured, boxes[j])
 
         predict_next()
         for i, (box, part_file) in enumerate(zip(boxes, parts, strict=True)):
