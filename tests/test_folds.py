@@ -84,6 +84,11 @@ def test_a_sweep_with_folds_trains_every_fold_and_pairs_by_seed_and_fold(tmp_pat
     ]  # fmt: skip
     assert all(r["status"] == "ok" for r in rows)
     assert all(0 <= float(r["fold_aji"]) <= 1 and float(r["fold_dsb_score"]) >= 0 for r in rows)
+    held = json.loads((out / "runs" / "relu_s0_f1" / "evaluation_val" / "metrics.json").read_text())
+    relu = next(r for r in rows if (r["config"], r["fold"]) == ("relu", "1"))
+    assert [float(relu[f"fold_{k}"]) for k in ("pq", "ap_50", "ap_75")] == [
+        held["instance"][k] for k in ("pq", "ap_50", "ap_75")
+    ]  # no folds.source: the fold is every validation image
     with (out / "comparison.csv").open() as f:
         isru = next(r for r in csv.DictReader(f) if r["config"] == "isru")
     assert isru["vs_baseline_seeds"] == "2", "one seed x two folds: two pairs"
@@ -91,4 +96,31 @@ def test_a_sweep_with_folds_trains_every_fold_and_pairs_by_seed_and_fold(tmp_pat
     assert not set(splits[0]["val"]) & set(splits[1]["val"])
     assert set(splits[0]["val"]) | set(splits[1]["val"]) == set(splits[0]["val"]) | set(splits[0]["train"])
     table = (out / "comparison.md").read_text()
-    assert "fold AJI" in table and "folds" in table
+    assert "fold AJI" in table and "fold PQ" in table and "folds" in table
+
+
+def test_fold_figures_rescore_a_record_without_them_when_the_model_is_there(tmp_path, monkeypatch):
+    from cellseg.core import runs
+    from cellseg.core.config import InferenceOptions
+    from cellseg.core.records import Metrics
+    from cellseg.evaluate import evaluation
+    from cellseg.sweep.execute import fold_figures
+
+    def metrics(pq: float | None) -> Metrics:
+        fold = {"images": 4, "n_true": 9, "dsb_score": 0.2, "ap_50": 0.4, "ap_75": 0.1, "aji": 0.5}
+        fold |= {} if pq is None else {"pq": pq}
+        instance = {"dsb_score": 0.5, "ap_50": 0.7, "ap_75": 0.6, "aji": 0.7, "pq": 0.6}
+        return Metrics(9, 9, 9, {"iou": 0.8}, instance, [], {}, {"monuseg": fold, "dsb2018": {}}, [])
+
+    run = runs.Run.create(tmp_path, "r")
+    run.save_config(load_config(overrides=["data.folds.k=3", "data.folds.source=monuseg"]))
+    runs.write_metrics(run.evaluation_dir(val=True), metrics(None))  # written before PQ was reported
+    scored = []
+    monkeypatch.setattr(evaluation, "evaluate_run", lambda *a, **k: scored.append(a) or (None, metrics(0.3)))
+
+    figures = fold_figures(run, InferenceOptions())  # a record alone: nothing to score with
+    assert scored == [] and figures["fold_aji"] == 0.5 and figures["fold_ap_75"] == 0.1
+    assert figures["fold_pq"] != figures["fold_pq"], "NaN, not a figure of other images"
+    run.kept_model.write_bytes(b"")
+    figures = fold_figures(run, InferenceOptions())
+    assert len(scored) == 1 and figures["fold_pq"] == 0.3

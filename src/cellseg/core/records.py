@@ -148,14 +148,15 @@ METRICS_SCHEMA = 1
 
 
 def headline(figures: dict[str, Any]) -> dict[str, float | int]:
-    """The figures one line reports (images, true nuclei, DSB score, AP50, AP75, AJI, pixel IoU), from
-    :func:`cellseg.labels.metrics.summarize`'s output or a :class:`Metrics` as a dict."""
+    """The figures one line reports (images, true nuclei, DSB score, AP50, AP75, AJI, PQ, pixel IoU),
+    from :func:`cellseg.labels.metrics.summarize`'s output or a :class:`Metrics` as a dict."""
     inst = figures["instance"]
     return {
         "images": figures["images"],
         "n_true": figures["n_true"],
         **{k: inst[k] for k in ("dsb_score", "ap_50", "ap_75")},
-        "aji": inst.get("aji", math.nan),  # NaN in an evaluation written before AJI was scored
+        # NaN in an evaluation written before AJI (or, per source and modality, PQ) was scored
+        **{k: inst.get(k, math.nan) for k in ("aji", "pq")},
         "pixel_iou": figures["pixel"]["iou"],
     }
 

@@ -35,7 +35,7 @@ from cellseg.core.runs import Run
 from cellseg.data.prepare import DataCache
 from cellseg.data.preprocessing import MODALITIES
 from cellseg.sweep.report import RunRecord, compare, write_results
-from cellseg.sweep.spec import SweepSpec, Variant
+from cellseg.sweep.spec import FOLD_FIGURES, SweepSpec, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,22 @@ def test_figures(metrics: Metrics) -> dict[str, float]:
 
 def fold_figures(run: Run, options: Any) -> dict[str, float]:
     """A fold's scores: the run's validation images of its folded source (``data.folds.source``; all of
-    them with none named), scored once into ``evaluation_val/`` and read back from there after."""
+    them with none named), scored once into ``evaluation_val/`` and read back from there after (scored
+    again where that record predates one of the figures and the model is there to do it; a run restored
+    from its record alone keeps NaN for those)."""
     from cellseg.evaluate.evaluation import evaluate_run
 
-    metrics = run.evaluation_metrics(run.evaluation_dir(val=True))
-    if metrics is None:
-        metrics = evaluate_run(run.path, None, options=options)[1]
     source = run.config.data.folds.source
-    scores = metrics.by_source.get(source, {}) if source else metrics.headline()
-    return {"fold_dsb_score": scores.get("dsb_score", math.nan), "fold_aji": scores.get("aji", math.nan)}
+
+    def fold(metrics: Metrics) -> dict[str, Any]:
+        return dict(metrics.by_source.get(source, {})) if source else metrics.headline()
+
+    metrics = run.evaluation_metrics(run.evaluation_dir(val=True))
+    stale = metrics is not None and not set(FOLD_FIGURES) <= fold(metrics).keys()
+    if metrics is None or (stale and run.kept_model.is_file()):
+        metrics = evaluate_run(run.path, None, options=options)[1]
+    scores = fold(metrics)
+    return {f"fold_{name}": scores.get(name, math.nan) for name in FOLD_FIGURES}
 
 
 def _evaluator(spec: SweepSpec) -> Callable[[Path], dict[str, float]]:

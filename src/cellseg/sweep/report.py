@@ -171,7 +171,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
     """comparison.md: the table a person reads, best first, against the variant ``baseline``."""
     test, folded = spec.test_data is not None, bool(spec.folds)
     head = ["#", "variant", "ok / runs", "best val_loss", "val IoU", "val Dice", "val DSB score"]
-    head += ["fold DSB score", "fold AJI"] if folded else []
+    head += ["fold DSB score", "fold AJI", "fold PQ"] if folded else []
     head += ["test DSB score", "test AP50", "test AJI"] if test else []
     head += ["epochs to best", "s / epoch", "params", f"Δ {spec.rank_by} vs {baseline} [95 % CI]"]
     head += ["paired t-test p (Holm)", "detectable Δ"]
@@ -186,7 +186,7 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
             continue
         cells += [_pm(row, "best_val_loss", 4), _pm(row, "best_val_iou"), _pm(row, "best_val_dice")]
         cells += [_pm(row, "val_dsb_score")]
-        cells += [_pm(row, "fold_dsb_score"), _pm(row, "fold_aji")] if folded else []
+        cells += [_pm(row, f"fold_{name}") for name in ("dsb_score", "aji", "pq")] if folded else []
         cells += [_pm(row, "test_dsb_score"), _pm(row, "test_ap_50"), _pm(row, "test_aji")] if test else []
         cells += [_pm(row, "best_epoch", 1), _pm(row, "seconds_per_epoch", 2), f"{row['params']:,}"]
         cells.append(_interval(row, "vs_baseline"))
@@ -204,8 +204,9 @@ def markdown(rows: list[dict[str, Any]], spec: SweepSpec, baseline: str) -> str:
             "of their training images, so their differences are not independent: the intervals, p-values "
             f"and detectable Δ use the corrected resampled t-test (variance × (1/n + 1/{spec.folds - 1}), "
             "Nadeau and Bengio 2003), which is still optimistic here, since every fold also shares the "
-            "other sources' images. Validation scores are on each fold's own images; fold DSB / AJI on "
-            "those of the folded source alone (all validation images with none named).",
+            "other sources' images. Validation scores are on each fold's own images; fold DSB / AJI / PQ "
+            "(and AP50 / AP75 in comparison.csv) on those of the folded source alone (all validation "
+            "images with none named).",
         ]
         if spec.folds
         else []

@@ -14,6 +14,9 @@ from cellseg.core import runs
 from cellseg.core.config import ConfigError, load_config
 from cellseg.data.preprocessing import MODALITIES
 
+#: The instance figures a fold run reports on its held-out fold (the issue's AJI first: MoNuSeg's measure).
+FOLD_FIGURES = ("dsb_score", "aji", "pq", "ap_50", "ap_75")
+
 #: Per-run figures compared between variants, and whether higher is better.
 METRICS: dict[str, bool] = {
     "best_val_loss": False,
@@ -24,8 +27,8 @@ METRICS: dict[str, bool] = {
     "test_ap_50": True,
     "test_aji": True,
     "test_pixel_iou": True,
-    "fold_dsb_score": True,  # with folds: on the validation fold's images of data.folds.source
-    "fold_aji": True,
+    # with folds: on the validation fold's images of data.folds.source
+    **{f"fold_{name}": True for name in FOLD_FIGURES},
     **{f"test_dsb_{modality}": True for modality in MODALITIES},
     "best_epoch": False,
     "seconds_per_epoch": False,
