@@ -24,11 +24,9 @@ from cellseg.core.hardware import configure_process  # reads no TensorFlow
 configure_process()  # as the commands do: before TensorFlow is imported
 
 import numpy as np
-from common import machine
+from common import machine, source_samples
 
 from cellseg.data.preprocessing import modality
-from cellseg.data.sample import source_of
-from cellseg.infer.calibration import run_samples
 from cellseg.infer.segmenter import open_segmenter
 from cellseg.labels.metrics import score_image
 
@@ -37,12 +35,9 @@ def per_image(run: Path, source: str) -> list[dict[str, object]]:
     """Each of the run's validation images from ``source``: its AJI and DSB score without and with
     normalisation at prediction time."""
     segment = open_segmenter(run)
-    ids = [i for i in segment.run.split["val"] if source_of(i) == source]
-    if not ids:
-        raise SystemExit(f"{run}: no validation images from source '{source}'")
     plain = segment.predictor.preprocessing
     rows = []
-    for ref in run_samples(run, segment.config, ids):
+    for ref in source_samples(segment, source):
         sample = ref.load()
         row: dict[str, object] = {"run": run.name, "id": ref.id}
         for name, macenko in (("none", False), ("macenko", True)):

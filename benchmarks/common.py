@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: timing, interleaved A/B repeats, the real-data location."""
+"""Helpers shared by the benchmarks: timing, interleaved A/B repeats, the real-data location, a run's
+held-out images of one source."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DSB2018 = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
@@ -52,3 +54,15 @@ def machine(precision: str = "auto") -> str:
 
     versions = f"Python {platform.python_version()}, TensorFlow {tf.__version__}"
     return f"{this_machine(precision).line()}; {versions}"
+
+
+def source_samples(segment: Any, source: str) -> list[Any]:
+    """A segmenter's run's validation images from one data source (with ``data.folds``, the fold it
+    never trained on), as :class:`cellseg.data.sample.SampleRef` to load one at a time."""
+    from cellseg.data.sample import source_of
+    from cellseg.infer.calibration import run_samples
+
+    ids = [i for i in segment.run.split["val"] if source_of(i) == source]
+    if not ids:
+        raise SystemExit(f"{segment.run.path}: no validation images from source '{source}'")
+    return run_samples(segment.run.path, segment.config, ids)
