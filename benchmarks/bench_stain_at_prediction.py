@@ -14,8 +14,6 @@ normalised colours.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from cellseg.core.hardware import configure_process  # reads no TensorFlow
 configure_process()  # as the commands do: before TensorFlow is imported
 
 import numpy as np
-from common import machine, source_samples
+from common import machine, runs_on_source_parser, source_samples, write_rows
 
 from cellseg.data.preprocessing import modality
 from cellseg.infer.segmenter import open_segmenter
@@ -51,11 +49,7 @@ def per_image(run: Path, source: str) -> list[dict[str, object]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, nargs="+", required=True, help="finished run folders")
-    p.add_argument("--source", required=True, help="the data source whose validation images are scored")
-    p.add_argument("--csv", type=Path, help="write every image's row here")
-    args = p.parse_args()
+    args = runs_on_source_parser(__doc__).parse_args()
     print(machine())
     rows, differences = [], []
     for run in args.runs:
@@ -73,10 +67,7 @@ def main() -> None:
     better = sum(d > 0 for d in differences)
     print(f"mean AJI difference over {len(differences)} runs: {np.mean(differences):+.3f}; better: {better}")
     if args.csv:
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(args.csv, rows)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ held-out images of one source."""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import platform
 import statistics
 import time
@@ -66,3 +68,20 @@ def source_samples(segment: Any, source: str) -> list[Any]:
     if not ids:
         raise SystemExit(f"{segment.run.path}: no validation images from source '{source}'")
     return run_samples(segment.run.path, segment.config, ids)
+
+
+def runs_on_source_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that predicts finished runs' validation images of one source."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="finished run folders")
+    p.add_argument("--source", required=True, help="the data source whose validation images are scored")
+    p.add_argument("--csv", type=Path, help="write every image's row here")
+    return p
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV, with every column any row has."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
