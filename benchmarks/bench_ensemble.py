@@ -57,15 +57,14 @@ def per_image(members: list[Segmenter], source: str) -> list[dict[str, object]]:
     for ref in source_samples(members[0], source):
         sample = ref.load()
         image, kind = sample.image, modality(sample.image)
-        zooms = [m.predictor.zoom(image, ref.id) for m in members]
-        common = float(statistics.median(zooms))
-        row: dict[str, object] = {"id": ref.id, "zooms": " ".join(f"{z:.2f}" for z in zooms)}
+        alone = [m.probabilities(image, ref.id) for m in members]  # each at its own estimated zoom
+        common = float(statistics.median(own.factor for own in alone))
+        row: dict[str, object] = {"id": ref.id, "zooms": " ".join(f"{own.factor:.2f}" for own in alone)}
         maps = []
-        for i, (member, zoom) in enumerate(zip(members, zooms, strict=True)):
-            own = member.predictor.at_zoom(image, zoom, ref.id)
+        for i, (member, own) in enumerate(zip(members, alone, strict=True)):
             scores = score_image(ref.id, sample.labels, member.labels(own, image), kind).instances.scores()
             row |= {f"{k}_{i}": scores[k] for k in FIGURES}
-            maps.append(own if zoom == common else member.predictor.at_zoom(image, common, ref.id))
+            maps.append(own if own.factor == common else member.predictor.at_zoom(image, common, ref.id))
         labels = members[0].labels(averaged(maps), image)
         scores = score_image(ref.id, sample.labels, labels, kind).instances.scores()
         rows.append(row | {f"{k}_ensemble": scores[k] for k in FIGURES})
