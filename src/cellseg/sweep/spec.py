@@ -14,7 +14,7 @@ from cellseg.core import runs
 from cellseg.core.config import ConfigError, load_config
 from cellseg.data.preprocessing import MODALITIES
 
-#: The instance figures a fold run reports on its held-out fold (the issue's AJI first: MoNuSeg's measure).
+#: The instance figures a fold run reports on its held-out fold (``fold_<name>``; AJI is MoNuSeg's measure).
 FOLD_FIGURES = ("dsb_score", "aji", "pq", "ap_50", "ap_75")
 
 #: Per-run figures compared between variants, and whether higher is better.
